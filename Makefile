@@ -1,0 +1,89 @@
+# mdkl: regenerate every result of "KL-Regularized RL is Designed to Mode Collapse".
+#   make all            create .venv if needed, run every notebook (PROFILE=cpu by default)
+#   make test           .venv, unit tests, nbval of every notebook under the quick profile
+#   make help           this list
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PROFILE ?= cpu
+PROFILES := quick cpu paper
+ifeq ($(filter $(PROFILE),$(PROFILES)),)
+$(error unknown PROFILE '$(PROFILE)': use one of: $(PROFILES), e.g. `make all PROFILE=quick`)
+endif
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ENV_STAMP := $(VENV)/.mdkl-installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+EXECUTED := $(patsubst notebooks/%.ipynb,executed/$(PROFILE)/%.ipynb,$(NOTEBOOKS))
+MDKL_SOURCES := $(wildcard mdkl/*.py)
+NB_TIMEOUT ?= 3600
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export MPLBACKEND := Agg
+export PYTHONPATH := $(CURDIR)
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: all help env test unit nbval lab publish bench clean-cache clean $(notdir $(basename $(NOTEBOOKS)))
+
+help: ## show this help
+	@echo "mdkl make targets (PROFILE=quick|cpu|paper, default cpu):"
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@echo "  NN_topic       run one notebook, e.g. make 03_probability_ratios PROFILE=quick"
+	@echo "notebooks: $(notdir $(NOTEBOOKS))"
+
+all: $(EXECUTED) ## create the environment if needed, then run every notebook (writes executed/$(PROFILE)/, figures/, data/)
+	@echo "all notebooks executed under PROFILE=$(PROFILE): see executed/$(PROFILE)/ and figures/"
+
+env: $(ENV_STAMP) ## create .venv with pip and install the pinned requirements
+
+$(ENV_STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+# One rule from notebook to executed notebook; papermill names the failing cell and make stops.
+executed/$(PROFILE)/%.ipynb: notebooks/%.ipynb $(MDKL_SOURCES) | $(ENV_STAMP)
+	@mkdir -p $(@D)
+	@echo "== $< (PROFILE=$(PROFILE))"
+	@start=$$(date +%s); \
+	MDKL_PROFILE=$(PROFILE) $(PY) -m papermill $< $@.tmp -k python3 --cwd notebooks \
+	  -p profile $(PROFILE) --execution-timeout $(NB_TIMEOUT) --log-level WARNING \
+	  || { rm -f $@.tmp; echo "FAILED: $< (see the cell named above)"; exit 1; }; \
+	mv $@.tmp $@; echo "   done in $$(( $$(date +%s) - start )) s"
+
+$(notdir $(basename $(NOTEBOOKS))): %: executed/$(PROFILE)/%.ipynb
+
+test: $(ENV_STAMP) ## unit tests (pytest) + notebook validation (nbval, quick profile)
+	MDKL_PROFILE=quick $(PY) -m pytest tests $(NOTEBOOKS) -q -rs --durations=15 \
+	  --nbval-lax --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg \
+	  --nbval-cell-timeout $(NB_TIMEOUT)
+
+unit: $(ENV_STAMP) ## unit tests only
+	$(PY) -m pytest tests -q
+
+nbval: $(ENV_STAMP) ## notebook validation only (quick profile)
+	MDKL_PROFILE=quick $(PY) -m pytest $(NOTEBOOKS) -q --nbval-lax --nbval-current-env \
+	  --nbval-sanitize-with nbval_sanitize.cfg --nbval-cell-timeout $(NB_TIMEOUT)
+
+publish: ## after `make all` (cpu): copy executed notebooks back into notebooks/ (outputs for readers)
+	@test "$(PROFILE)" = cpu || { echo "publish only the default profile (PROFILE=cpu)"; exit 1; }
+	$(PY) -m mdkl.runtime publish executed/cpu notebooks
+
+bench: $(ENV_STAMP) ## run the benchmark scripts under benchmarks/
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+lab: $(ENV_STAMP) ## JupyterLab on the notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+clean-cache: ## delete cached results (data/cache) and executed notebooks
+	rm -rf data/cache executed
+
+clean: clean-cache ## also delete the environment
+	rm -rf $(VENV)

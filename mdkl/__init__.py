@@ -1,0 +1,15 @@
+"""mdkl: reproducible companion to "KL-Regularized Reinforcement Learning is Designed to Mode
+Collapse" (GX-Chen et al., arXiv 2510.20817).
+
+Modules (each says what it is for in its own docstring):
+
+- ``mdkl.runtime``  paths, profiles (quick / cpu / paper), seeding, the atomic on-disk cache, claims
+- ``mdkl.targets``  optimal targets of the regularized objectives (Rem. 3.1, 3.3, B.1) and ratios (§4)
+- ``mdkl.kl``       the k1 / k2 / k3 KL estimators and which divergence each placement optimizes
+- ``mdkl.mara``     Mode Anchored Reward Augmentation (Algorithms 1 and 2, Rem. B.3)
+- ``mdkl.metrics``  entropy, coverage (Def. 3.5) and other evaluation metrics
+- ``mdkl.toy``      the toy trainer (categorical / Gaussian policies, REINFORCE) and density fitting
+- ``mdkl.plotting`` one figure style, figures written as PNG and PDF under ``figures/``
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,163 @@
+"""MARA: Mode Anchored Reward Augmentation (paper §5, Algorithms 1 and 2, Remark B.3).
+
+Pure, batched tensor functions. A batch is a flat vector of samples with an optional ``group``
+index (LLMs: the samples of one prompt; chemistry: one sampled batch; toy: one seed's batch);
+the anchor is chosen and applied within each group, so every trainer calls the same code.
+
+Algorithm 1 (augmented rewards; use with reverse KL)::
+
+    z = argmax_{y_i : R(y_i) >= tau} pi_ref(y_i)
+    rbar_i = R(z) + beta (log pi_ref(z) - log pi_ref(y_i))   if R(y_i) >= tau else R(y_i)
+
+Algorithm 2 (anchor substitution; use with forward KL): for samples with R >= tau replace the
+reward by R(z) *and* the reference log-probability inside the KL term by log pi_ref(z).
+
+Under reverse KL both give the target of Remark B.3 (:func:`mara_target`): constant mass on every
+output with R >= tau. Under forward KL only Algorithm 2 does (``notebooks/04_mara_toy.ipynb``
+shows both numerically): Algorithm 1's rewards enter G_fwd = beta pi_ref / (Lambda - rbar) and do
+not cancel pi_ref. Groups where no sample reaches ``tau`` are returned unchanged (documented
+behaviour, not an error).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from scipy.special import logsumexp
+
+from mdkl.targets import _check_beta, _check_ref, _check_rewards
+
+__all__ = ["mara_anchor", "mara_rewards", "mara_substitute", "mara_target", "batch_percentile_tau",
+           "MARA_FOR_KL"]
+
+#: which algorithm gives MARA's uniform-over-good-modes target under each KL direction
+MARA_FOR_KL = {"reverse": "alg1", "forward": "alg2"}
+
+
+def _as_float_tensor(x) -> torch.Tensor:
+    t = torch.as_tensor(x)
+    return t if t.is_floating_point() else t.to(torch.get_default_dtype())
+
+
+def _prepare(rewards, logp_ref, group, tau):
+    r = _as_float_tensor(rewards)
+    lr = _as_float_tensor(logp_ref).to(r.dtype)
+    if r.ndim != 1 or r.shape != lr.shape:
+        raise ValueError(f"rewards and logp_ref must be 1-D of equal length "
+                         f"(got {tuple(r.shape)} and {tuple(lr.shape)})")
+    if torch.isnan(r).any():
+        bad = torch.nonzero(torch.isnan(r)).flatten()[:5].tolist()
+        raise ValueError(f"NaN rewards at positions {bad}: map failed generations to a finite reward "
+                         f"(e.g. 0.0) before MARA")
+    if torch.isnan(lr).any():
+        raise ValueError("NaN reference log-probabilities: check the reference model's forward pass")
+    if group is None:
+        g = torch.zeros(r.shape[0], dtype=torch.long, device=r.device)
+    else:
+        g = torch.as_tensor(group, dtype=torch.long, device=r.device)
+        if g.shape != r.shape:
+            raise ValueError(f"group must have one id per sample (got {tuple(g.shape)} for {tuple(r.shape)})")
+        if g.numel() and g.min() < 0:
+            raise ValueError("group ids must be >= 0")
+    tau_t = torch.as_tensor(tau, dtype=r.dtype, device=r.device)
+    if tau_t.ndim == 1:  # per-group tau
+        tau_t = tau_t[g]
+    if torch.isnan(tau_t).any():
+        raise ValueError("tau is NaN")
+    return r, lr, g, tau_t
+
+
+def mara_anchor(rewards, logp_ref, tau, group=None) -> torch.Tensor:
+    """Per-sample index of its group's anchor z, or -1 where the group has no sample with R >= tau.
+
+    z = argmax over the group's samples with R(y) >= tau of log pi_ref(y) (Algorithm 1, line 1);
+    ties go to the first such sample. ``tau`` is a scalar or one value per group.
+    """
+    r, lr, g, tau_t = _prepare(rewards, logp_ref, group, tau)
+    n = r.shape[0]
+    if n == 0:
+        return torch.empty(0, dtype=torch.long)
+    n_groups = int(g.max()) + 1
+    good = r >= tau_t
+    neg_inf = torch.tensor(float("-inf"), dtype=lr.dtype, device=lr.device)
+    masked = torch.where(good, lr, neg_inf)
+    gmax = torch.full((n_groups,), float("-inf"), dtype=lr.dtype, device=lr.device)
+    gmax = gmax.scatter_reduce(0, g, masked, reduce="amax", include_self=True)
+    is_cand = good & (masked == gmax[g])
+    idx = torch.arange(n, device=r.device)
+    big = torch.full((n_groups,), n, dtype=torch.long, device=r.device)
+    first = big.scatter_reduce(0, g, torch.where(is_cand, idx, torch.full_like(idx, n)),
+                               reduce="amin", include_self=True)
+    anchor = first[g]
+    return torch.where(anchor < n, anchor, torch.full_like(anchor, -1))
+
+
+def mara_rewards(rewards, logp_ref, beta: float, tau, group=None) -> torch.Tensor:
+    """Algorithm 1: rbar_i = R(z) + beta (log pi_ref(z) - log pi_ref(y_i)) if R(y_i) >= tau, else R(y_i).
+
+    ``beta`` must be > 0: at beta = 0 there is no KL term to shape, the augmentation vanishes and
+    every good sample just gets R(z) (use vanilla RL instead). Groups without a sample above
+    ``tau`` are returned unchanged. The result carries no gradient.
+    """
+    _check_beta(beta, "beta (MARA)")
+    r, lr, g, tau_t = _prepare(rewards, logp_ref, group, tau)
+    r, lr = r.detach(), lr.detach()
+    anchor = mara_anchor(r, lr, tau_t, g)
+    apply = (r >= tau_t) & (anchor >= 0)
+    a = anchor.clamp(min=0)
+    rbar = r[a] + beta * (lr[a] - lr)
+    return torch.where(apply, rbar, r)
+
+
+def mara_substitute(rewards, logp_ref, tau, group=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 2: for samples with R >= tau, return R(z) as the reward and log pi_ref(z) as the
+    reference log-probability to use inside the KL term; other samples are unchanged.
+
+    Returns ``(rewards, logp_ref)``, both detached. This "selectively reduces the KL regularization
+    for high-rewarding samples"; under forward KL (k3 loss) it yields the uniform target.
+    """
+    r, lr, g, tau_t = _prepare(rewards, logp_ref, group, tau)
+    r, lr = r.detach(), lr.detach()
+    anchor = mara_anchor(r, lr, tau_t, g)
+    apply = (r >= tau_t) & (anchor >= 0)
+    a = anchor.clamp(min=0)
+    return torch.where(apply, r[a], r), torch.where(apply, lr[a], lr)
+
+
+def batch_percentile_tau(rewards, q: float = 90.0, group=None) -> torch.Tensor:
+    """tau as the ``q``-th percentile of each group's rewards (paper: 90th, creative task).
+
+    Returns one tau per group (index with the group id). When all rewards of a group are equal,
+    tau equals that reward, so *every* sample is "good" and the anchor is the best-supported
+    sample of the group: MARA then only reshapes the KL toward uniform over the group's
+    samples (tested in ``tests/test_mara.py``).
+    """
+    r = _as_float_tensor(rewards).detach()
+    if torch.isnan(r).any():
+        raise ValueError("NaN rewards: map failed generations to a finite reward before computing tau")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile q must be in [0, 100] (got {q})")
+    g = torch.zeros_like(r, dtype=torch.long) if group is None else torch.as_tensor(group, dtype=torch.long)
+    n_groups = int(g.max()) + 1 if g.numel() else 0
+    return torch.stack([torch.quantile(r[g == k], q / 100.0) for k in range(n_groups)]) if n_groups else r.new_empty(0)
+
+
+def mara_target(ref, rewards, beta: float, tau: float) -> np.ndarray:
+    """Remark B.3: the reverse-KL target under MARA's rewards.
+
+    Mass proportional to pi_ref(z) exp(R(z) / beta) (one constant) on every output with
+    R >= tau, where z is the best-supported output with R >= tau over the whole space, and
+    pi_ref(y) exp(R(y) / beta) below tau. Raises if ``tau`` is above every reward (no output can
+    ever anchor: lower tau to at most max R).
+    """
+    r = _check_rewards(rewards)
+    p = _check_ref(ref, r.size)
+    beta = _check_beta(beta, "beta (MARA)")
+    good = r >= tau
+    if not good.any():
+        raise ValueError(f"tau={tau} is above every reward (max R = {r.max()}): choose tau <= max R")
+    z = np.flatnonzero(good)[np.argmax(p[good])]
+    with np.errstate(divide="ignore"):
+        logits = np.where(good, np.log(p[z]) + r[z] / beta, np.log(p) + r / beta)
+    return np.exp(logits - logsumexp(logits))

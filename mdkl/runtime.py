@@ -1,0 +1,269 @@
+"""Runtime plumbing shared by every notebook and trainer.
+
+- where things live (``ROOT``, ``DATA_DIR``, ``FIGURES_DIR``),
+- run profiles: ``quick`` (CI, minutes), ``cpu`` (default: the full set of results sized for 2 cores),
+  ``paper`` (paper-size grids and seeds, GPU where available). Profiles only change sizes.
+- seeding, done once and visibly with :func:`seed_everything`,
+- :func:`cached`: expensive results stored under ``data/cache`` keyed by (config, code version),
+  written atomically so an interrupted run never leaves a partial file behind,
+- :func:`claim`: the one-line, profile-independent statements that nbval checks in the notebooks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+import pickle
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
+
+import numpy as np
+
+ROOT = Path(os.environ.get("MDKL_ROOT", Path(__file__).resolve().parent.parent))
+DATA_DIR = ROOT / "data"
+CACHE_DIR = Path(os.environ.get("MDKL_CACHE", DATA_DIR / "cache"))
+RESULTS_DIR = DATA_DIR / "results"
+
+PROFILES = ("quick", "cpu", "paper")
+DEFAULT_PROFILE = "cpu"
+
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------------------------
+# profiles
+# ----------------------------------------------------------------------------------------------
+def resolve_profile(name: str | None = None) -> str:
+    """Return a valid profile name; ``None`` reads ``$MDKL_PROFILE`` (default ``cpu``).
+
+    Raises ``ValueError`` naming the valid profiles for anything else.
+    """
+    if name is None or name == "":
+        name = os.environ.get("MDKL_PROFILE", "") or DEFAULT_PROFILE
+    name = str(name).strip().lower()
+    if name not in PROFILES:
+        raise ValueError(
+            f"unknown profile {name!r}: choose one of {', '.join(PROFILES)} "
+            f"(e.g. `make all PROFILE=cpu` or MDKL_PROFILE=quick)"
+        )
+    return name
+
+
+def by_profile(profile: str, **sizes: T) -> T:
+    """Pick a size for ``profile`` from keyword arguments ``quick=``, ``cpu=``, ``paper=``.
+
+    ``paper`` falls back to ``cpu`` when not given, so callers only spell out what differs.
+    """
+    profile = resolve_profile(profile)
+    if profile == "paper" and "paper" not in sizes:
+        profile = "cpu"
+    if profile not in sizes:
+        raise KeyError(f"no size given for profile {profile!r} (got {sorted(sizes)})")
+    return sizes[profile]
+
+
+def figures_dir(profile: str | None = None) -> Path:
+    """``figures/`` for the default profile (committed), ``figures/<profile>/`` for the others."""
+    profile = resolve_profile(profile)
+    d = ROOT / "figures" if profile == DEFAULT_PROFILE else ROOT / "figures" / profile
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+# ----------------------------------------------------------------------------------------------
+# seeding
+# ----------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA) and return a fresh NumPy ``Generator``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover - torch is a hard requirement, but keep this importable
+        pass
+    return np.random.default_rng(seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# cache
+# ----------------------------------------------------------------------------------------------
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {"__dataclass__": type(obj).__name__, **_jsonable(dataclasses.asdict(obj))}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, float):
+        return repr(obj)  # exact
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # torch tensors
+        return {"__tensor__": obj.tolist()}
+    return obj
+
+
+def code_version(*objects: Any) -> str:
+    """Hash of the source code of the given modules / functions / classes (plus mdkl's version).
+
+    Pass what a cached computation depends on, so that editing it recomputes.
+    """
+    from mdkl import __version__
+
+    h = hashlib.sha256(__version__.encode())
+    for obj in objects:
+        try:
+            h.update(inspect.getsource(obj).encode())
+        except (TypeError, OSError):
+            h.update(repr(obj).encode())
+    return h.hexdigest()[:16]
+
+
+def cache_key(config: Any, code: Iterable[Any] = ()) -> str:
+    """Stable key of a config (dataclass / dict / scalars) and the code it runs."""
+    payload = json.dumps({"config": _jsonable(config), "code": code_version(*code)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def cached(
+    name: str,
+    config: Any,
+    compute: Callable[[], T],
+    *,
+    code: Iterable[Any] = (),
+    force: bool = False,
+    cache_dir: Path | None = None,
+) -> T:
+    """Return ``compute()``, cached in ``data/cache/<name>-<key>.pkl``.
+
+    The key hashes ``config`` and the source of ``code`` (modules or functions the result depends
+    on), so changing either recomputes. ``force=True`` recomputes and overwrites. The file is
+    written atomically: a run killed mid-way leaves the previous state (or nothing), never a
+    truncated pickle.
+    """
+    d = Path(cache_dir) if cache_dir is not None else CACHE_DIR
+    path = d / f"{name}-{cache_key(config, code)}.pkl"
+    if path.exists() and not force:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    result = compute()
+    atomic_write_bytes(path, pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    return result
+
+
+def cached_dir(
+    name: str,
+    config: Any,
+    build: Callable[[Path], None],
+    *,
+    code: Iterable[Any] = (),
+    force: bool = False,
+    cache_dir: Path | None = None,
+) -> Path:
+    """Like :func:`cached` for a result that is a folder (e.g. saved model weights).
+
+    ``build(tmp)`` writes into a temporary folder that is renamed into place only when it
+    returns, so an interrupted build never leaves a half-written folder under the final name.
+    """
+    d = Path(cache_dir) if cache_dir is not None else CACHE_DIR
+    final = d / f"{name}-{cache_key(config, code)}"
+    if final.exists() and not force:
+        return final
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=d, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        build(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def write_csv(df: "Any", name: str) -> Path:
+    """Write a pandas DataFrame to ``data/results/<name>.csv`` atomically and return the path."""
+    path = RESULTS_DIR / f"{name}.csv"
+    atomic_write_bytes(path, df.to_csv(index=False).encode())
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# claims checked by nbval
+# ----------------------------------------------------------------------------------------------
+def claim(statement: str, holds: bool, detail: str = "") -> bool:
+    """Print ``[holds] statement`` or ``[FAILS] statement``; return ``holds``.
+
+    Notebooks print their key results through this in cells marked ``# NBVAL_CHECK_OUTPUT``. The
+    statement must not contain profile-dependent numbers (those go into ``detail``, which is
+    printed on a separate line that the sanitizer masks), so the committed output of the default
+    profile is also the expected output of the quick profile that CI runs.
+    """
+    print(f"[{'holds' if holds else 'FAILS'}] {statement}")
+    if detail:
+        print(f"    measured: {detail}")
+    return bool(holds)
+
+
+# ----------------------------------------------------------------------------------------------
+# publishing executed notebooks (make publish)
+# ----------------------------------------------------------------------------------------------
+def publish_notebooks(src: Path, dst: Path) -> list[Path]:
+    """Copy papermill-executed notebooks from ``src`` into ``dst`` with their outputs, dropping
+    papermill's injected-parameters cell so the published notebook still reads its profile from
+    its own ``parameters`` cell / ``$MDKL_PROFILE`` (nbval in CI runs it with ``quick``)."""
+    import nbformat
+
+    out = []
+    for f in sorted(Path(src).glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(f, as_version=4)
+        nb.cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+        nb.metadata.pop("papermill", None)
+        for c in nb.cells:
+            c.metadata.pop("papermill", None)
+            c.metadata.pop("execution", None)
+        target = Path(dst) / f.name
+        atomic_write_bytes(target, nbformat.writes(nb).encode())
+        os.utime(target, (f.stat().st_atime, f.stat().st_mtime))  # keep `make all` up to date
+        out.append(target)
+    return out
+
+
+if __name__ == "__main__":  # python -m mdkl.runtime publish SRC DST
+    import sys
+
+    if len(sys.argv) == 4 and sys.argv[1] == "publish":
+        for p in publish_notebooks(Path(sys.argv[2]), Path(sys.argv[3])):
+            print(f"published {p}")
+    else:
+        sys.exit("usage: python -m mdkl.runtime publish SRC_DIR DST_DIR")

@@ -1,0 +1,349 @@
+"""Toy trainers for the didactic experiments (paper Figs. 1-5).
+
+Two pieces:
+
+- :func:`train_toy`: KL-regularized policy-gradient RL (REINFORCE with a leave-one-out or mean
+  baseline) on sampled batches, for a categorical policy (free logits over K actions) or a 1-D
+  Gaussian policy. KL direction and placement, entropy bonus and MARA are config fields; the
+  estimators come from :mod:`mdkl.kl` and MARA from :mod:`mdkl.mara`. Several seeds train in
+  parallel as independent rows of one parameter tensor (Adam is elementwise, so rows never
+  interact); MARA's group index is the seed.
+- :func:`fit_density`: distribution matching (Fig. 1a/b), minimizing the exact reverse or
+  forward KL to a target density on a quadrature grid.
+
+Defaults of :class:`ToyConfig` follow the spec's reading of the authors' toy code: logits
+initialised at 0, batches of 32, AdamW lr 5e-3, 1000 iterations, KL as a loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mdkl.kl import kl_gradient_direction, kl_loss, kl_reward_penalty
+from mdkl.mara import MARA_FOR_KL, mara_rewards, mara_substitute
+
+__all__ = ["ToyConfig", "ToyResult", "CategoricalPolicy", "GaussianPolicy", "train_toy",
+           "train_categorical", "fit_density", "DensityFit"]
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """Configuration of one toy KL-regularized RL run (all seeds of it train in parallel)."""
+
+    beta: float = 1e-3
+    """KL coefficient beta (>= 0; 0 disables the KL term)."""
+    estimator: Literal["k1", "k2", "k3"] | None = "k2"
+    """KL estimator: k2 (reverse KL, default), k3 (forward KL), k1; None for no KL term."""
+    placement: Literal["reward", "loss"] = "loss"
+    """Where the estimator goes: 'loss' (differentiated) or 'reward' (detached, k1 only)."""
+    entropy: float = 0.0
+    """Entropy bonus eta, added to the reward as -eta log pi(y) (detached)."""
+    mara: Literal["none", "alg1", "alg2", "auto"] = "none"
+    """MARA variant: 'alg1' augmented rewards, 'alg2' anchor substitution, 'auto' = the right one
+    for the KL direction (alg1 for reverse, alg2 for forward, see mdkl.mara.MARA_FOR_KL)."""
+    tau: float | None = None
+    """MARA reward threshold (must be <= max reward)."""
+    batch_size: int = 32
+    """Samples per seed per iteration."""
+    lr: float = 5e-3
+    """AdamW learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (torch's default)."""
+    iterations: int = 1000
+    """Policy-gradient iterations."""
+    baseline: Literal["rloo", "mean", "none"] = "rloo"
+    """Variance-reduction baseline: leave-one-out mean, batch mean, or none."""
+    init: Literal["zeros", "reference"] = "zeros"
+    """Initial logits: zeros (uniform) or the reference log-probabilities (categorical only)."""
+    seed: int = 0
+    """Base seed; run i of ``n_seeds`` uses the torch generator seeded with seed + i."""
+    n_seeds: int = 1
+    """Independent runs trained in parallel."""
+    log_every: int = 10
+    """Record the policy every this many iterations."""
+
+    @property
+    def kl_direction(self) -> str:
+        """'reverse', 'forward' or 'none': which divergence the KL term's gradient follows."""
+        if self.estimator is None or self.beta == 0:
+            return "none"
+        return kl_gradient_direction(self.estimator, self.placement)
+
+    @property
+    def mara_algorithm(self) -> str:
+        """The MARA algorithm actually used ('none', 'alg1' or 'alg2')."""
+        if self.mara != "auto":
+            return self.mara
+        if self.kl_direction == "none":
+            raise ValueError("mara='auto' needs a KL term to pick Algorithm 1 or 2: set estimator/beta")
+        return MARA_FOR_KL[self.kl_direction]
+
+    def replace(self, **changes) -> "ToyConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class ToyResult:
+    """Outcome of :func:`train_toy`: ``final`` policy per seed and its ``history``.
+
+    Categorical: ``final`` is [n_seeds, K] probabilities, ``history`` [n_logged, n_seeds, K].
+    Gaussian: ``final`` is [n_seeds, 2] (mean, std), ``history`` [n_logged, n_seeds, 2].
+    """
+
+    config: ToyConfig
+    steps: np.ndarray
+    history: np.ndarray
+    final: np.ndarray
+    mean_reward: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def mean_final(self) -> np.ndarray:
+        """The final policy averaged over seeds."""
+        return self.final.mean(axis=0)
+
+
+class CategoricalPolicy(torch.nn.Module):
+    """Free logits over K actions, one row per seed."""
+
+    def __init__(self, n_seeds: int, n_actions: int, init_logits: torch.Tensor | None = None):
+        super().__init__()
+        init = torch.zeros(n_seeds, n_actions, dtype=torch.float64)
+        if init_logits is not None:
+            init = init + torch.as_tensor(init_logits, dtype=torch.float64)
+        self.logits = torch.nn.Parameter(init)
+
+    def sample(self, batch: int, gen: torch.Generator) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.multinomial(torch.softmax(self.logits, -1), batch, replacement=True, generator=gen)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.logits, -1).gather(1, x)
+
+    def snapshot(self) -> np.ndarray:
+        return torch.softmax(self.logits.detach(), -1).numpy()
+
+
+class GaussianPolicy(torch.nn.Module):
+    """1-D Gaussian N(mean, exp(log_std)^2), one (mean, log_std) per seed."""
+
+    def __init__(self, n_seeds: int, mean: float = 0.0, std: float = 1.0):
+        super().__init__()
+        self.mean = torch.nn.Parameter(torch.full((n_seeds, 1), float(mean), dtype=torch.float64))
+        self.log_std = torch.nn.Parameter(torch.full((n_seeds, 1), float(np.log(std)), dtype=torch.float64))
+
+    def sample(self, batch: int, gen: torch.Generator) -> torch.Tensor:
+        with torch.no_grad():
+            eps = torch.randn(self.mean.shape[0], batch, generator=gen, dtype=torch.float64)
+            return self.mean + self.log_std.exp() * eps
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x - self.mean) / self.log_std.exp()
+        return -0.5 * z**2 - self.log_std - 0.5 * np.log(2 * np.pi)
+
+    def snapshot(self) -> np.ndarray:
+        return torch.cat([self.mean, self.log_std.exp()], 1).detach().numpy()
+
+
+def _baseline(r: torch.Tensor, kind: str) -> torch.Tensor:
+    b = r.shape[1]
+    if kind == "none":
+        return torch.zeros_like(r)
+    if kind == "mean":
+        return r.mean(1, keepdim=True).expand_as(r)
+    if kind == "rloo":
+        if b < 2:
+            raise ValueError("the leave-one-out baseline needs batch_size >= 2")
+        return (r.sum(1, keepdim=True) - r) / (b - 1)
+    raise ValueError(f"unknown baseline {kind!r}: use 'rloo', 'mean' or 'none'")
+
+
+def _validate(cfg: ToyConfig, max_reward: float | None) -> None:
+    if cfg.beta < 0 or not np.isfinite(cfg.beta):
+        raise ValueError(f"beta must be >= 0 (got {cfg.beta})")
+    if cfg.mara != "none":
+        if cfg.beta <= 0 or cfg.estimator is None:
+            raise ValueError("MARA needs a KL term with beta > 0: at beta = 0 the augmentation "
+                             "beta * (log pi_ref(z) - log pi_ref(y)) vanishes; use mara='none'")
+        if cfg.tau is None:
+            raise ValueError("MARA needs a threshold tau (e.g. tau=1.0 for 0/1 rewards)")
+        if max_reward is not None and cfg.tau > max_reward:
+            raise ValueError(f"tau={cfg.tau} is above every reward (max R = {max_reward}): "
+                             f"MARA would never anchor; choose tau <= max R")
+    if cfg.batch_size < 1 or cfg.iterations < 0 or cfg.n_seeds < 1:
+        raise ValueError("batch_size, n_seeds must be >= 1 and iterations >= 0")
+
+
+def train_toy(
+    cfg: ToyConfig,
+    policy: torch.nn.Module,
+    reward_fn: Callable[[torch.Tensor], torch.Tensor],
+    ref_log_prob: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    max_reward: float | None = None,
+    progress: bool = False,
+) -> ToyResult:
+    """REINFORCE on ``E[R] - beta * KL`` (+ entropy, + MARA) for ``cfg.iterations`` steps.
+
+    ``reward_fn`` and ``ref_log_prob`` map a [n_seeds, batch] tensor of samples to rewards and
+    reference log-probabilities. Per iteration: sample a batch per seed, compute rewards, apply
+    MARA within each seed's batch, put the k1 penalty / entropy bonus in the reward or the
+    estimator in the loss, and take one AdamW step on the policy-gradient loss.
+    """
+    _validate(cfg, max_reward)
+    direction = cfg.kl_direction
+    alg = cfg.mara_algorithm
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    s, b = cfg.n_seeds, cfg.batch_size
+    group = torch.arange(s).repeat_interleave(b)
+    steps, hist, mean_r = [0], [policy.snapshot()], []
+    for it in tqdm(range(1, cfg.iterations + 1), disable=not progress, desc="toy RL", leave=False):
+        x = policy.sample(b, gen)
+        logp = policy.log_prob(x)
+        with torch.no_grad():
+            r = torch.as_tensor(reward_fn(x), dtype=torch.float64)
+            lref = torch.as_tensor(ref_log_prob(x), dtype=torch.float64)
+        if torch.isnan(r).any():
+            raise ValueError("reward_fn returned NaN: rewards must be finite")
+        mean_r.append(r.mean(1).numpy())
+        if alg == "alg1":
+            r = mara_rewards(r.flatten(), lref.flatten(), cfg.beta, cfg.tau, group).view(s, b)
+        elif alg == "alg2":
+            r_flat, l_flat = mara_substitute(r.flatten(), lref.flatten(), cfg.tau, group)
+            r, lref = r_flat.view(s, b), l_flat.view(s, b)
+        shaped = r.clone()
+        if direction != "none" and cfg.placement == "reward":
+            shaped = shaped + kl_reward_penalty(logp, lref, cfg.beta, cfg.estimator)
+        if cfg.entropy:
+            shaped = shaped - cfg.entropy * logp.detach()
+        adv = shaped - _baseline(shaped, cfg.baseline)
+        loss = -(adv * logp).mean(1)
+        if cfg.estimator is not None and cfg.beta > 0 and cfg.placement == "loss":
+            loss = loss + kl_loss(logp, lref, cfg.beta, cfg.estimator).mean(1)
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        opt.step()
+        if it % cfg.log_every == 0 or it == cfg.iterations:
+            steps.append(it)
+            hist.append(policy.snapshot())
+    return ToyResult(cfg, np.array(steps), np.stack(hist), hist[-1],
+                     np.stack(mean_r) if mean_r else np.zeros((0, s)))
+
+
+def train_categorical(cfg: ToyConfig, rewards, ref, *, progress: bool = False) -> ToyResult:
+    """:func:`train_toy` for a categorical policy over ``len(rewards)`` actions.
+
+    ``rewards`` and ``ref`` are vectors (ref a probability vector, zeros allowed).
+    """
+    r = torch.as_tensor(np.asarray(rewards, dtype=np.float64))
+    p = np.asarray(ref, dtype=np.float64)
+    if r.ndim != 1 or p.shape != tuple(r.shape):
+        raise ValueError("rewards and ref must be 1-D vectors of the same length")
+    if torch.isnan(r).any():
+        raise ValueError("rewards contain NaN: every action needs a finite reward")
+    with np.errstate(divide="ignore"):
+        log_ref = torch.as_tensor(np.log(p))
+    init = None
+    if cfg.init == "reference":
+        init = torch.clamp(log_ref, min=-30.0)
+    elif cfg.init != "zeros":
+        raise ValueError(f"unknown init {cfg.init!r}: use 'zeros' or 'reference'")
+    policy = CategoricalPolicy(cfg.n_seeds, r.numel(), init)
+    return train_toy(cfg, policy, lambda x: r[x], lambda x: log_ref[x],
+                     max_reward=float(r.max()), progress=progress)
+
+
+# ----------------------------------------------------------------------------------------------
+# distribution matching (Fig. 1a/b)
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class DensityFit:
+    """Result of :func:`fit_density`: densities on ``grid`` at each recorded step."""
+
+    grid: np.ndarray
+    target: np.ndarray
+    steps: np.ndarray
+    densities: np.ndarray  # [n_logged, len(grid)]
+    divergence: np.ndarray  # exact divergence at each recorded step
+
+
+def fit_density(
+    target_pdf: Callable[[np.ndarray], np.ndarray],
+    family: Literal["gaussian", "categorical"],
+    divergence: Literal["reverse", "forward"],
+    *,
+    steps: int = 600,
+    lr: float = 0.05,
+    grid: np.ndarray | None = None,
+    n_bins: int = 50,
+    bin_range: tuple[float, float] = (-4.0, 4.0),
+    init_mean: float = -3.0,
+    init_std: float = 2.0,
+    log_every: int = 10,
+) -> DensityFit:
+    """Fit a policy density q to ``target_pdf`` p by Adam on the exact divergence on a grid.
+
+    ``divergence='reverse'`` minimizes KL(q || p) (mode seeking), ``'forward'`` KL(p || q)
+    (mass covering). ``family='gaussian'`` is the restrictive policy (Fig. 1a: one mode or
+    moment matching); ``'categorical'`` is ``n_bins`` free bins on ``bin_range`` (Fig. 1b:
+    expressive enough to match both modes under either divergence).
+    """
+    if family == "gaussian":
+        grid = np.linspace(-10, 10, 4001) if grid is None else np.asarray(grid, dtype=np.float64)
+        mean = torch.tensor(init_mean, dtype=torch.float64, requires_grad=True)
+        log_std = torch.tensor(np.log(init_std), dtype=torch.float64, requires_grad=True)
+        params = [mean, log_std]
+        g = torch.as_tensor(grid)
+        w = float(grid[1] - grid[0])
+
+        def log_q():
+            z = (g - mean) / log_std.exp()
+            lq = -0.5 * z**2 - log_std - 0.5 * np.log(2 * np.pi)
+            return lq - torch.logsumexp(lq + np.log(w), 0)  # renormalize on the grid
+    elif family == "categorical":
+        edges = np.linspace(*bin_range, n_bins + 1)
+        grid = 0.5 * (edges[1:] + edges[:-1])
+        w = float(edges[1] - edges[0])
+        logits = torch.zeros(n_bins, dtype=torch.float64, requires_grad=True)
+        params = [logits]
+
+        def log_q():
+            return torch.log_softmax(logits, 0) - np.log(w)
+    else:
+        raise ValueError(f"unknown family {family!r}: use 'gaussian' or 'categorical'")
+    p_np = np.asarray(target_pdf(grid), dtype=np.float64)
+    p_np = p_np / (p_np.sum() * w)
+    p = torch.as_tensor(p_np)
+    with np.errstate(divide="ignore"):
+        log_p = torch.as_tensor(np.log(p_np))
+
+    def div(lq):
+        q = lq.exp()
+        if divergence == "reverse":
+            return (q * (lq - log_p.clamp(min=-700))).sum() * w
+        if divergence == "forward":
+            m = p > 0
+            return (p[m] * (log_p[m] - lq[m])).sum() * w
+        raise ValueError(f"unknown divergence {divergence!r}: use 'reverse' or 'forward'")
+
+    opt = torch.optim.Adam(params, lr=lr)
+    rec_steps, dens, divs = [], [], []
+    for t in range(steps + 1):
+        lq = log_q()
+        d = div(lq)
+        if t % log_every == 0 or t == steps:
+            rec_steps.append(t)
+            dens.append(lq.exp().detach().numpy())
+            divs.append(float(d))
+        if t == steps:
+            break
+        opt.zero_grad()
+        d.backward()
+        opt.step()
+    return DensityFit(grid, p_np, np.array(rec_steps), np.stack(dens), np.array(divs))
