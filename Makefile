@@ -53,10 +53,10 @@ executed/$(PROFILE)/%.ipynb: notebooks/%.ipynb $(MDKL_SOURCES) | $(ENV_STAMP)
 	@mkdir -p $(@D)
 	@echo "== $< (PROFILE=$(PROFILE))"
 	@start=$$(date +%s); \
-	MDKL_PROFILE=$(PROFILE) $(PY) -m papermill $< $@.tmp -k python3 --cwd notebooks \
+	MDKL_PROFILE=$(PROFILE) $(PY) -m papermill $< $@.tmp.ipynb -k python3 --cwd notebooks \
 	  -p profile $(PROFILE) --execution-timeout $(NB_TIMEOUT) --log-level WARNING \
-	  || { rm -f $@.tmp; echo "FAILED: $< (see the cell named above)"; exit 1; }; \
-	mv $@.tmp $@; echo "   done in $$(( $$(date +%s) - start )) s"
+	  || { rm -f $@.tmp.ipynb; echo "FAILED: $< (see the cell named above)"; exit 1; }; \
+	mv $@.tmp.ipynb $@; echo "   done in $$(( $$(date +%s) - start )) s"
 
 $(notdir $(basename $(NOTEBOOKS))): %: executed/$(PROFILE)/%.ipynb
 

@@ -221,8 +221,8 @@ def write_csv(df: "Any", name: str) -> Path:
 # ----------------------------------------------------------------------------------------------
 # claims checked by nbval
 # ----------------------------------------------------------------------------------------------
-def claim(statement: str, holds: bool, detail: str = "") -> bool:
-    """Print ``[holds] statement`` or ``[FAILS] statement``; return ``holds``.
+def claim(statement: str, holds: bool, detail: str = "") -> None:
+    """Print ``[holds] statement`` or ``[FAILS] statement`` (and a ``measured:`` detail line).
 
     Notebooks print their key results through this in cells marked ``# NBVAL_CHECK_OUTPUT``. The
     statement must not contain profile-dependent numbers (those go into ``detail``, which is
@@ -232,7 +232,6 @@ def claim(statement: str, holds: bool, detail: str = "") -> bool:
     print(f"[{'holds' if holds else 'FAILS'}] {statement}")
     if detail:
         print(f"    measured: {detail}")
-    return bool(holds)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,7 +253,8 @@ def publish_notebooks(src: Path, dst: Path) -> list[Path]:
             c.metadata.pop("execution", None)
         target = Path(dst) / f.name
         atomic_write_bytes(target, nbformat.writes(nb).encode())
-        os.utime(target, (f.stat().st_atime, f.stat().st_mtime))  # keep `make all` up to date
+        st = f.stat()
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime: `make all` stays up to date
         out.append(target)
     return out
 
