@@ -221,8 +221,8 @@ def write_csv(df: "Any", name: str) -> Path:
 # ----------------------------------------------------------------------------------------------
 # claims checked by nbval
 # ----------------------------------------------------------------------------------------------
-def claim(statement: str, holds: bool, detail: str = "") -> None:
-    """Print ``[holds] statement`` or ``[FAILS] statement`` (and a ``measured:`` detail line).
+def claim(statement: str, holds: bool, detail: str = "") -> bool:
+    """Print ``[holds] statement`` or ``[FAILS] statement``; return ``holds``.
 
     Notebooks print their key results through this in cells marked ``# NBVAL_CHECK_OUTPUT``. The
     statement must not contain profile-dependent numbers (those go into ``detail``, which is
@@ -232,6 +232,7 @@ def claim(statement: str, holds: bool, detail: str = "") -> None:
     print(f"[{'holds' if holds else 'FAILS'}] {statement}")
     if detail:
         print(f"    measured: {detail}")
+    return bool(holds)
 
 
 # ----------------------------------------------------------------------------------------------
