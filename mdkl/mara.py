@@ -72,6 +72,9 @@ def _prepare(rewards, logp_ref, group, tau):
             raise ValueError("group ids must be >= 0")
     tau_t = torch.as_tensor(tau, dtype=r.dtype, device=r.device)
     if tau_t.ndim == 1:  # per-group tau
+        if g.numel() and tau_t.numel() < int(g.max()) + 1:
+            raise ValueError(f"tau has {tau_t.numel()} entries for {int(g.max()) + 1} groups: pass a "
+                             f"scalar or one tau per group id (e.g. batch_percentile_tau(r, q, group))")
         tau_t = tau_t[g]
     if torch.isnan(tau_t).any():
         raise ValueError("tau is NaN")

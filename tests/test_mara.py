@@ -316,6 +316,8 @@ def test_mara_shape_and_group_errors():
         mara_anchor(_t([1.0, 0.0]), _t([-1.0, -2.0]), 0.5, [0])
     with pytest.raises(ValueError, match=">= 0"):
         mara_anchor(_t([1.0, 0.0]), _t([-1.0, -2.0]), 0.5, [0, -1])
+    with pytest.raises(ValueError, match="one tau per group id"):
+        mara_rewards(_t([1.0, 0.0, 0.5]), _t([-1.0, -2.0, -1.0]), 0.1, _t([0.5, 0.5]), [0, 1, 2])
 
 
 def test_mara_target_tau_above_every_reward():
