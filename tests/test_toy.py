@@ -145,6 +145,7 @@ def _moments(fit):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("error::UserWarning")  # no "tensor with requires_grad to scalar"
 def test_fit_density_reverse_gaussian_seeks_one_mode():
     fit = fit_density(_mixture, "gaussian", "reverse", steps=400)
     m, v = _moments(fit)
