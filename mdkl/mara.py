@@ -40,6 +40,16 @@ def _as_float_tensor(x) -> torch.Tensor:
     return t if t.is_floating_point() else t.to(torch.get_default_dtype())
 
 
+def _check_mara_beta(beta: float) -> float:
+    """beta > 0 for MARA, with an error that says what to do instead (spec §3: inert at beta = 0)."""
+    try:
+        return _check_beta(beta, "beta (MARA)")
+    except ValueError as e:
+        raise ValueError(f"{e}. MARA's augmentation beta * (log pi_ref(z) - log pi_ref(y)) scales "
+                         f"with beta, so without a KL term it is inert: use plain RL (no MARA) "
+                         f"or set beta > 0") from None
+
+
 def _prepare(rewards, logp_ref, group, tau):
     r = _as_float_tensor(rewards)
     lr = _as_float_tensor(logp_ref).to(r.dtype)
@@ -62,6 +72,9 @@ def _prepare(rewards, logp_ref, group, tau):
             raise ValueError("group ids must be >= 0")
     tau_t = torch.as_tensor(tau, dtype=r.dtype, device=r.device)
     if tau_t.ndim == 1:  # per-group tau
+        if g.numel() and tau_t.numel() < int(g.max()) + 1:
+            raise ValueError(f"tau has {tau_t.numel()} entries for {int(g.max()) + 1} groups: pass a "
+                             f"scalar or one tau per group id (e.g. batch_percentile_tau(r, q, group))")
         tau_t = tau_t[g]
     if torch.isnan(tau_t).any():
         raise ValueError("tau is NaN")
@@ -100,10 +113,10 @@ def mara_rewards(rewards, logp_ref, beta: float, tau, group=None) -> torch.Tenso
     every good sample just gets R(z) (use vanilla RL instead). Groups without a sample above
     ``tau`` are returned unchanged. The result carries no gradient.
     """
-    _check_beta(beta, "beta (MARA)")
+    _check_mara_beta(beta)
     r, lr, g, tau_t = _prepare(rewards, logp_ref, group, tau)
     r, lr = r.detach(), lr.detach()
-    anchor = mara_anchor(r, lr, tau_t, g)
+    anchor = mara_anchor(r, lr, tau, g)  # the caller's tau: scalar or one per group
     apply = (r >= tau_t) & (anchor >= 0)
     a = anchor.clamp(min=0)
     rbar = r[a] + beta * (lr[a] - lr)
@@ -119,7 +132,7 @@ def mara_substitute(rewards, logp_ref, tau, group=None) -> tuple[torch.Tensor, t
     """
     r, lr, g, tau_t = _prepare(rewards, logp_ref, group, tau)
     r, lr = r.detach(), lr.detach()
-    anchor = mara_anchor(r, lr, tau_t, g)
+    anchor = mara_anchor(r, lr, tau, g)  # the caller's tau: scalar or one per group
     apply = (r >= tau_t) & (anchor >= 0)
     a = anchor.clamp(min=0)
     return torch.where(apply, r[a], r), torch.where(apply, lr[a], lr)
@@ -153,7 +166,7 @@ def mara_target(ref, rewards, beta: float, tau: float) -> np.ndarray:
     """
     r = _check_rewards(rewards)
     p = _check_ref(ref, r.size)
-    beta = _check_beta(beta, "beta (MARA)")
+    beta = _check_mara_beta(beta)
     good = r >= tau
     if not good.any():
         raise ValueError(f"tau={tau} is above every reward (max R = {r.max()}): choose tau <= max R")

