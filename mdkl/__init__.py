@@ -8,6 +8,7 @@ Modules (each says what it is for in its own docstring):
 - ``mdkl.kl``       the k1 / k2 / k3 KL estimators and which divergence each placement optimizes
 - ``mdkl.mara``     Mode Anchored Reward Augmentation (Algorithms 1 and 2, Rem. B.3)
 - ``mdkl.metrics``  entropy, coverage (Def. 3.5) and other evaluation metrics
+- ``mdkl.exact``    the objectives as differentiable torch functions and exact-gradient ascent
 - ``mdkl.toy``      the toy trainer (categorical / Gaussian policies, REINFORCE) and density fitting
 - ``mdkl.plotting`` one figure style, figures written as PNG and PDF under ``figures/``
 """

@@ -54,7 +54,8 @@ def savefig(fig, name: str, profile: str | None = None) -> list[Path]:
     d = figures_dir(profile)
     paths = [d / f"{name}.png", d / f"{name}.pdf"]
     for p in paths:
-        fig.savefig(p)
+        # no creation date in the PDF: re-running a notebook leaves unchanged figures byte-identical
+        fig.savefig(p, metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
     return paths
 
 
