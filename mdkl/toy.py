@@ -49,6 +49,9 @@ class ToyConfig:
     for the KL direction (alg1 for reverse, alg2 for forward, see mdkl.mara.MARA_FOR_KL)."""
     tau: float | None = None
     """MARA reward threshold (must be <= max reward)."""
+    anchor: Literal["support", "reward", "random"] = "support"
+    """MARA anchor: the paper's best-supported good sample, or the highest-reward / a random good
+    sample (see mdkl.mara.mara_anchor; 'random' draws from the shared generator)."""
     batch_size: int = 32
     """Samples per seed per iteration."""
     lr: float = 5e-3
@@ -214,9 +217,11 @@ def train_toy(
             raise ValueError("reward_fn returned NaN: rewards must be finite")
         mean_r.append(r.mean(1).numpy())
         if alg == "alg1":
-            r = mara_rewards(r.flatten(), lref.flatten(), cfg.beta, cfg.tau, group).view(s, b)
+            r = mara_rewards(r.flatten(), lref.flatten(), cfg.beta, cfg.tau, group,
+                             anchor=cfg.anchor, generator=gen).view(s, b)
         elif alg == "alg2":
-            r_flat, l_flat = mara_substitute(r.flatten(), lref.flatten(), cfg.tau, group)
+            r_flat, l_flat = mara_substitute(r.flatten(), lref.flatten(), cfg.tau, group,
+                                             anchor=cfg.anchor, generator=gen)
             r, lref = r_flat.view(s, b), l_flat.view(s, b)
         shaped = r.clone()
         if direction != "none" and cfg.placement == "reward":
