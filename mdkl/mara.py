@@ -26,13 +26,17 @@ import torch
 
 from scipy.special import logsumexp
 
-from mdkl.targets import _check_beta, _check_ref, _check_rewards
+from mdkl.targets import _check_beta, _check_ref, _check_rewards, forward_kl_target
 
-__all__ = ["mara_anchor", "mara_rewards", "mara_substitute", "mara_target", "batch_percentile_tau",
-           "MARA_FOR_KL"]
+__all__ = ["mara_anchor", "mara_rewards", "mara_substitute", "mara_target", "mara_forward_target",
+           "batch_percentile_tau", "MARA_FOR_KL", "ANCHORS"]
 
 #: which algorithm gives MARA's uniform-over-good-modes target under each KL direction
 MARA_FOR_KL = {"reverse": "alg1", "forward": "alg2"}
+
+#: anchor choices: "support" is the paper's (best-supported good sample); the others answer the
+#: reviewers' question about the anchor (notebooks/04_mara_toy.ipynb compares them)
+ANCHORS = ("support", "reward", "random")
 
 
 def _as_float_tensor(x) -> torch.Tensor:
@@ -81,60 +85,87 @@ def _prepare(rewards, logp_ref, group, tau):
     return r, lr, g, tau_t
 
 
-def mara_anchor(rewards, logp_ref, tau, group=None) -> torch.Tensor:
-    """Per-sample index of its group's anchor z, or -1 where the group has no sample with R >= tau.
+def _check_anchor(anchor: str) -> str:
+    if anchor not in ANCHORS:
+        raise ValueError(f"unknown anchor {anchor!r}: use one of {ANCHORS} ('support' is the paper's)")
+    return anchor
 
-    z = argmax over the group's samples with R(y) >= tau of log pi_ref(y) (Algorithm 1, line 1);
-    ties go to the first such sample. ``tau`` is a scalar or one value per group.
-    """
-    r, lr, g, tau_t = _prepare(rewards, logp_ref, group, tau)
-    n = r.shape[0]
-    if n == 0:
-        return torch.empty(0, dtype=torch.long)
+
+def _group_first_argmax(score: torch.Tensor, mask: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per sample: index of the first sample of its group maximizing ``score`` among ``mask``, or -1."""
+    n = score.shape[0]
     n_groups = int(g.max()) + 1
-    good = r >= tau_t
-    neg_inf = torch.tensor(float("-inf"), dtype=lr.dtype, device=lr.device)
-    masked = torch.where(good, lr, neg_inf)
-    gmax = torch.full((n_groups,), float("-inf"), dtype=lr.dtype, device=lr.device)
+    neg_inf = torch.tensor(float("-inf"), dtype=score.dtype, device=score.device)
+    masked = torch.where(mask, score, neg_inf)
+    gmax = torch.full((n_groups,), float("-inf"), dtype=score.dtype, device=score.device)
     gmax = gmax.scatter_reduce(0, g, masked, reduce="amax", include_self=True)
-    is_cand = good & (masked == gmax[g])
-    idx = torch.arange(n, device=r.device)
-    big = torch.full((n_groups,), n, dtype=torch.long, device=r.device)
+    is_cand = mask & (masked == gmax[g])
+    idx = torch.arange(n, device=score.device)
+    big = torch.full((n_groups,), n, dtype=torch.long, device=score.device)
     first = big.scatter_reduce(0, g, torch.where(is_cand, idx, torch.full_like(idx, n)),
                                reduce="amin", include_self=True)
-    anchor = first[g]
-    return torch.where(anchor < n, anchor, torch.full_like(anchor, -1))
+    out = first[g]
+    return torch.where(out < n, out, torch.full_like(out, -1))
 
 
-def mara_rewards(rewards, logp_ref, beta: float, tau, group=None) -> torch.Tensor:
+def mara_anchor(rewards, logp_ref, tau, group=None, *, anchor: str = "support",
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-sample index of its group's anchor z, or -1 where the group has no sample with R >= tau.
+
+    ``anchor="support"`` (default, the paper's Algorithm 1, line 1): z = argmax over the group's
+    samples with R(y) >= tau of log pi_ref(y); ties go to the first such sample. Two variants for
+    the reviewers' question about the anchor: ``"reward"``, the highest-reward good sample (ties
+    broken by the best support, then the first); ``"random"``, a uniformly random good sample of
+    the group (drawn with ``generator``). ``tau`` is a scalar or one value per group.
+    """
+    _check_anchor(anchor)
+    r, lr, g, tau_t = _prepare(rewards, logp_ref, group, tau)
+    if r.shape[0] == 0:
+        return torch.empty(0, dtype=torch.long)
+    good = r >= tau_t
+    if anchor == "support":
+        return _group_first_argmax(lr, good, g)
+    if anchor == "reward":
+        best_r = _group_first_argmax(r, good, g)
+        top = good & (best_r >= 0) & (r == r[best_r.clamp(min=0)])
+        return _group_first_argmax(lr, top, g)
+    keys = torch.rand(r.shape[0], generator=generator, dtype=r.dtype).to(r.device)
+    return _group_first_argmax(keys, good, g)
+
+
+def mara_rewards(rewards, logp_ref, beta: float, tau, group=None, *, anchor: str = "support",
+                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Algorithm 1: rbar_i = R(z) + beta (log pi_ref(z) - log pi_ref(y_i)) if R(y_i) >= tau, else R(y_i).
 
     ``beta`` must be > 0: at beta = 0 there is no KL term to shape, the augmentation vanishes and
     every good sample just gets R(z) (use vanilla RL instead). Groups without a sample above
-    ``tau`` are returned unchanged. The result carries no gradient.
+    ``tau`` are returned unchanged. The result carries no gradient. ``anchor`` / ``generator``:
+    see :func:`mara_anchor` (default: the paper's best-supported good sample).
     """
     _check_mara_beta(beta)
     r, lr, g, tau_t = _prepare(rewards, logp_ref, group, tau)
     r, lr = r.detach(), lr.detach()
-    anchor = mara_anchor(r, lr, tau, g)  # the caller's tau: scalar or one per group
-    apply = (r >= tau_t) & (anchor >= 0)
-    a = anchor.clamp(min=0)
+    z = mara_anchor(r, lr, tau, g, anchor=anchor, generator=generator)  # caller's tau: scalar or per group
+    apply = (r >= tau_t) & (z >= 0)
+    a = z.clamp(min=0)
     rbar = r[a] + beta * (lr[a] - lr)
     return torch.where(apply, rbar, r)
 
 
-def mara_substitute(rewards, logp_ref, tau, group=None) -> tuple[torch.Tensor, torch.Tensor]:
+def mara_substitute(rewards, logp_ref, tau, group=None, *, anchor: str = "support",
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 2: for samples with R >= tau, return R(z) as the reward and log pi_ref(z) as the
     reference log-probability to use inside the KL term; other samples are unchanged.
 
     Returns ``(rewards, logp_ref)``, both detached. This "selectively reduces the KL regularization
-    for high-rewarding samples"; under forward KL (k3 loss) it yields the uniform target.
+    for high-rewarding samples"; under forward KL (k3 loss) it yields the uniform target
+    (:func:`mara_forward_target`). ``anchor`` / ``generator``: see :func:`mara_anchor`.
     """
     r, lr, g, tau_t = _prepare(rewards, logp_ref, group, tau)
     r, lr = r.detach(), lr.detach()
-    anchor = mara_anchor(r, lr, tau, g)  # the caller's tau: scalar or one per group
-    apply = (r >= tau_t) & (anchor >= 0)
-    a = anchor.clamp(min=0)
+    z = mara_anchor(r, lr, tau, g, anchor=anchor, generator=generator)  # caller's tau: scalar or per group
+    apply = (r >= tau_t) & (z >= 0)
+    a = z.clamp(min=0)
     return torch.where(apply, r[a], r), torch.where(apply, lr[a], lr)
 
 
@@ -156,21 +187,54 @@ def batch_percentile_tau(rewards, q: float = 90.0, group=None) -> torch.Tensor:
     return torch.stack([torch.quantile(r[g == k], q / 100.0) for k in range(n_groups)]) if n_groups else r.new_empty(0)
 
 
-def mara_target(ref, rewards, beta: float, tau: float) -> np.ndarray:
-    """Remark B.3: the reverse-KL target under MARA's rewards.
+def _whole_space_anchor(r: np.ndarray, p: np.ndarray, tau: float, anchor: str) -> tuple[np.ndarray, int]:
+    """The good set {R >= tau} and the anchor z chosen over the whole output space."""
+    _check_anchor(anchor)
+    good = r >= tau
+    if not good.any():
+        raise ValueError(f"tau={tau} is above every reward (max R = {r.max()}): choose tau <= max R")
+    if anchor == "random":
+        raise ValueError("anchor='random' has no whole-space target (the anchor changes every batch): "
+                         "train with it (ToyConfig(anchor='random')) or use 'support' / 'reward'")
+    cand = good & (r == r[good].max()) if anchor == "reward" else good
+    z = int(np.flatnonzero(cand)[np.argmax(p[cand])])
+    return good, z
+
+
+def mara_target(ref, rewards, beta: float, tau: float, anchor: str = "support") -> np.ndarray:
+    """Remark B.3: the reverse-KL target under MARA's rewards (Algorithm 1, or Algorithm 2).
 
     Mass proportional to pi_ref(z) exp(R(z) / beta) (one constant) on every output with
     R >= tau, where z is the best-supported output with R >= tau over the whole space, and
     pi_ref(y) exp(R(y) / beta) below tau. Raises if ``tau`` is above every reward (no output can
-    ever anchor: lower tau to at most max R).
+    ever anchor: lower tau to at most max R). ``anchor="reward"``: z is the highest-reward good
+    output instead (ties: best support), see :func:`mara_anchor`.
     """
     r = _check_rewards(rewards)
     p = _check_ref(ref, r.size)
     beta = _check_mara_beta(beta)
-    good = r >= tau
-    if not good.any():
-        raise ValueError(f"tau={tau} is above every reward (max R = {r.max()}): choose tau <= max R")
-    z = np.flatnonzero(good)[np.argmax(p[good])]
+    good, z = _whole_space_anchor(r, p, tau, anchor)
     with np.errstate(divide="ignore"):
         logits = np.where(good, np.log(p[z]) + r[z] / beta, np.log(p) + r / beta)
     return np.exp(logits - logsumexp(logits))
+
+
+def mara_forward_target(ref, rewards, beta: float, tau: float, anchor: str = "support") -> np.ndarray:
+    """The forward-KL target under Algorithm 2 (anchor substitution), paper §5 / Remark 3.3.
+
+    With the k3 loss, Algorithm 2's gradient is that of E_pi[R'] + beta sum_y w(y) log pi(y),
+    where R' = R(z), w = pi_ref(z) on {R >= tau} and R' = R, w = pi_ref below tau (w need not
+    sum to 1). Its stationarity condition on the simplex gives G = beta w / (Lambda - R'), the
+    form of Remark 3.3 with W = sum w: G = G_fwd(w / W, R', beta W), computed by
+    :func:`mdkl.targets.forward_kl_target`. Constant on the good set, like Remark B.3's reverse
+    target: "MARA works with forward KL too" holds for Algorithm 2 (Algorithm 1's rewards put
+    into G_fwd do not cancel pi_ref; ``notebooks/04_mara_toy.ipynb``).
+    """
+    r = _check_rewards(rewards)
+    p = _check_ref(ref, r.size)
+    beta = _check_mara_beta(beta)
+    good, z = _whole_space_anchor(r, p, tau, anchor)
+    w = np.where(good, p[z], p)
+    r_sub = np.where(good, r[z], r)
+    total = w.sum()
+    return forward_kl_target(w / total, r_sub, beta * total)

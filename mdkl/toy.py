@@ -18,6 +18,7 @@ initialised at 0, batches of 32, AdamW lr 5e-3, 1000 iterations, KL as a loss.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -29,7 +30,7 @@ from mdkl.kl import kl_gradient_direction, kl_loss, kl_reward_penalty
 from mdkl.mara import MARA_FOR_KL, mara_rewards, mara_substitute
 
 __all__ = ["ToyConfig", "ToyResult", "CategoricalPolicy", "GaussianPolicy", "train_toy",
-           "train_categorical", "fit_density", "DensityFit"]
+           "train_categorical", "train_categorical_cached", "fit_density", "DensityFit"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class ToyConfig:
     for the KL direction (alg1 for reverse, alg2 for forward, see mdkl.mara.MARA_FOR_KL)."""
     tau: float | None = None
     """MARA reward threshold (must be <= max reward)."""
+    anchor: Literal["support", "reward", "random"] = "support"
+    """MARA anchor: the paper's best-supported good sample, or the highest-reward / a random good
+    sample (see mdkl.mara.mara_anchor; 'random' draws from the shared generator)."""
     batch_size: int = 32
     """Samples per seed per iteration."""
     lr: float = 5e-3
@@ -214,9 +218,11 @@ def train_toy(
             raise ValueError("reward_fn returned NaN: rewards must be finite")
         mean_r.append(r.mean(1).numpy())
         if alg == "alg1":
-            r = mara_rewards(r.flatten(), lref.flatten(), cfg.beta, cfg.tau, group).view(s, b)
+            r = mara_rewards(r.flatten(), lref.flatten(), cfg.beta, cfg.tau, group,
+                             anchor=cfg.anchor, generator=gen).view(s, b)
         elif alg == "alg2":
-            r_flat, l_flat = mara_substitute(r.flatten(), lref.flatten(), cfg.tau, group)
+            r_flat, l_flat = mara_substitute(r.flatten(), lref.flatten(), cfg.tau, group,
+                                             anchor=cfg.anchor, generator=gen)
             r, lref = r_flat.view(s, b), l_flat.view(s, b)
         shaped = r.clone()
         if direction != "none" and cfg.placement == "reward":
@@ -258,6 +264,18 @@ def train_categorical(cfg: ToyConfig, rewards, ref, *, progress: bool = False) -
     policy = CategoricalPolicy(cfg.n_seeds, r.numel(), init)
     return train_toy(cfg, policy, lambda x: r[x], lambda x: log_ref[x],
                      max_reward=float(r.max()), progress=progress)
+
+
+def train_categorical_cached(name: str, cfg: ToyConfig, rewards, ref, *, force: bool = False) -> ToyResult:
+    """:func:`train_categorical` through :func:`mdkl.runtime.cached` (``data/cache/<name>-<key>``),
+    keyed by the config, the problem (rewards, reference) and the source of the trainer, the KL
+    estimators and MARA, so notebooks re-train only what changed."""
+    from mdkl import kl, mara, runtime
+
+    key = {"cfg": cfg, "rewards": np.asarray(rewards, dtype=np.float64),
+           "ref": np.asarray(ref, dtype=np.float64)}
+    return runtime.cached(name, key, lambda: train_categorical(cfg, rewards, ref),
+                          code=[sys.modules[__name__], kl, mara], force=force)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,9 +16,11 @@ from scipy.optimize import brentq
 from scipy.special import logsumexp
 
 from mdkl.mara import (
+    ANCHORS,
     MARA_FOR_KL,
     batch_percentile_tau,
     mara_anchor,
+    mara_forward_target,
     mara_rewards,
     mara_substitute,
     mara_target,
@@ -323,3 +325,110 @@ def test_mara_shape_and_group_errors():
 def test_mara_target_tau_above_every_reward():
     with pytest.raises(ValueError, match="choose tau <= max R"):
         mara_target([0.5, 0.5], [1.0, 0.0], 0.1, 1.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# forward-KL target of Algorithm 2, anchor variants
+# ----------------------------------------------------------------------------------------------
+@SETTINGS
+@given(instance())
+def test_mara_forward_target_is_alg2_stationary_point_and_uniform(inst):
+    ref, r, beta, tau = inst
+    g = mara_forward_target(ref, r, beta, tau)
+    r2, l2 = mara_substitute(_t(r), _t(np.log(ref)), tau)
+    np.testing.assert_allclose(g, _forward_target_unnormalized(np.exp(l2.numpy()), r2.numpy(), beta),
+                               rtol=1e-8)
+    assert g.sum() == pytest.approx(1.0, abs=1e-12)
+    assert max_min_ratio(g, r >= tau) == pytest.approx(1.0, abs=1e-10)
+
+
+def test_mara_forward_target_below_tau_follows_reference_shape():
+    ref = np.array([0.1, 0.2, 0.3, 0.4])
+    r = np.array([1.0, 1.0, 0.0, 0.0])
+    g = mara_forward_target(ref, r, 0.5, 1.0)
+    assert g[0] == pytest.approx(g[1], rel=1e-12)
+    assert g[3] / g[2] == pytest.approx(4 / 3, rel=1e-12)  # equal rewards below tau: ratio of ref
+
+
+def naive_anchor_variant(rewards, logref, group, tau, kind):
+    out = []
+    for g in group:
+        idx = [j for j, h in enumerate(group) if h == g and rewards[j] >= tau]
+        if not idx:
+            out.append(-1)
+            continue
+        if kind == "reward":
+            top = max(rewards[j] for j in idx)
+            idx = [j for j in idx if rewards[j] == top]
+        best = idx[0]
+        for j in idx:
+            if logref[j] > logref[best]:
+                best = j
+        out.append(best)
+    return out
+
+
+@SETTINGS
+@given(grouped_batch())
+def test_reward_anchor_matches_naive_loop(batch):
+    rewards, logref, group, tau = batch
+    got = mara_anchor(_t(rewards), _t(logref), tau, group, anchor="reward").tolist()
+    assert got == naive_anchor_variant(rewards, logref, group, tau, "reward")
+    assert mara_anchor(_t(rewards), _t(logref), tau, group, anchor="support").tolist() == \
+        naive_anchor(rewards, logref, group, tau)
+
+
+@SETTINGS
+@given(grouped_batch())
+def test_random_anchor_is_a_good_sample_of_the_same_group(batch):
+    rewards, logref, group, tau = batch
+    gen = torch.Generator().manual_seed(0)
+    z = mara_anchor(_t(rewards), _t(logref), tau, group, anchor="random", generator=gen).tolist()
+    for i, g in enumerate(group):
+        has_good = any(rewards[j] >= tau for j, h in enumerate(group) if h == g)
+        assert (z[i] >= 0) == has_good
+        if z[i] >= 0:
+            assert group[z[i]] == g and rewards[z[i]] >= tau
+            assert z[i] == z[group.index(g)]  # one anchor per group
+
+
+def test_random_anchor_covers_every_good_sample():
+    r, lr = _t([1.0, 1.0, 1.0, 0.0]), _t([-1.0, -2.0, -3.0, -0.5])
+    gen = torch.Generator().manual_seed(1)
+    seen = {int(mara_anchor(r, lr, 1.0, anchor="random", generator=gen)[0]) for _ in range(200)}
+    assert seen == {0, 1, 2}
+
+
+def test_reward_anchor_target_is_constant_on_good_set_with_its_own_level():
+    ref = np.array([0.4, 0.3, 0.2, 0.1])
+    r = np.array([0.8, 0.0, 0.9, 1.0])
+    for fn in (mara_target, mara_forward_target):
+        for anchor in ("support", "reward"):
+            g = fn(ref, r, 0.5, 0.8, anchor=anchor)
+            assert max_min_ratio(g, r >= 0.8) == pytest.approx(1.0, abs=1e-10)
+    # reverse KL: the level is pi_ref(z) exp(R(z) / beta) with z = 0 (support) or 3 (reward)
+    gs, gr = mara_target(ref, r, 0.5, 0.8), mara_target(ref, r, 0.5, 0.8, anchor="reward")
+    assert gs[0] / gs[1] == pytest.approx(0.4 * math.exp(0.8 / 0.5) / 0.3, rel=1e-12)
+    assert gr[0] / gr[1] == pytest.approx(0.1 * math.exp(1.0 / 0.5) / 0.3, rel=1e-12)
+
+
+def test_anchor_errors_name_the_choices():
+    with pytest.raises(ValueError, match="unknown anchor 'best'"):
+        mara_anchor(_t([1.0]), _t([-1.0]), 0.5, anchor="best")
+    with pytest.raises(ValueError, match="no whole-space target"):
+        mara_target([0.5, 0.5], [1.0, 0.0], 0.1, 0.5, anchor="random")
+    with pytest.raises(ValueError, match="choose tau <= max R"):
+        mara_forward_target([0.5, 0.5], [1.0, 0.0], 0.1, 1.5)
+    assert ANCHORS[0] == "support"
+
+
+def test_toy_trainer_accepts_anchor_variants():
+    from mdkl.toy import ToyConfig, train_categorical
+
+    cfg = ToyConfig(beta=0.5, mara="auto", tau=1.0, iterations=30, n_seeds=2, batch_size=8)
+    base = train_categorical(cfg, [1.0, 1.0, 0.0], [0.6, 0.1, 0.3]).final
+    np.testing.assert_array_equal(train_categorical(cfg.replace(anchor="support"), [1.0, 1.0, 0.0],
+                                                    [0.6, 0.1, 0.3]).final, base)
+    for anchor in ("reward", "random"):
+        out = train_categorical(cfg.replace(anchor=anchor), [1.0, 1.0, 0.0], [0.6, 0.1, 0.3]).final
+        assert np.all(np.isfinite(out)) and np.allclose(out.sum(1), 1.0)

@@ -179,3 +179,19 @@ def test_fit_density_bad_arguments():
         fit_density(_mixture, "mixture", "reverse", steps=1)
     with pytest.raises(ValueError, match="unknown divergence"):
         fit_density(_mixture, "gaussian", "jensen", steps=1)
+
+
+def test_train_categorical_cached_reuses_and_keys_by_config(tmp_path, monkeypatch):
+    from mdkl import runtime
+    from mdkl.toy import train_categorical_cached
+
+    monkeypatch.setattr(runtime, "CACHE_DIR", tmp_path)
+    cfg = ToyConfig(beta=0.5, iterations=20, n_seeds=2, batch_size=8)
+    a = train_categorical_cached("t", cfg, [0.0, 1.0], [0.5, 0.5])
+    np.testing.assert_array_equal(a.final, train_categorical(cfg, [0.0, 1.0], [0.5, 0.5]).final)
+    assert len(list(tmp_path.glob("t-*.pkl"))) == 1
+    b = train_categorical_cached("t", cfg, [0.0, 1.0], [0.5, 0.5])  # from the cache
+    np.testing.assert_array_equal(a.final, b.final)
+    train_categorical_cached("t", cfg.replace(beta=0.4), [0.0, 1.0], [0.5, 0.5])
+    train_categorical_cached("t", cfg, [0.0, 0.9], [0.5, 0.5])
+    assert len(list(tmp_path.glob("t-*.pkl"))) == 3
