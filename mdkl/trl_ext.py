@@ -1,0 +1,225 @@
+"""MARA and an explicit KL direction on top of TRL's ``GRPOTrainer`` (scale-out: accelerate/DeepSpeed).
+
+TRL computes the reward with user functions that never see the reference model, and its KL term is
+fixed: GRPO adds per-token k3 to the loss (a forward-KL gradient, ``mdkl.kl``), RLOO subtracts k1
+from the reward. :class:`MDKLGRPOTrainer` keeps all of TRL's machinery (generation, vLLM, PEFT,
+accelerate/DeepSpeed, logging) and changes three hooks only:
+
+1. ``_get_per_token_logps_and_entropies`` records the inputs and outputs of the reference forward
+   pass that TRL already runs while scoring a generation batch (and, in ``_compute_loss``, the
+   policy's per-token log-probs, which carry the gradient).
+2. ``_calculate_rewards`` (called by TRL right after the reference pass) turns the per-token
+   reference log-probs into *sequence* log-probs, ``log pi_ref(y) = sum_t log pi_ref(y_t | x, y_<t)``
+   over the completion mask (padding and, with ``mask_truncated_completions``, truncated
+   completions excluded: exactly TRL's ``completion_mask``), gathers them across processes (rewards
+   are gathered there too, so a prompt's group may span GPUs) and applies, per prompt group of
+   ``num_generations`` samples:
+
+   - MARA Algorithm 1 (:func:`mdkl.mara.mara_rewards`) for the reverse KL, or Algorithm 2
+     (:func:`mdkl.mara.mara_substitute`) for the forward KL (``mdkl.mara.MARA_FOR_KL``), with
+     ``tau`` fixed or :func:`mdkl.mara.batch_percentile_tau`;
+   - for ``kl_direction="reverse"``: the detached k1 penalty ``-beta (log pi(y) - log pi_ref(y))``
+     of :func:`mdkl.kl.kl_reward_penalty`, on sequence log-probs of the sampling policy.
+
+   The shaped reward is handed back to TRL, whose own code then forms the GRPO advantages
+   (group mean / std, ``scale_rewards``); nothing of that is copied here.
+3. ``_compute_loss`` runs TRL's loss with its built-in k3 term switched off and adds
+   ``beta * mdkl.kl.kl_loss(...)`` for the chosen estimator (k2: reverse, k3: forward), either on
+   sequence log-probs (``kl_level="sequence"``, the paper's objective over whole outputs; the only
+   level where Algorithm 2's substituted ``log pi_ref(z)`` is defined) or per token
+   (``kl_level="token"``: TRL's GRPO term when ``kl_direction="forward"``).
+
+The KL term is averaged over sequences (per-token: token mean per sequence first) and divided by
+the gradient-accumulation steps, as TRL's default ``loss_type="grpo"`` does with its own term.
+With ``scale_rewards="none"`` GRPO's mean baseline is RLOO's leave-one-out baseline up to the
+factor G/(G-1). Unscorable completions (every reward function returned ``None``) take no part in
+MARA and keep TRL's treatment (zero advantage). TRL's ``reward`` metrics show the shaped reward;
+``mdkl/reward`` is the raw one, ``mdkl/kl_k1`` the sequence-level KL(pi || pi_ref) estimate and
+``mdkl/mara_frac`` the fraction of samples MARA changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from mdkl.kl import KL_PLACEMENTS, k1, kl_gradient_direction, kl_loss, kl_reward_penalty
+from mdkl.mara import MARA_FOR_KL, _check_mara_beta, batch_percentile_tau, mara_rewards, mara_substitute
+
+__all__ = ["MDKLGRPOConfig", "MDKLGRPOTrainer"]
+
+
+@dataclass
+class MDKLGRPOConfig(GRPOConfig):
+    """``GRPOConfig`` plus the KL direction and MARA (``beta`` is TRL's field; > 0 for a KL term)."""
+
+    kl_direction: Literal["reverse", "reverse_k2", "forward"] = field(
+        default="reverse", metadata={"help": "'reverse': k1 in the reward (detached); 'reverse_k2': k2 "
+                                             "as a loss; 'forward': k3 as a loss (GRPO's default)."})
+    """KL direction and placement (``mdkl.kl.KL_PLACEMENTS``): 'reverse' = k1 in the reward
+    (detached), 'reverse_k2' = k2 loss (both reverse KL), 'forward' = k3 loss (forward KL)."""
+    kl_level: Literal["sequence", "token"] = field(
+        default="sequence", metadata={"help": "Loss KL on sequence log-probs or per token."})
+    """KL loss on sequence log-probs (the paper's objective; required by MARA Alg. 2) or per token
+    (TRL's GRPO term). k1 in the reward is always a sequence sum."""
+    mara: bool = field(default=False, metadata={"help": "Apply MARA per prompt group (needs beta > 0)."})
+    """Apply MARA (paper §5) within each prompt's group of ``num_generations`` samples."""
+    mara_algorithm: Literal["auto", "alg1", "alg2"] = field(
+        default="auto", metadata={"help": "'auto': Alg. 1 for reverse KL, Alg. 2 for forward KL."})
+    """'auto' picks ``mdkl.mara.MARA_FOR_KL`` (Alg. 1 reverse, Alg. 2 forward); 'alg1'/'alg2' force one."""
+    mara_tau: float | None = field(default=1.0, metadata={"help": "Fixed reward threshold tau."})
+    """Fixed threshold tau (1.0: a correct answer of the 0/1 verifiable 1-2 task); None to use
+    ``mara_tau_percentile``."""
+    mara_tau_percentile: float | None = field(
+        default=None, metadata={"help": "tau = this percentile of each group's rewards (paper: 90)."})
+    """tau as this percentile of each group's rewards (paper, creative task: 90); set
+    ``mara_tau=None`` to use it."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.kl_direction not in KL_PLACEMENTS:
+            raise ValueError(f"kl_direction={self.kl_direction!r}: use one of {sorted(KL_PLACEMENTS)}")
+        if self.kl_level not in ("sequence", "token"):
+            raise ValueError(f"kl_level={self.kl_level!r}: use 'sequence' or 'token'")
+        if self.mara_algorithm not in ("auto", "alg1", "alg2"):
+            raise ValueError(f"mara_algorithm={self.mara_algorithm!r}: use 'auto', 'alg1' or 'alg2'")
+        if self.mara:
+            _check_mara_beta(self.beta)
+            if (self.mara_tau is None) == (self.mara_tau_percentile is None):
+                raise ValueError("MARA needs exactly one of mara_tau (fixed) and mara_tau_percentile; "
+                                 "set the other to None")
+            if self.mara_algorithm_resolved == "alg2" and self.kl_level != "sequence":
+                raise ValueError("MARA Alg. 2 substitutes the sequence log-probability log pi_ref(z) "
+                                 "inside the KL term: use kl_level='sequence'")
+
+    @property
+    def kl_estimator(self) -> tuple[str, str]:
+        """``(estimator, placement)`` of the KL term, e.g. ``('k3', 'loss')``."""
+        return KL_PLACEMENTS[self.kl_direction]
+
+    @property
+    def mara_algorithm_resolved(self) -> str:
+        """'alg1' or 'alg2': the configured algorithm, or the one ``MARA_FOR_KL`` gives the direction."""
+        if self.mara_algorithm != "auto":
+            return self.mara_algorithm
+        return MARA_FOR_KL[kl_gradient_direction(*self.kl_estimator)]
+
+
+class MDKLGRPOTrainer(GRPOTrainer):
+    """``GRPOTrainer`` with an explicit KL direction and MARA (see the module docstring).
+
+    ``args`` must be an :class:`MDKLGRPOConfig`. After each scoring pass ``self.last_shaping`` holds
+    the gathered batch MARA saw (``rewards``, ``logp_ref``, ``logp``, ``group``, ``tau``) and what it
+    produced (``shaped_rewards``, ``kl_logp_ref``), for logging and tests.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, MDKLGRPOConfig):
+            raise ValueError("MDKLGRPOTrainer needs args=MDKLGRPOConfig(...) (a GRPOConfig subclass)")
+        if not self.reward_weights.ne(0).all():
+            raise ValueError("MDKLGRPOTrainer adds its reward shaping to the first reward function's "
+                             "column: give every reward function a non-zero weight")
+        self._scoring_calls: list = []  # (args, kwargs, per-token logps) of no-grad forward passes
+        self._in_loss = False
+        self._policy_logps = None  # per-token log-probs with gradient, recorded in _compute_loss
+        self.last_shaping: dict = {}
+
+    # -- hook 1: record the forward passes TRL already makes -------------------------------------
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                           *args, **kwargs):
+        out = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask,
+                                                         logits_to_keep, *args, **kwargs)
+        if self._in_loss:
+            self._policy_logps = out[0]
+        elif not torch.is_grad_enabled():
+            self._scoring_calls.append(((input_ids, attention_mask, logits_to_keep) + args, kwargs, out[0]))
+        return out
+
+    def _generate_and_score_completions(self, inputs):
+        self._scoring_calls = []
+        out = super()._generate_and_score_completions(inputs)
+        if "mdkl_logp_ref" not in self.last_shaping:  # beta == 0: no reference, nothing to shape
+            return out
+        n = out["completion_ids"].shape[0]
+        i = self.accelerator.process_index
+        out["mdkl_logp_ref"] = self.last_shaping.pop("mdkl_logp_ref")[i * n:(i + 1) * n]
+        return out
+
+    # -- hook 2: shape the rewards with the reference log-probs ----------------------------------
+    def _sequence_logps(self, model) -> torch.Tensor:
+        """Sequence log-probs of the scored batch (gathered): sum of per-token log-probs over the
+        completion mask. ``model=None`` returns the reference's (TRL's last no-grad pass)."""
+        (input_ids, attention_mask, logits_to_keep, *rest), kwargs, ref_tok = self._scoring_calls[-1]
+        tok = ref_tok
+        if model is not None:
+            with torch.no_grad():
+                tok = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask,
+                                                                 logits_to_keep, *rest, **kwargs)[0]
+        mask = attention_mask[:, -logits_to_keep:].to(tok.dtype)
+        return self.accelerator.gather((tok * mask).sum(-1))
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        args = self.args
+        if self.beta == 0.0:
+            return per_func  # no KL term: no reference pass, MARA refused by the config
+        mode = "train" if self.model.training else "eval"
+        ng = self.num_generations if mode == "train" else self.num_generations_eval
+        weights = self.reward_weights.to(per_func.device)
+        scorable = ~torch.isnan(per_func).all(dim=1)
+        rewards = (per_func * weights).nansum(dim=1)
+        logp_ref = self._sequence_logps(None).to(rewards.dtype)
+        group = torch.arange(len(rewards), device=rewards.device) // ng
+        shaped, kl_ref, tau = rewards.clone(), logp_ref.clone(), None
+        if args.mara and scorable.any():
+            _, g = torch.unique(group[scorable], return_inverse=True)  # groups of scorable samples
+            r_s, lr_s = rewards[scorable], logp_ref[scorable]
+            tau = (batch_percentile_tau(r_s, args.mara_tau_percentile, g)
+                   if args.mara_tau is None else args.mara_tau)
+            if args.mara_algorithm_resolved == "alg1":
+                shaped[scorable] = mara_rewards(r_s, lr_s, self.beta, tau, g)
+            else:
+                shaped[scorable], kl_ref[scorable] = mara_substitute(r_s, lr_s, tau, g)
+        logp = None
+        estimator, placement = args.kl_estimator
+        if placement == "reward" or args.mara:
+            logp = self._sequence_logps(self.model).to(rewards.dtype)
+            self._metrics[mode]["mdkl/kl_k1"].append(k1(logp, logp_ref).mean().item())
+        if placement == "reward":
+            shaped = shaped + kl_reward_penalty(logp, kl_ref, self.beta, estimator)
+        self._metrics[mode]["mdkl/reward"].append(rewards[scorable].mean().item())
+        self._metrics[mode]["mdkl/mara_frac"].append((shaped != rewards)[scorable].float().mean().item()
+                                                     if args.mara else 0.0)
+        self.last_shaping = dict(rewards=rewards, logp_ref=logp_ref, logp=logp, group=group, tau=tau,
+                                 scorable=scorable, shaped_rewards=shaped, kl_logp_ref=kl_ref,
+                                 mdkl_logp_ref=kl_ref)
+        out = per_func.clone()
+        delta = torch.where(scorable, shaped - rewards, torch.zeros_like(shaped))
+        out[:, 0] = torch.where(scorable, out[:, 0].nan_to_num(0.0) + delta / weights[0], out[:, 0])
+        return out
+
+    # -- hook 3: the KL loss term ----------------------------------------------------------------
+    def _compute_loss(self, model, inputs):
+        beta, self.beta, self._in_loss = self.beta, 0.0, True  # TRL's own k3 term off
+        try:
+            loss = super()._compute_loss(model, inputs)
+        finally:
+            self.beta, self._in_loss = beta, False
+        estimator, placement = self.args.kl_estimator
+        if beta == 0.0 or placement == "reward":
+            return loss
+        lp = self._policy_logps
+        mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
+        if self.args.kl_level == "sequence":
+            term = kl_loss((lp * mask).sum(-1), inputs["mdkl_logp_ref"], beta, estimator)
+        else:
+            tok = kl_loss(lp, inputs["ref_per_token_logps"], beta, estimator)
+            term = (tok * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["mdkl/kl_loss"].append(self.accelerator.gather(term.detach()).mean().item() / beta)
+        accum = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        return loss + term.mean() / accum

@@ -1,0 +1,193 @@
+"""mdkl.trl_ext: MARA and the KL direction inside TRL's GRPOTrainer, end to end on CPU.
+
+A few GRPO steps of a tiny causal LM; then the batch the trainer scored is re-scored independently
+(reward function on the decoded completions, reference / policy forward passes) and the trainer's
+shaped rewards, advantages and KL loss term are compared with mdkl.mara / mdkl.kl on it.
+"""
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("trl")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from datasets import Dataset  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+from trl import GRPOTrainer  # noqa: E402
+
+from mdkl.kl import KL_PLACEMENTS, k1, kl_loss  # noqa: E402
+from mdkl.mara import batch_percentile_tau, mara_rewards, mara_substitute  # noqa: E402
+from mdkl.trl_ext import MDKLGRPOConfig, MDKLGRPOTrainer  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+NG, BETA = 4, 0.05
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny character-level Llama saved to disk (GRPOTrainer rebuilds the reference from the path)."""
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789<>/ .,?:")
+    vocab = {c: i for i, c in enumerate(["<pad>", "<eos>"] + chars)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tk.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>")
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                      pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny_lm")
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def reward_12(completions, **kwargs):
+    """1.0 if the completion holds a '1' or a '2', else 0.0 (plus 0.5 for both: unequal rewards)."""
+    return [float("1" in c or "2" in c) + 0.5 * float("1" in c and "2" in c) for c in completions]
+
+
+class Recording(MDKLGRPOTrainer):
+    """Keeps the last scored batch as handed to the loss (before TRL shuffles it), and a copy of
+    the policy that sampled it (the optimizer step after it moves ``self.model``)."""
+
+    def _generate_and_score_completions(self, inputs):
+        self.sampler_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.scored = super()._generate_and_score_completions(inputs)
+        return self.scored
+
+
+def train(model_dir, tmp_path, steps=2, **kw):
+    kw.setdefault("beta", BETA)
+    args = MDKLGRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8,
+                          num_generations=NG, max_completion_length=8, max_steps=steps, learning_rate=1e-3,
+                          report_to=[], use_cpu=True, save_strategy="no", seed=0, logging_steps=1,
+                          disable_tqdm=True, **kw)
+    ds = Dataset.from_dict({"prompt": ["pick 1 or 2:", "say 1 or 2:"] * 8})
+    tr = Recording(model=str(model_dir), reward_funcs=reward_12, args=args, train_dataset=ds,
+                   processing_class=PreTrainedTokenizerFast.from_pretrained(model_dir))
+    tr.train()
+    return tr
+
+
+def sampler(tr, model_dir):
+    """A fresh copy of the policy that sampled the last batch (a deepcopy of ``tr.model`` would keep
+    TRL's patched forward bound to the original module)."""
+    m = LlamaForCausalLM.from_pretrained(model_dir)
+    m.load_state_dict(tr.sampler_state)
+    return m.eval()
+
+
+def seq_logps(model, tr):
+    """Independent sequence log-probs of the last scored batch: log-softmax, gather, sum over the mask."""
+    (ids, attn, keep, *_), _, _ = tr._scoring_calls[-1]
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, -keep - 1:-1].float()
+    tok = torch.log_softmax(logits, -1).gather(-1, ids[:, -keep:, None]).squeeze(-1)
+    return (tok * attn[:, -keep:]).sum(-1)
+
+
+def rescore(tr):
+    """Rewards of the last scored batch from the decoded completions, and its group ids."""
+    (ids, attn, keep, *_), _, _ = tr._scoring_calls[-1]
+    comp = [tr.processing_class.decode(r[m.bool()], skip_special_tokens=True)
+            for r, m in zip(ids[:, -keep:], attn[:, -keep:])]
+    return torch.tensor(reward_12(comp)), torch.arange(len(comp)) // NG
+
+
+def grpo_advantages(r):
+    g = r.view(-1, NG)
+    return ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + 1e-4)).view(-1)
+
+
+def test_mara_alg1_reverse_rewards_equal_core(model_dir, tmp_path):
+    tr = train(model_dir, tmp_path, kl_direction="reverse", mara=True, mara_tau=1.0)
+    s = tr.last_shaping
+    r, group = rescore(tr)
+    ref, logp = seq_logps(tr.ref_model, tr), seq_logps(sampler(tr, model_dir), tr)
+    torch.testing.assert_close(s["rewards"], r)
+    torch.testing.assert_close(s["logp_ref"], ref, atol=1e-4, rtol=1e-5)
+    assert (r >= 1.0).any() and (r < 1.0).any(), "degenerate batch: MARA untested"
+    augmented = mara_rewards(r, ref, BETA, 1.0, group)
+    assert (augmented != r).any(), "degenerate batch: Alg. 1 changed nothing"
+    expected = augmented - BETA * k1(logp, ref)  # Alg. 1 + k1 in the reward
+    torch.testing.assert_close(s["shaped_rewards"], expected, atol=1e-4, rtol=1e-5)
+    # and TRL formed its GRPO advantages from exactly these rewards
+    torch.testing.assert_close(tr.scored["advantages"], grpo_advantages(s["shaped_rewards"]))
+    assert tr.args.mara_algorithm_resolved == "alg1"
+    assert any("mdkl/mara_frac" in h for h in tr.state.log_history)
+
+
+def test_mara_alg2_forward_substitutes_reward_and_reference(model_dir, tmp_path):
+    tr = train(model_dir, tmp_path, kl_direction="forward", mara=True, mara_tau=None,
+               mara_tau_percentile=90.0)
+    s = tr.last_shaping
+    r, group = rescore(tr)
+    ref = seq_logps(tr.ref_model, tr)
+    tau = batch_percentile_tau(r, 90.0, group)
+    torch.testing.assert_close(s["tau"], tau)
+    r_sub, ref_sub = mara_substitute(r, ref, tau, group)
+    assert (ref_sub != ref).any(), "degenerate batch: Alg. 2 substituted nothing"
+    torch.testing.assert_close(s["shaped_rewards"], r_sub, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(s["kl_logp_ref"], ref_sub, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(tr.scored["advantages"], grpo_advantages(s["shaped_rewards"]))
+    torch.testing.assert_close(tr.scored["mdkl_logp_ref"], ref_sub, atol=1e-4, rtol=1e-5)
+    assert tr.args.mara_algorithm_resolved == "alg2"
+
+
+def kl_term(tr):
+    """The trainer's loss minus TRL's loss with no KL term, on the same batch and parameters."""
+    inputs = tr.scored
+    tr.model.train()
+    loss = tr._compute_loss(tr.model, inputs)
+    beta, tr.beta = tr.beta, 0.0
+    try:
+        plain = GRPOTrainer._compute_loss(tr, tr.model, inputs)
+    finally:
+        tr.beta = beta
+    return (loss - plain).item()
+
+
+@pytest.mark.parametrize("direction,level", [("reverse", "sequence"), ("reverse_k2", "sequence"),
+                                             ("forward", "sequence"), ("forward", "token")])
+def test_kl_direction_selects_estimator(model_dir, tmp_path, direction, level):
+    tr = train(model_dir, tmp_path, steps=1, kl_direction=direction, kl_level=level)
+    estimator, placement = KL_PLACEMENTS[direction]
+    assert tr.args.kl_estimator == (estimator, placement)
+    s = tr.last_shaping
+    r, _ = rescore(tr)
+    ref, logp = seq_logps(tr.ref_model, tr), seq_logps(tr.model, tr)
+    got = kl_term(tr)
+    if placement == "reward":  # k1 (of the sampling policy) detached in the reward, no loss term
+        k1_sampled = k1(seq_logps(sampler(tr, model_dir), tr), ref)
+        torch.testing.assert_close(s["shaped_rewards"], r - BETA * k1_sampled, atol=1e-4, rtol=1e-5)
+        assert got == pytest.approx(0.0, abs=1e-6)
+        return
+    torch.testing.assert_close(s["shaped_rewards"], r)  # vanilla: the reward is untouched
+    if level == "sequence":
+        expected = kl_loss(logp, ref, BETA, estimator).mean().item()
+    else:  # per token: TRL's own GRPO term when estimator == k3
+        mask = tr.scored["completion_mask"]
+        tok = kl_loss(tr._policy_logps.detach(), tr.scored["ref_per_token_logps"], BETA, estimator)
+        expected = ((tok * mask).sum(-1) / mask.sum(-1)).mean().item()
+    assert got == pytest.approx(expected, rel=1e-3, abs=1e-7)
+    assert abs(expected) > 0  # the policy moved: the check is not trivially 0 == 0
+
+
+def test_bad_config_errors(tmp_path):
+    base = dict(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    with pytest.raises(ValueError, match="beta"):
+        MDKLGRPOConfig(mara=True, beta=0.0, **base)
+    with pytest.raises(ValueError, match="beta"):
+        MDKLGRPOConfig(mara=True, beta=-0.1, **base)
+    with pytest.raises(ValueError, match="kl_level='sequence'"):
+        MDKLGRPOConfig(mara=True, beta=0.1, kl_direction="forward", kl_level="token", **base)
+    with pytest.raises(ValueError, match="exactly one"):
+        MDKLGRPOConfig(mara=True, beta=0.1, mara_tau=None, **base)
+    with pytest.raises(ValueError, match="kl_direction"):
+        MDKLGRPOConfig(kl_direction="sideways", beta=0.1, **base)
+    MDKLGRPOConfig(beta=0.0, **base)  # plain RL without MARA is fine
