@@ -12,14 +12,16 @@ accelerate/DeepSpeed, logging) and changes three hooks only:
    reference log-probs into *sequence* log-probs, ``log pi_ref(y) = sum_t log pi_ref(y_t | x, y_<t)``
    over the completion mask (padding and, with ``mask_truncated_completions``, truncated
    completions excluded: exactly TRL's ``completion_mask``), gathers them across processes (rewards
-   are gathered there too, so a prompt's group may span GPUs) and applies, per prompt group of
-   ``num_generations`` samples:
+   are gathered there too, so a prompt's group may span GPUs), computes the sampling policy's
+   sequence log-probs the same way (one extra no-grad forward pass, also logged as the KL
+   estimate), and calls our own trainer's shaping, :func:`mdkl.lm.regularized_rewards`, per
+   prompt group of ``num_generations`` samples:
 
    - MARA Algorithm 1 (:func:`mdkl.mara.mara_rewards`) for the reverse KL, or Algorithm 2
      (:func:`mdkl.mara.mara_substitute`) for the forward KL (``mdkl.mara.MARA_FOR_KL``), with
      ``tau`` fixed or :func:`mdkl.mara.batch_percentile_tau`;
-   - for ``kl_direction="reverse"``: the detached k1 penalty ``-beta (log pi(y) - log pi_ref(y))``
-     of :func:`mdkl.kl.kl_reward_penalty`, on sequence log-probs of the sampling policy.
+   - for ``kl="reverse", kl_placement="reward"``: the detached k1 penalty
+     ``-beta (log pi(y) - log pi_ref(y))`` (:func:`mdkl.kl.kl_reward_penalty`).
 
    The shaped reward is handed back to TRL, whose own code then forms the GRPO advantages
    (group mean / std, ``scale_rewards``); nothing of that is copied here.
@@ -27,15 +29,15 @@ accelerate/DeepSpeed, logging) and changes three hooks only:
    ``beta * mdkl.kl.kl_loss(...)`` for the chosen estimator (k2: reverse, k3: forward), either on
    sequence log-probs (``kl_level="sequence"``, the paper's objective over whole outputs; the only
    level where Algorithm 2's substituted ``log pi_ref(z)`` is defined) or per token
-   (``kl_level="token"``: TRL's GRPO term when ``kl_direction="forward"``).
+   (``kl_level="token"``: TRL's GRPO term when ``kl="forward"``).
 
 The KL term is averaged over sequences (per-token: token mean per sequence first) and divided by
 the gradient-accumulation steps, as TRL's default ``loss_type="grpo"`` does with its own term.
 With ``scale_rewards="none"`` GRPO's mean baseline is RLOO's leave-one-out baseline up to the
 factor G/(G-1). Unscorable completions (every reward function returned ``None``) take no part in
 MARA and keep TRL's treatment (zero advantage). TRL's ``reward`` metrics show the shaped reward;
-``mdkl/reward`` is the raw one, ``mdkl/kl_k1`` the sequence-level KL(pi || pi_ref) estimate and
-``mdkl/mara_frac`` the fraction of samples MARA changed.
+``mdkl/reward`` is the raw one, ``mdkl/kl_k1`` the sequence-level k1 estimate of KL(pi || pi_ref)
+and ``mdkl/kl_loss`` the KL loss estimator's batch mean.
 """
 
 from __future__ import annotations
@@ -46,74 +48,67 @@ from typing import Literal
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from mdkl.kl import KL_PLACEMENTS, k1, kl_gradient_direction, kl_loss, kl_reward_penalty
-from mdkl.mara import MARA_FOR_KL, _check_mara_beta, batch_percentile_tau, mara_rewards, mara_substitute
+from mdkl.kl import k1, kl_loss
+from mdkl.lm import LMConfig, regularized_rewards, validate_config
 
 __all__ = ["MDKLGRPOConfig", "MDKLGRPOTrainer"]
 
 
 @dataclass
 class MDKLGRPOConfig(GRPOConfig):
-    """``GRPOConfig`` plus the KL direction and MARA (``beta`` is TRL's field; > 0 for a KL term)."""
+    """``GRPOConfig`` plus the KL direction and MARA, with the field names of :class:`mdkl.lm.LMConfig`
+    (``beta`` is TRL's field: > 0 for a KL term; TRL's ``entropy_coef`` is the entropy bonus)."""
 
-    kl_direction: Literal["reverse", "reverse_k2", "forward"] = field(
-        default="reverse", metadata={"help": "'reverse': k1 in the reward (detached); 'reverse_k2': k2 "
-                                             "as a loss; 'forward': k3 as a loss (GRPO's default)."})
-    """KL direction and placement (``mdkl.kl.KL_PLACEMENTS``): 'reverse' = k1 in the reward
-    (detached), 'reverse_k2' = k2 loss (both reverse KL), 'forward' = k3 loss (forward KL)."""
+    kl: Literal["reverse", "forward", "none"] = field(
+        default="reverse", metadata={"help": "KL direction whose gradient the regularizer follows."})
+    """KL direction whose gradient the regularizer follows ('none': no KL term)."""
+    kl_placement: Literal["reward", "loss"] = field(
+        default="reward", metadata={"help": "reverse: 'reward' = k1 in the reward, 'loss' = k2 loss; "
+                                            "forward: 'loss' (k3, GRPO's estimator)."})
+    """reverse: 'reward' = k1 detached in the reward, 'loss' = k2 loss; forward: 'loss' only (k3)."""
     kl_level: Literal["sequence", "token"] = field(
-        default="sequence", metadata={"help": "Loss KL on sequence log-probs or per token."})
-    """KL loss on sequence log-probs (the paper's objective; required by MARA Alg. 2) or per token
-    (TRL's GRPO term). k1 in the reward is always a sequence sum."""
-    mara: bool = field(default=False, metadata={"help": "Apply MARA per prompt group (needs beta > 0)."})
-    """Apply MARA (paper §5) within each prompt's group of ``num_generations`` samples."""
-    mara_algorithm: Literal["auto", "alg1", "alg2"] = field(
-        default="auto", metadata={"help": "'auto': Alg. 1 for reverse KL, Alg. 2 for forward KL."})
-    """'auto' picks ``mdkl.mara.MARA_FOR_KL`` (Alg. 1 reverse, Alg. 2 forward); 'alg1'/'alg2' force one."""
-    mara_tau: float | None = field(default=1.0, metadata={"help": "Fixed reward threshold tau."})
-    """Fixed threshold tau (1.0: a correct answer of the 0/1 verifiable 1-2 task); None to use
-    ``mara_tau_percentile``."""
-    mara_tau_percentile: float | None = field(
-        default=None, metadata={"help": "tau = this percentile of each group's rewards (paper: 90)."})
-    """tau as this percentile of each group's rewards (paper, creative task: 90); set
-    ``mara_tau=None`` to use it."""
+        default="sequence", metadata={"help": "KL loss on sequence log-probs or per token."})
+    """KL *loss* on sequence log-probs (the paper's objective; required by MARA Alg. 2) or per
+    token (TRL's GRPO term). k1 in the reward is always on sequence log-probs."""
+    mara: Literal["none", "alg1", "alg2", "auto"] = field(
+        default="none", metadata={"help": "MARA per prompt group; 'auto': Alg. 1 reverse, Alg. 2 forward."})
+    """MARA within each prompt's group of ``num_generations`` samples: 'auto' = Alg. 1 for reverse,
+    Alg. 2 for forward KL (``mdkl.mara.MARA_FOR_KL``); needs beta > 0."""
+    tau: float = field(default=1.0, metadata={"help": "Fixed MARA threshold."})
+    """Fixed MARA threshold (1.0: the valid answers of the 0/1 reward of the 1-2 task)."""
+    tau_percentile: float | None = field(
+        default=None, metadata={"help": "If set, tau = this percentile of each group's rewards."})
+    """If set, tau is this percentile of each group's rewards (paper's creative task: 90)."""
 
     def __post_init__(self):
         super().__post_init__()
-        if self.kl_direction not in KL_PLACEMENTS:
-            raise ValueError(f"kl_direction={self.kl_direction!r}: use one of {sorted(KL_PLACEMENTS)}")
         if self.kl_level not in ("sequence", "token"):
             raise ValueError(f"kl_level={self.kl_level!r}: use 'sequence' or 'token'")
-        if self.mara_algorithm not in ("auto", "alg1", "alg2"):
-            raise ValueError(f"mara_algorithm={self.mara_algorithm!r}: use 'auto', 'alg1' or 'alg2'")
-        if self.mara:
-            _check_mara_beta(self.beta)
-            if (self.mara_tau is None) == (self.mara_tau_percentile is None):
-                raise ValueError("MARA needs exactly one of mara_tau (fixed) and mara_tau_percentile; "
-                                 "set the other to None")
-            if self.mara_algorithm_resolved == "alg2" and self.kl_level != "sequence":
-                raise ValueError("MARA Alg. 2 substitutes the sequence log-probability log pi_ref(z) "
-                                 "inside the KL term: use kl_level='sequence'")
+        cfg = self.lm_config
+        validate_config(cfg)  # beta <= 0 with MARA, unknown KL (direction, placement), tau range
+        if cfg.mara_algorithm == "alg2" and self.kl_level != "sequence":
+            raise ValueError("MARA Alg. 2 substitutes the sequence log-probability log pi_ref(z) inside "
+                             "the KL term: use kl_level='sequence'")
 
     @property
-    def kl_estimator(self) -> tuple[str, str]:
-        """``(estimator, placement)`` of the KL term, e.g. ``('k3', 'loss')``."""
-        return KL_PLACEMENTS[self.kl_direction]
+    def lm_config(self) -> LMConfig:
+        """The shaping settings as an :class:`mdkl.lm.LMConfig` (what ``regularized_rewards`` reads)."""
+        return LMConfig(beta=self.beta, kl=self.kl, kl_placement=self.kl_placement, mara=self.mara,
+                        tau=self.tau, tau_percentile=self.tau_percentile, entropy=0.0,
+                        group_size=self.num_generations)
 
     @property
-    def mara_algorithm_resolved(self) -> str:
-        """'alg1' or 'alg2': the configured algorithm, or the one ``MARA_FOR_KL`` gives the direction."""
-        if self.mara_algorithm != "auto":
-            return self.mara_algorithm
-        return MARA_FOR_KL[kl_gradient_direction(*self.kl_estimator)]
+    def kl_estimator(self) -> tuple[str | None, str]:
+        """``(estimator, placement)`` of the KL term, e.g. ``('k3', 'loss')``; estimator None: no KL."""
+        return self.lm_config.estimator, self.kl_placement
 
 
 class MDKLGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` with an explicit KL direction and MARA (see the module docstring).
 
     ``args`` must be an :class:`MDKLGRPOConfig`. After each scoring pass ``self.last_shaping`` holds
-    the gathered batch MARA saw (``rewards``, ``logp_ref``, ``logp``, ``group``, ``tau``) and what it
-    produced (``shaped_rewards``, ``kl_logp_ref``), for logging and tests.
+    the gathered batch the shaping saw (``rewards``, ``logp_ref``, ``logp``, ``group``, ``scorable``)
+    and what it produced (``shaped_rewards``, ``kl_logp_ref``), for logging and tests.
     """
 
     def __init__(self, *args, **kwargs):
@@ -173,28 +168,17 @@ class MDKLGRPOTrainer(GRPOTrainer):
         scorable = ~torch.isnan(per_func).all(dim=1)
         rewards = (per_func * weights).nansum(dim=1)
         logp_ref = self._sequence_logps(None).to(rewards.dtype)
+        logp = self._sequence_logps(self.model).to(rewards.dtype)
         group = torch.arange(len(rewards), device=rewards.device) // ng
-        shaped, kl_ref, tau = rewards.clone(), logp_ref.clone(), None
-        if args.mara and scorable.any():
-            _, g = torch.unique(group[scorable], return_inverse=True)  # groups of scorable samples
-            r_s, lr_s = rewards[scorable], logp_ref[scorable]
-            tau = (batch_percentile_tau(r_s, args.mara_tau_percentile, g)
-                   if args.mara_tau is None else args.mara_tau)
-            if args.mara_algorithm_resolved == "alg1":
-                shaped[scorable] = mara_rewards(r_s, lr_s, self.beta, tau, g)
-            else:
-                shaped[scorable], kl_ref[scorable] = mara_substitute(r_s, lr_s, tau, g)
-        logp = None
-        estimator, placement = args.kl_estimator
-        if placement == "reward" or args.mara:
-            logp = self._sequence_logps(self.model).to(rewards.dtype)
-            self._metrics[mode]["mdkl/kl_k1"].append(k1(logp, logp_ref).mean().item())
-        if placement == "reward":
-            shaped = shaped + kl_reward_penalty(logp, kl_ref, self.beta, estimator)
+        shaped, kl_ref = rewards.clone(), logp_ref.clone()
+        if scorable.any():  # MARA and the k1 penalty on the scorable samples, groups renumbered
+            _, g = torch.unique(group[scorable], return_inverse=True)
+            r_s, lr_s = regularized_rewards(args.lm_config, rewards[scorable], logp[scorable],
+                                            logp_ref[scorable], g)
+            shaped[scorable], kl_ref[scorable] = r_s.to(shaped.dtype), lr_s.to(kl_ref.dtype)
+        self._metrics[mode]["mdkl/kl_k1"].append(k1(logp, logp_ref).mean().item())
         self._metrics[mode]["mdkl/reward"].append(rewards[scorable].mean().item())
-        self._metrics[mode]["mdkl/mara_frac"].append((shaped != rewards)[scorable].float().mean().item()
-                                                     if args.mara else 0.0)
-        self.last_shaping = dict(rewards=rewards, logp_ref=logp_ref, logp=logp, group=group, tau=tau,
+        self.last_shaping = dict(rewards=rewards, logp_ref=logp_ref, logp=logp, group=group,
                                  scorable=scorable, shaped_rewards=shaped, kl_logp_ref=kl_ref,
                                  mdkl_logp_ref=kl_ref)
         out = per_func.clone()
@@ -210,7 +194,7 @@ class MDKLGRPOTrainer(GRPOTrainer):
         finally:
             self.beta, self._in_loss = beta, False
         estimator, placement = self.args.kl_estimator
-        if beta == 0.0 or placement == "reward":
+        if beta == 0.0 or estimator is None or placement == "reward":
             return loss
         lp = self._policy_logps
         mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)

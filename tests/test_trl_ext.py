@@ -18,7 +18,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 from trl import GRPOTrainer  # noqa: E402
 
-from mdkl.kl import KL_PLACEMENTS, k1, kl_loss  # noqa: E402
+from mdkl.kl import KL_PLACEMENTS, k1, kl_gradient_direction, kl_loss  # noqa: E402
 from mdkl.mara import batch_percentile_tau, mara_rewards, mara_substitute  # noqa: E402
 from mdkl.trl_ext import MDKLGRPOConfig, MDKLGRPOTrainer  # noqa: E402
 
@@ -105,7 +105,7 @@ def grpo_advantages(r):
 
 
 def test_mara_alg1_reverse_rewards_equal_core(model_dir, tmp_path):
-    tr = train(model_dir, tmp_path, kl_direction="reverse", mara=True, mara_tau=1.0)
+    tr = train(model_dir, tmp_path, kl="reverse", kl_placement="reward", mara="auto", tau=1.0)
     s = tr.last_shaping
     r, group = rescore(tr)
     ref, logp = seq_logps(tr.ref_model, tr), seq_logps(sampler(tr, model_dir), tr)
@@ -118,25 +118,23 @@ def test_mara_alg1_reverse_rewards_equal_core(model_dir, tmp_path):
     torch.testing.assert_close(s["shaped_rewards"], expected, atol=1e-4, rtol=1e-5)
     # and TRL formed its GRPO advantages from exactly these rewards
     torch.testing.assert_close(tr.scored["advantages"], grpo_advantages(s["shaped_rewards"]))
-    assert tr.args.mara_algorithm_resolved == "alg1"
-    assert any("mdkl/mara_frac" in h for h in tr.state.log_history)
+    assert tr.args.lm_config.mara_algorithm == "alg1"
+    assert any("mdkl/kl_k1" in h for h in tr.state.log_history)
 
 
 def test_mara_alg2_forward_substitutes_reward_and_reference(model_dir, tmp_path):
-    tr = train(model_dir, tmp_path, kl_direction="forward", mara=True, mara_tau=None,
-               mara_tau_percentile=90.0)
+    tr = train(model_dir, tmp_path, kl="forward", kl_placement="loss", mara="auto", tau_percentile=90.0)
     s = tr.last_shaping
     r, group = rescore(tr)
     ref = seq_logps(tr.ref_model, tr)
     tau = batch_percentile_tau(r, 90.0, group)
-    torch.testing.assert_close(s["tau"], tau)
     r_sub, ref_sub = mara_substitute(r, ref, tau, group)
     assert (ref_sub != ref).any(), "degenerate batch: Alg. 2 substituted nothing"
     torch.testing.assert_close(s["shaped_rewards"], r_sub, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(s["kl_logp_ref"], ref_sub, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(tr.scored["advantages"], grpo_advantages(s["shaped_rewards"]))
     torch.testing.assert_close(tr.scored["mdkl_logp_ref"], ref_sub, atol=1e-4, rtol=1e-5)
-    assert tr.args.mara_algorithm_resolved == "alg2"
+    assert tr.args.lm_config.mara_algorithm == "alg2"
 
 
 def kl_term(tr):
@@ -152,12 +150,15 @@ def kl_term(tr):
     return (loss - plain).item()
 
 
-@pytest.mark.parametrize("direction,level", [("reverse", "sequence"), ("reverse_k2", "sequence"),
-                                             ("forward", "sequence"), ("forward", "token")])
-def test_kl_direction_selects_estimator(model_dir, tmp_path, direction, level):
-    tr = train(model_dir, tmp_path, steps=1, kl_direction=direction, kl_level=level)
-    estimator, placement = KL_PLACEMENTS[direction]
-    assert tr.args.kl_estimator == (estimator, placement)
+@pytest.mark.parametrize("kl,placement,level,key", [("reverse", "reward", "sequence", "reverse"),
+                                                   ("reverse", "loss", "sequence", "reverse_k2"),
+                                                   ("forward", "loss", "sequence", "forward"),
+                                                   ("forward", "loss", "token", "forward")])
+def test_kl_direction_selects_estimator(model_dir, tmp_path, kl, placement, level, key):
+    tr = train(model_dir, tmp_path, steps=1, kl=kl, kl_placement=placement, kl_level=level)
+    estimator = KL_PLACEMENTS[key][0]
+    assert tr.args.kl_estimator == KL_PLACEMENTS[key]
+    assert kl_gradient_direction(estimator, placement) == kl
     s = tr.last_shaping
     r, _ = rescore(tr)
     ref, logp = seq_logps(tr.ref_model, tr), seq_logps(tr.model, tr)
@@ -180,14 +181,15 @@ def test_kl_direction_selects_estimator(model_dir, tmp_path, direction, level):
 
 def test_bad_config_errors(tmp_path):
     base = dict(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    with pytest.raises(ValueError, match="beta > 0"):  # MARA's augmentation scales with beta
+        MDKLGRPOConfig(mara="auto", beta=0.0, **base)
     with pytest.raises(ValueError, match="beta"):
-        MDKLGRPOConfig(mara=True, beta=0.0, **base)
-    with pytest.raises(ValueError, match="beta"):
-        MDKLGRPOConfig(mara=True, beta=-0.1, **base)
+        MDKLGRPOConfig(mara="auto", beta=-0.1, **base)
     with pytest.raises(ValueError, match="kl_level='sequence'"):
-        MDKLGRPOConfig(mara=True, beta=0.1, kl_direction="forward", kl_level="token", **base)
-    with pytest.raises(ValueError, match="exactly one"):
-        MDKLGRPOConfig(mara=True, beta=0.1, mara_tau=None, **base)
-    with pytest.raises(ValueError, match="kl_direction"):
-        MDKLGRPOConfig(kl_direction="sideways", beta=0.1, **base)
+        MDKLGRPOConfig(mara="auto", beta=0.1, kl="forward", kl_placement="loss", kl_level="token", **base)
+    with pytest.raises(ValueError, match="reverse\\+reward"):
+        MDKLGRPOConfig(kl="forward", kl_placement="reward", beta=0.1, **base)
+    with pytest.raises(ValueError, match="tau_percentile"):
+        MDKLGRPOConfig(mara="auto", beta=0.1, tau_percentile=101.0, **base)
     MDKLGRPOConfig(beta=0.0, **base)  # plain RL without MARA is fine
+    MDKLGRPOConfig(mara="alg1", beta=0.1, kl="forward", kl_placement="loss", kl_level="token", **base)
