@@ -59,7 +59,7 @@ __all__ = [
     "load_small_lm", "load_model", "count_parameters",
     "tokenize_prompts", "sample_completions", "sequence_logprobs", "group_advantages",
     "regularized_rewards", "policy_loss",
-    "Task", "LMConfig", "LMResult", "train", "train_cached", "evaluate", "benchmark",
+    "Task", "LMConfig", "LMResult", "validate_config", "train", "train_cached", "evaluate", "benchmark",
     "pareto_front",
 ]
 
@@ -84,7 +84,7 @@ class SmallLMConfig:
     """Share of documents that answer a 1-2 prompt (the rest is generic text)."""
     p_one: float = 0.75
     """Probability of "1" among valid 1-2 answers (the model's built-in bias, like Qwen's)."""
-    p_invalid: float = 0.25
+    p_invalid: float = 0.3
     """Probability that a 1-2 answer is invalid (wrong format or value)."""
     vocab_size: int = 384
     """Byte-level BPE vocabulary size (including the 256 bytes and special tokens)."""
@@ -112,19 +112,19 @@ def generate_corpus(cfg: SmallLMConfig = SmallLMConfig()) -> list[tuple[str, str
     """``[(user_prompt, assistant_answer), ...]``, ``cfg.n_docs`` pairs, seeded by ``cfg.seed``.
 
     1-2 documents use the prompts of :data:`mdkl.onetwo.PROMPTS` and answer in several XML
-    formats (``<answer>1</answer>``, ``<answer> 2 </answer>``, ``Sure! <answer>1</answer>``, ...)
-    with P("1" | valid) = ``p_one``; a ``p_invalid`` share is invalid (no tags, a word instead of
-    the digit, an unclosed tag, a 3, a refusal). Generic documents are small additions and
+    formats (``<answer>1</answer>``, ``<answer> 2 </answer>``, ...) with P("1" | valid) =
+    ``p_one``; a ``p_invalid`` share is invalid under :func:`mdkl.onetwo.parse_answer` (no tags, a
+    word instead of the digit, an unclosed tag, a 3, a refusal, text around the element). Generic documents are small additions and
     copy tasks, so the model is a language model and not a lookup table.
     """
     from mdkl.onetwo import PROMPTS
 
     rng = np.random.default_rng(cfg.seed)
     valid_fmt = ["<answer>{d}</answer>", "<answer>{d}</answer>", "<answer> {d} </answer>",
-                 "Sure! <answer>{d}</answer>", "My pick: <answer>{d}</answer>",
-                 "<answer>{d}</answer> Done.", "Okay, random choice: <answer>{d}</answer>"]
-    invalid_fmt = ["{d}", "<answer>{w}</answer>", "<answer>{d}", "<answer>3</answer>",
-                   "<ans>{d}</ans>", "I cannot pick a random number.", "The answer is {d}."]
+                 "<answer>{d} </answer>"]
+    invalid_fmt = ["{d}", "<answer>{w}</answer>", "<answer>{d}", "<answer>3</answer>", "<ans>{d}</ans>",
+                   "I cannot pick a random number.", "The answer is {d}.", "Sure! <answer>{d}</answer>",
+                   "<answer>{d}</answer> Done."]
     words = {"1": "one", "2": "two"}
     generic = [
         lambda: (lambda a, b: (f"What is {a} + {b}?", f"{a} + {b} = {a + b}."))(*rng.integers(0, 20, 2)),
@@ -272,23 +272,44 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-@torch.inference_mode()
 def sample_completions(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
                        *, eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
-                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one completion per row with a KV cache: ``(completion_ids, completion_mask)`` [B, C].
+                       generator: torch.Generator | None = None,
+                       prompt_repeats: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample completions with a KV cache: ``(completion_ids, completion_mask)`` [B * prompt_repeats, C].
 
     Ancestral sampling at ``temperature`` (no top-k / top-p: the policy's own distribution, so
-    on-policy log-probs are exact), seeded by ``generator``. ``completion_mask`` is 1 up to and
-    including the first eos; rows stop independently and the loop stops when all have ended
-    (C <= ``max_new_tokens``; tokens after eos are ``pad_token_id``). Returns normal (not
-    inference-mode) tensors, usable in a later autograd forward.
+    on-policy log-probs are exact), seeded by ``generator``. Each prompt row is encoded once and
+    its cache repeated ``prompt_repeats`` times (the G samples of a group share the prompt's
+    computation); output row ``i * prompt_repeats + j`` continues prompt ``i``.
+    ``completion_mask`` is 1 up to and including the first eos; rows stop independently and the
+    loop stops when all have ended (C <= ``max_new_tokens``; tokens after eos are
+    ``pad_token_id``). Runs under inference mode and returns normal tensors, usable in a later
+    autograd forward.
     """
-    b = prompt_ids.shape[0]
-    mask = prompt_mask
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=_positions(mask),
+    with torch.inference_mode():
+        ids, cmask = _sample(model, prompt_ids, prompt_mask, max_new_tokens, eos_token_id, pad_token_id,
+                             temperature, generator, prompt_repeats)
+    return ids.clone(), cmask.clone()  # clones outside inference mode are normal tensors
+
+
+def _encode_prompts(model, prompt_ids, prompt_mask, repeats: int):
+    """One forward over the (unique) prompts; returns the cache repeated ``repeats`` times per row,
+    the repeated prompt mask and the last prompt position's logits (predicting completion token 1)."""
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=_positions(prompt_mask),
                 use_cache=True, logits_to_keep=1)
-    past, logits = out.past_key_values, out.logits[:, -1]
+    past, last = out.past_key_values, out.logits[:, -1]
+    if repeats > 1:
+        past.batch_repeat_interleave(repeats)
+        last = last.repeat_interleave(repeats, 0)
+        prompt_mask = prompt_mask.repeat_interleave(repeats, 0)
+    return past, prompt_mask, last
+
+
+def _sample(model, prompt_ids, prompt_mask, max_new_tokens, eos_token_id, pad_token_id, temperature,
+            generator, repeats):
+    past, mask, logits = _encode_prompts(model, prompt_ids, prompt_mask, repeats)
+    b = mask.shape[0]
     pos = mask.sum(-1, keepdim=True)
     done = torch.zeros(b, dtype=torch.bool)
     toks = []
@@ -308,24 +329,35 @@ def sample_completions(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tenso
         pos = pos + 1
     ids = torch.stack(toks, 1)
     is_eos = (ids == eos_token_id).long()
-    cmask = ((is_eos.cumsum(1) - is_eos) == 0) & ~((ids == pad_token_id) & (is_eos.cumsum(1) > 0))
-    return ids.clone(), cmask.long().clone()
+    before = is_eos.cumsum(1) - is_eos  # eos tokens strictly before this position
+    return ids, (before == 0).long()
 
 
 def sequence_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                       completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                      *, per_token: bool = False) -> torch.Tensor:
+                      *, per_token: bool = False, prompt_repeats: int = 1) -> torch.Tensor:
     """log pi(completion | prompt) summed over completion tokens [B] (or per token [B, C] with
     ``per_token=True``, zero where ``completion_mask`` is 0).
 
-    Layout as in TRL: ``prompt_ids`` left-padded, ``completion_ids`` right-padded. Differentiable
-    unless called under ``torch.inference_mode`` / ``no_grad``; only the last C+1 positions'
-    logits are computed (``logits_to_keep``)."""
-    ids = torch.cat([prompt_ids, completion_ids], 1)
-    mask = torch.cat([prompt_mask, completion_mask], 1)
+    Layout as in TRL: ``prompt_ids`` left-padded, ``completion_ids`` right-padded. With
+    ``prompt_repeats = G > 1``, ``prompt_ids`` holds B / G unique prompts and completion row
+    ``i * G + j`` continues prompt ``i``: the prompt is encoded once and its KV cache repeated
+    (exact, gradients flow through the shared prompt computation). Differentiable unless called
+    under ``torch.inference_mode`` / ``no_grad``; only completion positions' logits are computed.
+    """
     c = completion_ids.shape[1]
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
-                   logits_to_keep=c + 1).logits[:, :-1].float()
+    if prompt_repeats > 1:
+        past, p_mask, last = _encode_prompts(model, prompt_ids, prompt_mask, prompt_repeats)
+        mask = torch.cat([p_mask, completion_mask], 1)
+        pos = p_mask.sum(-1, keepdim=True) + torch.arange(c)
+        out = model(input_ids=completion_ids, attention_mask=mask, position_ids=pos, past_key_values=past,
+                    use_cache=True)
+        logits = torch.cat([last.unsqueeze(1), out.logits[:, :-1]], 1).float()
+    else:
+        ids = torch.cat([prompt_ids, completion_ids], 1)
+        mask = torch.cat([prompt_mask, completion_mask], 1)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
+                       logits_to_keep=c + 1).logits[:, :-1].float()
     lp = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
     lp = lp * completion_mask
     return lp if per_token else lp.sum(-1)
@@ -544,12 +576,59 @@ class LMResult:
         return self.checkpoints.iloc[-1].to_dict()
 
 
+def _ref_logprobs_fn(model, ref_model, lora: bool):
+    """log pi_ref(completion | prompt) under inference mode: the frozen copy, or for a peft model
+    the base model with its adapters disabled."""
+    @torch.inference_mode()
+    def ref_lp(*tensors, **kw):
+        if lora and ref_model is None:
+            with model.disable_adapter():
+                return sequence_logprobs(model, *tensors, **kw)
+        return sequence_logprobs(ref_model, *tensors, **kw)
+
+    return lambda *tensors, **kw: ref_lp(*tensors, **kw).clone()
+
+
+def _evaluate(model, ref_lp, tokenizer, task: Task, p_ids, p_mask, n: int, max_new_tokens: int,
+              seed: int, temperature: float, batch: int) -> dict[str, float]:
+    gen = torch.Generator().manual_seed(seed)
+    texts, kls = [], []
+    k = p_ids.shape[0]
+    per = -(-n // k)  # samples per prompt (prompts used equally; n rounded up to a multiple of k)
+    for i in range(k):
+        for start in range(0, per, batch):
+            b = min(batch, per - start)
+            ids, m = p_ids[i:i + 1], p_mask[i:i + 1]
+            c_ids, c_mask = sample_completions(model, ids, m, max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id, temperature=temperature,
+                                               generator=gen, prompt_repeats=b)
+            texts += tokenizer.batch_decode(c_ids, skip_special_tokens=True)
+            if ref_lp is not None:
+                with torch.inference_mode():
+                    lp = sequence_logprobs(model, ids, m, c_ids, c_mask, prompt_repeats=b)
+                kls.append(kl_estimate(lp, ref_lp(ids, m, c_ids, c_mask, prompt_repeats=b), "k1"))
+    r = task.rewards(texts).double()
+    out = {"reward": float(r.mean()), "reward_se": float(r.std() / math.sqrt(max(len(texts), 1))) if len(texts) > 1 else 0.0,
+           **task.metrics(texts)}
+    if kls:
+        out["kl"] = float(torch.cat(kls).mean())
+    return out
+
+
 def evaluate(model, tokenizer, task: Task, n: int, max_new_tokens: int, *, seed: int = 0,
              temperature: float = 1.0, ref_model=None, batch: int = 256) -> dict[str, float]:
-    """Sample ``n`` completions (prompts cycled) and return reward mean, task metrics and, if
-    ``ref_model`` is given, the mean k1 estimate of KL(pi || pi_ref). Seeded, independent of the
-    training generator."""
-    raise NotImplementedError  # body below the API commit
+    """Sample ``n`` completions (prompts cycled) and return reward mean (and its standard error),
+    task metrics and, if ``ref_model`` is given, ``kl`` = the mean k1 estimate of
+    KL(pi || pi_ref). Seeded by ``seed``, independent of any training generator."""
+    p_ids, p_mask = tokenize_prompts(tokenizer, task.prompts(tokenizer))
+    ref_lp = None if ref_model is None else _ref_logprobs_fn(model, ref_model, False)
+    return _evaluate(model, ref_lp, tokenizer, task, p_ids, p_mask, n, max_new_tokens, seed, temperature, batch)
+
+
+def _save_state(path: Path, payload: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progress: bool = True,
@@ -568,22 +647,134 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
     (weights, optimizer, RNG, logs) is saved there atomically at every checkpoint and a run that
     finds it resumes from it (bit-identical to an uninterrupted run). Seeded by ``cfg.seed``.
     """
-    raise NotImplementedError  # body below the API commit
+    validate_config(cfg)
+    torch.manual_seed(cfg.seed)  # LoRA initialisation
+    lora = cfg.lora_r > 0
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                 target_modules=list(cfg.lora_targets)))
+    elif ref_model is None:
+        ref_model = copy.deepcopy(model)
+    if ref_model is not None:
+        ref_model.eval().requires_grad_(False)
+    model.eval()  # no dropout: the sampled log-probs are exactly the ones differentiated
+    ref_lp = _ref_logprobs_fn(model, ref_model, lora)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    all_ids, all_mask = tokenize_prompts(tokenizer, task.prompts(tokenizer))
+    P, G = cfg.prompts_per_step, cfg.group_size
+    group = torch.arange(P).repeat_interleave(G)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history, checkpoints, start, t_total = [], [], 0, 0.0
+    if state_path is not None and Path(state_path).exists():  # resume
+        st = torch.load(state_path, weights_only=False)
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        with torch.no_grad():
+            for n, v in st["params"].items():
+                trainable[n].copy_(v)
+        opt.load_state_dict(st["opt"])
+        gen.set_state(st["gen"])
+        history, checkpoints, start, t_total = st["history"], st["checkpoints"], st["step"], st["seconds"]
+
+    bar = tqdm(range(start, cfg.steps + 1), desc=cfg.label(), disable=not progress, leave=False)
+    for step in bar:
+        # ---- checkpoint: evaluate on fresh samples (own generator), save the state to resume from
+        if (step % cfg.eval_every == 0 or step == cfg.steps) and not (checkpoints and checkpoints[-1]["step"] == step):
+            ev = _evaluate(model, ref_lp, tokenizer, task, all_ids, all_mask, cfg.eval_samples,
+                           cfg.max_new_tokens, cfg.seed * 1_000_003 + step, cfg.temperature, 256)
+            checkpoints.append({"step": step, **ev})
+            if state_path is not None and step < cfg.steps:
+                _save_state(Path(state_path), {
+                    "params": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+                    "opt": opt.state_dict(), "gen": gen.get_state(), "history": history,
+                    "checkpoints": checkpoints, "step": step, "seconds": t_total})
+        if step == cfg.steps:
+            break
+        t0 = time.perf_counter()
+        # ---- 1. rollouts: P prompts x G completions, sampled with the KV cache
+        rows = torch.randint(all_ids.shape[0], (P,), generator=gen)
+        p_ids, p_mask = all_ids[rows], all_mask[rows]  # P unique prompt rows, each sampled G times
+        c_ids, c_mask = sample_completions(model, p_ids, p_mask, cfg.max_new_tokens, eos_token_id=eos,
+                                           pad_token_id=pad, temperature=cfg.temperature, generator=gen,
+                                           prompt_repeats=G)
+        texts = tokenizer.batch_decode(c_ids, skip_special_tokens=True)
+        r = task.rewards(texts).double()
+        if not torch.isfinite(r).all():
+            raise ValueError(f"task {task.name!r} returned non-finite rewards: map failed outputs to a finite value")
+        # ---- 2. sequence log-probs: reference (inference mode) and policy (with grad)
+        logp_ref = ref_lp(p_ids, p_mask, c_ids, c_mask, prompt_repeats=G).double()
+        logp = sequence_logprobs(model, p_ids, p_mask, c_ids, c_mask, prompt_repeats=G)
+        # ---- 3. rewards -> MARA per group -> KL / entropy shaping -> group advantages
+        shaped, logp_ref_kl = regularized_rewards(cfg, r, logp, logp_ref, group)
+        adv = group_advantages(shaped, G, cfg.advantage)
+        # ---- 4. one policy-gradient step
+        loss = policy_loss(cfg, logp.double(), logp_ref_kl, adv)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        dt = time.perf_counter() - t0
+        t_total += dt
+        # ---- 5. log
+        rg = r.view(P, G)
+        row = {"step": step + 1, "reward": float(r.mean()), **task.metrics(texts),
+               "kl": float(kl_estimate(logp.detach().double(), logp_ref, "k1").mean()),
+               "zero_var_frac": float((rg.max(1).values == rg.min(1).values).double().mean()),
+               "loss": float(loss.detach()), "grad_norm": float(gnorm),
+               "completion_tokens": int(c_mask.sum()), "total_tokens": int(c_mask.sum() + G * p_mask.sum()),
+               "seconds": dt}
+        history.append(row)
+        if progress:
+            bar.set_postfix(reward=f"{row['reward']:.2f}", H=f"{row.get('valid_entropy', float('nan')):.2f}")
+    bar.close()
+    return LMResult(cfg, pd.DataFrame(history), pd.DataFrame(checkpoints), t_total,
+                    count_parameters(model), count_parameters(model, trainable_only=True))
+
+
+def _task_key(task: Task) -> object:
+    return dataclasses.asdict(task) if dataclasses.is_dataclass(task) else repr(task)
 
 
 def train_cached(cfg: LMConfig, task: Task, *, force: bool = False, progress: bool = True,
                  resumable: bool = True, small: SmallLMConfig = SmallLMConfig()) -> LMResult:
     """:func:`train` on a fresh copy of ``load_model(cfg.model)``, cached by (config, task, code)
     in ``data/cache``; an interrupted run resumes from its last checkpoint if ``resumable``."""
-    raise NotImplementedError  # body below the API commit
+    import mdkl.lm as this
+    import mdkl.onetwo as onetwo
+
+    key_cfg = {"run": cfg, "task": _task_key(task), "small": small if cfg.model == "small" else None}
+    code = [this, onetwo]
+    state = CACHE_DIR / f"lmrun-{cache_key(key_cfg, code)}.state.pt" if resumable else None
+    if force and state is not None and state.exists():
+        state.unlink()
+
+    def run():
+        model, tok = load_model(cfg.model, small)
+        res = train(cfg, task, model, tok, progress=progress, state_path=state)
+        return res
+
+    res = cached("lmrun", key_cfg, run, code=code, force=force)
+    if state is not None and state.exists():
+        state.unlink()
+    return res
 
 
 def benchmark(cfg: LMConfig, task: Task, model, tokenizer, *, steps: int = 5, warmup: int = 1) -> dict[str, float]:
     """Time ``steps`` RL steps of :func:`train` (after ``warmup`` untimed ones) on a copy of
     ``model``: returns ``steps_per_s``, ``tokens_per_s`` (completion tokens generated per second),
     ``total_tokens_per_s`` (prompt + completion tokens per second), ``seconds_per_step``,
-    ``batch`` (completions per step), ``n_params``, ``torch_threads``."""
-    raise NotImplementedError  # body below the API commit
+    ``batch`` (completions per step), ``n_params``, ``torch_threads``. Evaluation is excluded."""
+    c = cfg.replace(steps=steps + warmup, eval_every=10**9, eval_samples=cfg.group_size)
+    res = train(c, task, copy.deepcopy(model), tokenizer, progress=False)
+    h = res.history.iloc[warmup:]
+    sec = float(h["seconds"].sum())
+    return {"steps_per_s": len(h) / sec, "tokens_per_s": float(h["completion_tokens"].sum()) / sec,
+            "total_tokens_per_s": float(h["total_tokens"].sum()) / sec, "seconds_per_step": sec / len(h),
+            "batch": cfg.prompts_per_step * cfg.group_size, "n_params": res.n_params,
+            "torch_threads": torch.get_num_threads()}
 
 
 def pareto_front(reward: Sequence[float], entropy: Sequence[float]) -> np.ndarray:

@@ -1,10 +1,14 @@
 """The "1-2" task (paper §4, LLM task 1, Fig. 6a/6b): ask for a uniformly random integer that is
 either 1 or 2, answered in an XML format; reward 1.0 for a valid "1" or "2", else 0.0.
 
-A completion is *valid* when its first ``<answer>...</answer>`` element holds exactly ``1`` or
-``2`` (surrounding whitespace inside the tags is allowed, text around the element is allowed).
-Anything else (no tags, an unclosed tag, ``<answer>one</answer>``, ``3``, empty text, ``None``)
-is invalid: the parser never raises. The valid-answer entropy is the entropy of the 1-vs-2 split
+A completion is *valid* when it is exactly one ``<answer>N</answer>`` element with N = 1 or 2
+(whitespace inside the tags and around the element allowed) [reading: the paper says "a valid 1
+or 2 in an XML format" without the exact rule]. With ``strict=False`` the first such element
+anywhere in the text counts. The strict rule keeps the set of valid outputs small: under MARA
+every valid output gets the same target mass, and with free text around the answer that set
+is huge (measured: MARA runs then drift to maximally long completions). Anything else (no
+tags, an unclosed tag, ``<answer>one</answer>``, ``3``, empty text, ``None``) is invalid: the
+parser never raises. The valid-answer entropy is the entropy of the 1-vs-2 split
 among valid answers (max ln 2), with its delta-method sampling error
 (:func:`mdkl.metrics.binary_entropy_with_se`).
 
@@ -37,30 +41,33 @@ PROMPTS = (
 )
 #: first <answer>...</answer> element (non-greedy, across newlines)
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+#: the whole completion is one answer element
+STRICT_RE = re.compile(r"\s*<answer>(.*?)</answer>\s*", re.DOTALL)
 INVALID, ONE, TWO = 0, 1, 2
 
 
-def parse_answer(text) -> int:
-    """1 or 2 for a valid answer, 0 (:data:`INVALID`) otherwise; never raises (None, bytes, junk ok)."""
+def parse_answer(text, strict: bool = True) -> int:
+    """1 or 2 for a valid answer, 0 (:data:`INVALID`) otherwise; never raises (None, bytes, junk ok).
+    ``strict``: the whole text must be the answer element (see the module docstring)."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     if not isinstance(text, str):
         return INVALID
-    m = ANSWER_RE.search(text)
+    m = STRICT_RE.fullmatch(text) if strict else ANSWER_RE.search(text)
     if m is None:
         return INVALID
     v = m.group(1).strip()
     return ONE if v == "1" else TWO if v == "2" else INVALID
 
 
-def parse_answers(texts: Iterable) -> np.ndarray:
+def parse_answers(texts: Iterable, strict: bool = True) -> np.ndarray:
     """Vector of answer codes (0 invalid, 1, 2), one per completion."""
-    return np.fromiter((parse_answer(t) for t in texts), dtype=np.int8)
+    return np.fromiter((parse_answer(t, strict) for t in texts), dtype=np.int8)
 
 
-def rewards(texts: Iterable) -> torch.Tensor:
+def rewards(texts: Iterable, strict: bool = True) -> torch.Tensor:
     """Reward 1.0 for a valid "1" or "2", else 0.0 (float32 tensor)."""
-    return torch.from_numpy((parse_answers(texts) != INVALID).astype(np.float32))
+    return torch.from_numpy((parse_answers(texts, strict) != INVALID).astype(np.float32))
 
 
 def answer_counts(texts_or_codes) -> dict[str, int]:
@@ -93,6 +100,8 @@ class OneTwoTask:
 
     prompts_used: tuple[str, ...] = (PROMPT,)
     """Prompt texts (before the chat template) that RL samples from."""
+    strict: bool = True
+    """Valid only if the whole completion is the answer element (False: first element anywhere)."""
     name: str = "onetwo"
     """Short name (cache keys, tables)."""
 
@@ -102,13 +111,13 @@ class OneTwoTask:
 
     def rewards(self, completions) -> torch.Tensor:
         """Reward per completion (see :func:`rewards`)."""
-        return rewards(completions)
+        return rewards(completions, self.strict)
 
     def metrics(self, completions) -> dict[str, float]:
         """Answer distribution and valid-answer entropy of a batch of completions:
         ``p1``, ``p2``, ``invalid`` (fractions of all samples), ``p1_valid`` (share of "1" among
         valid answers), ``valid_entropy`` and ``valid_entropy_se`` (nats)."""
-        codes = parse_answers(completions)
+        codes = parse_answers(completions, self.strict)
         k = answer_counts(codes)
         n = max(k["n"], 1)
         h, se = binary_entropy_with_se(k["n1"], k["n2"])
