@@ -37,13 +37,7 @@ import torch  # noqa: E402
 
 from mdkl import runtime  # noqa: E402
 from mdkl.lm import LMConfig, benchmark, load_model, small_lm_dir  # noqa: E402
-from mdkl.onetwo import PROMPT, OneTwoTask, rewards  # noqa: E402
-
-
-def onetwo_reward(completions, **kwargs):
-    """TRL reward function: the 1-2 task's reward (mdkl.onetwo.rewards); TRL passes conversational
-    completions as ``[{'role': 'assistant', 'content': ...}]``."""
-    return rewards([c if isinstance(c, str) else c[-1]["content"] for c in completions]).tolist()
+from mdkl.onetwo import PROMPT, OneTwoTask  # noqa: E402
 
 
 def trl_benchmark(model_dir, cfg: LMConfig, steps: int, warmup: int, variant: str = "trl") -> dict:
@@ -52,7 +46,7 @@ def trl_benchmark(model_dir, cfg: LMConfig, steps: int, warmup: int, variant: st
     from transformers import PreTrainedTokenizerFast, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from mdkl.trl_ext import MDKLGRPOConfig, MDKLGRPOTrainer
+    from mdkl.trl_ext import MDKLGRPOConfig, MDKLGRPOTrainer, onetwo_reward
 
     class Clock(TrainerCallback):
         def __init__(self):

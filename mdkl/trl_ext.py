@@ -38,6 +38,23 @@ factor G/(G-1). Unscorable completions (every reward function returned ``None``)
 MARA and keep TRL's treatment (zero advantage). TRL's ``reward`` metrics show the shaped reward;
 ``mdkl/reward`` is the raw one, ``mdkl/kl_k1`` the sequence-level k1 estimate of KL(pi || pi_ref)
 and ``mdkl/kl_loss`` the KL loss estimator's batch mean.
+
+Choices to know about:
+
+- Which pass is the reference: TRL 1.16 runs, under ``no_grad`` and in this order, the optional
+  old-policy pass and then the reference pass (a separate model, or the PEFT model with its
+  adapter disabled), right before ``_calculate_rewards``; the last recorded pass is therefore the
+  reference. ``tests/test_trl_ext.py`` re-computes it independently. These are private TRL
+  methods: pin ``trl`` (tested with 1.16.0).
+- Per-token vs sequence k3: TRL's per-token k3 follows the forward KL of each next-token
+  distribution at contexts the policy visits, not KL(pi_ref || pi) over whole outputs (the
+  paper's objective); ``kl_level="sequence"`` follows the latter. Sequence-level k3 contains
+  ``exp(log pi_ref(y) - log pi(y))`` and can overflow on long completions; keep completions short
+  or use ``kl_level="token"`` (without Algorithm 2).
+- With ``use_vllm`` the k1 penalty uses the trained model's log-probs of the vLLM samples.
+
+Launch on several GPUs: ``accelerate launch [--config_file zero2.yaml] -m mdkl.trl_ext --model ...
+--beta 0.01 --kl forward --kl_placement loss --mara auto`` (every config field is a flag).
 """
 
 from __future__ import annotations
@@ -51,7 +68,7 @@ from trl import GRPOConfig, GRPOTrainer
 from mdkl.kl import k1, kl_loss
 from mdkl.lm import LMConfig, regularized_rewards, validate_config
 
-__all__ = ["MDKLGRPOConfig", "MDKLGRPOTrainer"]
+__all__ = ["MDKLGRPOConfig", "MDKLGRPOTrainer", "onetwo_reward", "OneTwoScriptArguments", "main"]
 
 
 @dataclass
@@ -207,3 +224,57 @@ class MDKLGRPOTrainer(GRPOTrainer):
         self._metrics[mode]["mdkl/kl_loss"].append(self.accelerator.gather(term.detach()).mean().item() / beta)
         accum = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         return loss + term.mean() / accum
+
+
+# ----------------------------------------------------------------------------------------------
+# the 1-2 task on TRL: `accelerate launch -m mdkl.trl_ext ...` (see the README, "Scale-out with TRL")
+# ----------------------------------------------------------------------------------------------
+def onetwo_reward(completions, **kwargs) -> list[float]:
+    """TRL reward function for the 1-2 task (:func:`mdkl.onetwo.rewards`); TRL passes conversational
+    completions as ``[{'role': 'assistant', 'content': ...}]``."""
+    from mdkl.onetwo import rewards
+
+    return rewards([c if isinstance(c, str) else c[-1]["content"] for c in completions]).tolist()
+
+
+@dataclass
+class OneTwoScriptArguments:
+    """What :func:`main` needs besides :class:`MDKLGRPOConfig`."""
+
+    model: str = field(default="small", metadata={"help": "'small' (mdkl.lm's from-scratch LM), 'smollm2', "
+                                                          "or a folder with a causal LM and its tokenizer"})
+    """'small' (the cached from-scratch LM of :mod:`mdkl.lm`), 'smollm2', or a model folder."""
+    n_prompts: int = field(default=4096, metadata={"help": "Rows of the prompt dataset (the 1-2 prompt)."})
+    """Rows of the prompt dataset (all the 1-2 prompt; ``max_steps`` bounds the run)."""
+
+
+def main(argv=None) -> MDKLGRPOTrainer:
+    """Train on the 1-2 task with :class:`MDKLGRPOTrainer`; every ``MDKLGRPOConfig`` field is a flag."""
+    from accelerate import PartialState
+    from datasets import Dataset
+    from transformers import AutoTokenizer, HfArgumentParser
+
+    from mdkl.onetwo import PROMPT
+
+    script, args = HfArgumentParser((OneTwoScriptArguments, MDKLGRPOConfig)).parse_args_into_dataclasses(argv)
+    with PartialState().main_process_first():  # the first process builds the cached weights
+        if script.model == "small":
+            from mdkl.lm import small_lm_dir
+            path = str(small_lm_dir(progress=False))
+        elif script.model == "smollm2":
+            from mdkl.models import smollm2_dir
+            path = str(smollm2_dir())
+        else:
+            path = script.model
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    ds = Dataset.from_dict({"prompt": [[{"role": "user", "content": PROMPT}]] * script.n_prompts})
+    trainer = MDKLGRPOTrainer(model=path, reward_funcs=onetwo_reward, args=args, train_dataset=ds,
+                              processing_class=tok)
+    trainer.train()
+    return trainer
+
+
+if __name__ == "__main__":
+    main()

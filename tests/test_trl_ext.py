@@ -6,6 +6,9 @@ shaped rewards, advantages and KL loss term are compared with mdkl.mara / mdkl.k
 """
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,6 +39,7 @@ def model_dir(tmp_path_factory):
     tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     tk.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>")
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # for main()'s chat prompt
     cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
                       pad_token_id=0, eos_token_id=1, bos_token_id=1)
@@ -193,3 +197,19 @@ def test_bad_config_errors(tmp_path):
         MDKLGRPOConfig(mara="auto", beta=0.1, tau_percentile=101.0, **base)
     MDKLGRPOConfig(beta=0.0, **base)  # plain RL without MARA is fine
     MDKLGRPOConfig(mara="alg1", beta=0.1, kl="forward", kl_placement="loss", kl_level="token", **base)
+
+
+def test_two_process_launch(model_dir, tmp_path):
+    """``python -m mdkl.trl_ext`` under torchrun with 2 CPU processes: prompt groups span processes, so
+    rewards and reference log-probs are gathered before MARA and sliced back (smoke test)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mdkl.trl_ext",
+           "--model", str(model_dir), "--output_dir", str(tmp_path), "--max_steps", "1",
+           "--per_device_train_batch_size", "4", "--num_generations", "8", "--max_completion_length", "8",
+           "--beta", "0.05", "--kl", "forward", "--kl_placement", "loss", "--mara", "auto",
+           "--tau_percentile", "90", "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1",
+           "--gradient_checkpointing", "false", "--use_cpu", "true", "--bf16", "false", "--n_prompts", "32"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "mdkl/kl_loss" in out.stdout and "train_runtime" in out.stdout
