@@ -58,7 +58,7 @@ __all__ = [
     "SmallLMConfig", "generate_corpus", "build_tokenizer", "pretrain_small_lm", "small_lm_dir",
     "load_small_lm", "load_model", "count_parameters",
     "tokenize_prompts", "sample_completions", "sequence_logprobs", "group_advantages",
-    "regularized_rewards", "policy_loss",
+    "regularized_rewards", "token_reference_for_kl", "policy_loss",
     "Task", "LMConfig", "LMResult", "validate_config", "train", "train_cached", "evaluate", "benchmark",
     "pareto_front",
 ]
@@ -415,6 +415,10 @@ class LMConfig:
     """KL direction whose gradient the regularizer follows."""
     kl_placement: Literal["reward", "loss"] = "reward"
     """reverse: 'reward' = k1 detached in the reward, 'loss' = k2 loss; forward: only 'loss' (k3)."""
+    kl_level: Literal["sequence", "token"] = "token"
+    """KL loss (k2 / k3) on sequence log-probs (the paper's bandit view) or summed per token (GRPO /
+    TRL); k1 in the reward is the same either way. Sequence-level k3 weights a sample by
+    pi_ref(y)/pi(y), which is heavy tailed: measured, it diverges on the small LM (use 'token')."""
     entropy: float = 0.0
     """Entropy bonus eta: -eta log pi(y) (detached) added to the reward."""
     mara: Literal["none", "alg1", "alg2", "auto"] = "none"
@@ -504,6 +508,8 @@ def validate_config(cfg: LMConfig) -> None:
         raise ValueError("group_size must be >= 2 (advantages are computed within each prompt's group)")
     if cfg.prompts_per_step < 1 or cfg.max_new_tokens < 1 or cfg.steps < 0 or cfg.eval_every < 1:
         raise ValueError("prompts_per_step, max_new_tokens, eval_every must be >= 1 and steps >= 0")
+    if cfg.kl_level not in ("sequence", "token"):
+        raise ValueError(f"unknown kl_level {cfg.kl_level!r}: use 'sequence' or 'token'")
     if cfg.temperature <= 0:
         raise ValueError(f"temperature must be > 0 (got {cfg.temperature})")
     if cfg.advantage not in ("rloo", "grpo", "mean"):
@@ -537,13 +543,34 @@ def regularized_rewards(cfg: LMConfig, rewards: torch.Tensor, logp: torch.Tensor
     return r, lref
 
 
-def policy_loss(cfg: LMConfig, logp: torch.Tensor, logp_ref_kl: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+def token_reference_for_kl(token_logp_ref: torch.Tensor, completion_mask: torch.Tensor,
+                           logp_ref_kl: torch.Tensor) -> torch.Tensor:
+    """Per-token reference log-probs whose sum per sequence is ``logp_ref_kl`` (the sequence-level
+    reference after MARA's Alg. 2 substitution): the difference to the sample's own reference
+    log-prob is spread evenly over its tokens [reading: the paper does not say how Alg. 2 meets a
+    per-token k3]. Without substitution this returns ``token_logp_ref`` unchanged."""
+    m = completion_mask.to(token_logp_ref.dtype)
+    shift = (logp_ref_kl - (token_logp_ref * m).sum(-1)) / m.sum(-1).clamp(min=1)
+    return (token_logp_ref + shift[:, None]) * m
+
+
+def policy_loss(cfg: LMConfig, logp: torch.Tensor, logp_ref_kl: torch.Tensor, adv: torch.Tensor,
+                completion_mask: torch.Tensor | None = None) -> torch.Tensor:
     """REINFORCE loss -mean(A * log pi(y)), plus beta * mean(k) when the KL is a loss (k2 reverse,
-    k3 forward; sequence level, reference detached)."""
-    loss = -(adv.detach().to(logp.dtype) * logp).mean()
+    k3 forward; reference detached).
+
+    ``logp`` [B] and ``logp_ref_kl`` [B] are sequence log-probs (KL on the sequence); or, with
+    ``cfg.kl_level == 'token'``, [B, C] per-token log-probs with ``completion_mask``: then the
+    REINFORCE term uses their sum and the KL estimator is summed over tokens (GRPO / TRL style)."""
+    per_token = logp.ndim == 2
+    seq = logp.sum(-1) if per_token else logp
+    loss = -(adv.detach().to(seq.dtype) * seq).mean()
     est = cfg.estimator
     if est in ("k2", "k3"):  # k1 only ever sits in the reward (see LMConfig.estimator)
-        loss = loss + kl_loss(logp, logp_ref_kl.to(logp.dtype), cfg.beta, est).mean()
+        k = kl_loss(logp, logp_ref_kl.to(logp.dtype), cfg.beta, est)
+        if per_token:
+            k = (k * completion_mask).sum(-1)
+        loss = loss + k.mean()
     return loss
 
 
@@ -705,13 +732,18 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
         if not torch.isfinite(r).all():
             raise ValueError(f"task {task.name!r} returned non-finite rewards: map failed outputs to a finite value")
         # ---- 2. sequence log-probs: reference (inference mode) and policy (with grad)
-        logp_ref = ref_lp(p_ids, p_mask, c_ids, c_mask, prompt_repeats=G).double()
-        logp = sequence_logprobs(model, p_ids, p_mask, c_ids, c_mask, prompt_repeats=G)
+        tok_ref = ref_lp(p_ids, p_mask, c_ids, c_mask, prompt_repeats=G, per_token=True).double()
+        tok_logp = sequence_logprobs(model, p_ids, p_mask, c_ids, c_mask, prompt_repeats=G, per_token=True)
+        logp, logp_ref = tok_logp.sum(-1), tok_ref.sum(-1)
         # ---- 3. rewards -> MARA per group -> KL / entropy shaping -> group advantages
         shaped, logp_ref_kl = regularized_rewards(cfg, r, logp, logp_ref, group)
         adv = group_advantages(shaped, G, cfg.advantage)
-        # ---- 4. one policy-gradient step
-        loss = policy_loss(cfg, logp.double(), logp_ref_kl, adv)
+        # ---- 4. one policy-gradient step (KL on the sequence, or per token)
+        if cfg.kl_level == "token":
+            loss = policy_loss(cfg, tok_logp.double(), token_reference_for_kl(tok_ref, c_mask, logp_ref_kl),
+                               adv, c_mask)
+        else:
+            loss = policy_loss(cfg, logp.double(), logp_ref_kl, adv)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -84,14 +84,14 @@ def valid_entropy(texts_or_codes) -> tuple[float, float]:
     return binary_entropy_with_se(k["n1"], k["n2"])
 
 
-def prompt_text(tokenizer, prompt: str = PROMPT) -> str:
+def prompt_text(tokenizer, prompt: str = PROMPT, answer_prefix: str = "") -> str:
     """The prompt as the model sees it: one user turn through the tokenizer's chat template
     (SmolLM2's own template; the small model's tokenizer carries a minimal one), ending with the
-    assistant's generation prompt."""
+    assistant's generation prompt, then ``answer_prefix`` (text the assistant turn starts with)."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-    return prompt + "\n"
+                                             add_generation_prompt=True) + answer_prefix
+    return prompt + "\n" + answer_prefix
 
 
 @dataclass(frozen=True)
@@ -102,22 +102,32 @@ class OneTwoTask:
     """Prompt texts (before the chat template) that RL samples from."""
     strict: bool = True
     """Valid only if the whole completion is the answer element (False: first element anywhere)."""
+    answer_prefix: str = ""
+    """Text pre-filled at the start of the assistant turn and prepended to every completion before
+    parsing (SmolLM2: '<answer>', because at temperature 1 the 135M model almost never emits the
+    format on its own; measured 0/32). '' for the small model, which learned the format."""
     name: str = "onetwo"
     """Short name (cache keys, tables)."""
 
     def prompts(self, tokenizer) -> list[str]:
         """Chat-formatted prompts."""
-        return [prompt_text(tokenizer, p) for p in self.prompts_used]
+        return [prompt_text(tokenizer, p, self.answer_prefix) for p in self.prompts_used]
+
+    def full_answers(self, completions) -> list:
+        """Completions with the answer prefix put back (what the parser reads)."""
+        if not self.answer_prefix:
+            return list(completions)
+        return [self.answer_prefix + c if isinstance(c, str) else c for c in completions]
 
     def rewards(self, completions) -> torch.Tensor:
         """Reward per completion (see :func:`rewards`)."""
-        return rewards(completions, self.strict)
+        return rewards(self.full_answers(completions), self.strict)
 
     def metrics(self, completions) -> dict[str, float]:
         """Answer distribution and valid-answer entropy of a batch of completions:
         ``p1``, ``p2``, ``invalid`` (fractions of all samples), ``p1_valid`` (share of "1" among
         valid answers), ``valid_entropy`` and ``valid_entropy_se`` (nats)."""
-        codes = parse_answers(completions, self.strict)
+        codes = parse_answers(self.full_answers(completions), self.strict)
         k = answer_counts(codes)
         n = max(k["n"], 1)
         h, se = binary_entropy_with_se(k["n1"], k["n2"])
@@ -128,15 +138,20 @@ class OneTwoTask:
 
 
 def answer_preference(model, tokenizer, prompt: str = PROMPT,
-                      answers: tuple[str, str] = ("<answer>1</answer>", "<answer>2</answer>")) -> dict:
+                      answers: tuple[str, str] = ("<answer>1</answer>", "<answer>2</answer>"),
+                      answer_prefix: str = "") -> dict:
     """Exact log-probabilities of the two canonical answers (ending with the end-of-turn token)
-    under ``model``: the model's own preference for "1" over "2" before training.
+    under ``model``: the model's own preference for "1" over "2" before training. With an
+    ``answer_prefix`` the answers are conditioned on it (they must start with it).
 
     Returns ``{'logp1', 'logp2', 'log_ratio'}`` (log ratio = logp1 - logp2, > 0 prefers "1").
     """
     from mdkl.lm import sequence_logprobs, tokenize_prompts
 
-    p_ids, p_mask = tokenize_prompts(tokenizer, [prompt_text(tokenizer, prompt)] * 2)
+    if not all(a.startswith(answer_prefix) for a in answers):
+        raise ValueError(f"answers must start with answer_prefix {answer_prefix!r}")
+    answers = tuple(a[len(answer_prefix):] for a in answers)
+    p_ids, p_mask = tokenize_prompts(tokenizer, [prompt_text(tokenizer, prompt, answer_prefix)] * 2)
     eos = tokenizer.eos_token or ""
     enc = tokenizer([a + eos for a in answers], add_special_tokens=False, padding=True,
                     return_tensors="pt", padding_side="right")
