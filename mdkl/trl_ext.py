@@ -26,13 +26,18 @@ accelerate/DeepSpeed, logging) and changes three hooks only:
    The shaped reward is handed back to TRL, whose own code then forms the GRPO advantages
    (group mean / std, ``scale_rewards``); nothing of that is copied here.
 3. ``_compute_loss`` runs TRL's loss with its built-in k3 term switched off and adds
-   ``beta * mdkl.kl.kl_loss(...)`` for the chosen estimator (k2: reverse, k3: forward), either on
-   sequence log-probs (``kl_level="sequence"``, the paper's objective over whole outputs; the only
-   level where Algorithm 2's substituted ``log pi_ref(z)`` is defined) or per token
-   (``kl_level="token"``: TRL's GRPO term when ``kl="forward"``).
+   ``beta * mdkl.kl.kl_loss(...)`` for the chosen estimator (k2: reverse, k3: forward), per token
+   (``kl_level="token"``, the default as in :mod:`mdkl.lm`; with ``kl="forward"`` this is exactly
+   TRL's own GRPO term) or on sequence log-probs (``kl_level="sequence"``: the paper's objective
+   over whole outputs; the sequence value is spread evenly over its tokens). Under Algorithm 2 the
+   reference inside the KL is the anchor's, ``log pi_ref(z)``; per token, the difference to the
+   sample's own reference is spread evenly over its tokens
+   (:func:`mdkl.lm.token_reference_for_kl`, [reading], as in our trainer).
 
-The KL term is averaged over sequences (per-token: token mean per sequence first) and divided by
-the gradient-accumulation steps, as TRL's default ``loss_type="grpo"`` does with its own term.
+The per-token KL values are aggregated with TRL's own normalization for ``loss_type`` (the one
+TRL's k3 term gets), so beta weighs the KL against the policy term as in TRL, and relative to the
+policy term as in :mod:`mdkl.lm` (where both are summed over tokens); TRL's
+``use_bias_correction_kl`` and sequence-level importance sampling do not touch this term.
 With ``scale_rewards="none"`` GRPO's mean baseline is RLOO's leave-one-out baseline up to the
 factor G/(G-1). Unscorable completions (every reward function returned ``None``) take no part in
 MARA and keep TRL's treatment (zero advantage). TRL's ``reward`` metrics show the shaped reward;
@@ -48,9 +53,9 @@ Choices to know about:
   methods: pin ``trl`` (tested with 1.16.0).
 - Per-token vs sequence k3: TRL's per-token k3 follows the forward KL of each next-token
   distribution at contexts the policy visits, not KL(pi_ref || pi) over whole outputs (the
-  paper's objective); ``kl_level="sequence"`` follows the latter. Sequence-level k3 contains
-  ``exp(log pi_ref(y) - log pi(y))`` and can overflow on long completions; keep completions short
-  or use ``kl_level="token"`` (without Algorithm 2).
+  paper's objective); ``kl_level="sequence"`` follows the latter. Sequence-level k3 weights a
+  sample by ``pi_ref(y) / pi(y)``, which is heavy tailed (``mdkl.lm`` measured it diverging on the
+  small LM) and can overflow on long completions: hence the per-token default.
 - With ``use_vllm`` the k1 penalty uses the trained model's log-probs of the vLLM samples.
 
 Launch on several GPUs: ``accelerate launch [--config_file zero2.yaml] -m mdkl.trl_ext --model ...
@@ -66,9 +71,17 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from mdkl.kl import k1, kl_loss
-from mdkl.lm import LMConfig, regularized_rewards, validate_config
+from mdkl.lm import LMConfig, regularized_rewards, token_reference_for_kl, validate_config
 
 __all__ = ["MDKLGRPOConfig", "MDKLGRPOTrainer", "onetwo_reward", "OneTwoScriptArguments", "main"]
+
+
+#: TRL 1.16's aggregation of per-token losses, by loss_type: (sum over tokens, divisor) -- see
+#: MDKLGRPOTrainer._aggregate; the KL term goes through the same one as TRL's own KL term would.
+_LOSS_NORMALIZATION = {"grpo": "sequence token mean", "sapo": "sequence token mean",
+                       "bnpo": "batch token mean", "dr_grpo": "batch sum / (B * max_completion_length)",
+                       "luspo": "sequence sum", "dapo": "generation-batch token mean",
+                       "cispo": "generation-batch token mean", "vespo": "generation-batch token mean"}
 
 
 @dataclass
@@ -84,9 +97,9 @@ class MDKLGRPOConfig(GRPOConfig):
                                             "forward: 'loss' (k3, GRPO's estimator)."})
     """reverse: 'reward' = k1 detached in the reward, 'loss' = k2 loss; forward: 'loss' only (k3)."""
     kl_level: Literal["sequence", "token"] = field(
-        default="sequence", metadata={"help": "KL loss on sequence log-probs or per token."})
-    """KL *loss* on sequence log-probs (the paper's objective; required by MARA Alg. 2) or per
-    token (TRL's GRPO term). k1 in the reward is always on sequence log-probs."""
+        default="token", metadata={"help": "KL loss per token (TRL's GRPO term) or on sequence log-probs."})
+    """KL *loss* per token (TRL's GRPO term; mdkl.lm's default) or on sequence log-probs (the
+    paper's bandit view; sequence-level k3 is heavy tailed). k1 in the reward is the same either way."""
     mara: Literal["none", "alg1", "alg2", "auto"] = field(
         default="none", metadata={"help": "MARA per prompt group; 'auto': Alg. 1 reverse, Alg. 2 forward."})
     """MARA within each prompt's group of ``num_generations`` samples: 'auto' = Alg. 1 for reverse,
@@ -99,19 +112,16 @@ class MDKLGRPOConfig(GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.kl_level not in ("sequence", "token"):
-            raise ValueError(f"kl_level={self.kl_level!r}: use 'sequence' or 'token'")
-        cfg = self.lm_config
-        validate_config(cfg)  # beta <= 0 with MARA, unknown KL (direction, placement), tau range
-        if cfg.mara_algorithm == "alg2" and self.kl_level != "sequence":
-            raise ValueError("MARA Alg. 2 substitutes the sequence log-probability log pi_ref(z) inside "
-                             "the KL term: use kl_level='sequence'")
+        validate_config(self.lm_config)  # beta <= 0 with MARA, unknown KL placement or level, tau range
+        if self.kl_placement == "loss" and self.loss_type not in _LOSS_NORMALIZATION:
+            raise ValueError(f"loss_type={self.loss_type!r} with a KL loss: use one of "
+                             f"{sorted(_LOSS_NORMALIZATION)} or kl_placement='reward'")
 
     @property
     def lm_config(self) -> LMConfig:
         """The shaping settings as an :class:`mdkl.lm.LMConfig` (what ``regularized_rewards`` reads)."""
-        return LMConfig(beta=self.beta, kl=self.kl, kl_placement=self.kl_placement, mara=self.mara,
-                        tau=self.tau, tau_percentile=self.tau_percentile, entropy=0.0,
+        return LMConfig(beta=self.beta, kl=self.kl, kl_placement=self.kl_placement, kl_level=self.kl_level,
+                        mara=self.mara, tau=self.tau, tau_percentile=self.tau_percentile, entropy=0.0,
                         group_size=self.num_generations)
 
     @property
@@ -214,16 +224,39 @@ class MDKLGRPOTrainer(GRPOTrainer):
         if beta == 0.0 or estimator is None or placement == "reward":
             return loss
         lp = self._policy_logps
-        mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
-        if self.args.kl_level == "sequence":
-            term = kl_loss((lp * mask).sum(-1), inputs["mdkl_logp_ref"], beta, estimator)
-        else:
-            tok = kl_loss(lp, inputs["ref_per_token_logps"], beta, estimator)
-            term = (tok * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        mask = (inputs["completion_mask"] * inputs.get("tool_mask", 1)).to(lp.dtype)
+        ref_kl = inputs["mdkl_logp_ref"]  # sequence reference for the KL (Alg. 2: the anchor's)
+        if self.args.kl_level == "token":  # Alg. 2's shift spread over the tokens (mdkl.lm's reading)
+            per_token = kl_loss(lp, token_reference_for_kl(inputs["ref_per_token_logps"], mask, ref_kl),
+                                beta, estimator)
+        else:  # one value per sequence, spread over its tokens so that they sum to it
+            seq = kl_loss((lp * mask).sum(-1), ref_kl.to(lp.dtype), beta, estimator)
+            per_token = (seq / mask.sum(-1).clamp(min=1.0))[:, None].expand_as(lp)
         mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["mdkl/kl_loss"].append(self.accelerator.gather(term.detach()).mean().item() / beta)
-        accum = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        return loss + term.mean() / accum
+        self._metrics[mode]["mdkl/kl_loss"].append(
+            self.accelerator.gather((per_token * mask).sum().detach()[None]).sum().item()
+            / max(self.accelerator.gather(mask.sum()[None]).sum().item(), 1.0) / beta)
+        return loss + self._aggregate(per_token, mask, inputs)
+
+    def _aggregate(self, per_token: torch.Tensor, mask: torch.Tensor, inputs) -> torch.Tensor:
+        """Per-token loss [B, T] -> scalar exactly as TRL 1.16's ``GRPOTrainer._compute_loss``
+        aggregates its policy and KL terms for ``self.loss_type`` (so beta weighs our KL term against
+        the policy term as TRL's own beta does), including the gradient-accumulation scaling."""
+        x, lt = per_token * mask, self.loss_type
+        train = self.model.training
+        accum = self.current_gradient_accumulation_steps if train else 1.0
+        if lt in ("grpo", "sapo"):
+            return (x.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / accum
+        if lt == "bnpo":
+            return x.sum() / mask.sum().clamp(min=1.0) / accum
+        if lt == "dr_grpo":
+            return x.sum() / (x.size(0) * self.max_completion_length) / accum
+        if lt == "luspo":
+            return x.sum(-1).mean() / accum
+        norm = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes  # dapo, cispo, vespo
+        if train:
+            norm = norm * accum / self.args.steps_per_generation
+        return x.sum() / norm
 
 
 # ----------------------------------------------------------------------------------------------

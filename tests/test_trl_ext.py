@@ -22,6 +22,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast 
 from trl import GRPOTrainer  # noqa: E402
 
 from mdkl.kl import KL_PLACEMENTS, k1, kl_gradient_direction, kl_loss  # noqa: E402
+from mdkl.lm import token_reference_for_kl  # noqa: E402
 from mdkl.mara import batch_percentile_tau, mara_rewards, mara_substitute  # noqa: E402
 from mdkl.trl_ext import MDKLGRPOConfig, MDKLGRPOTrainer  # noqa: E402
 
@@ -141,12 +142,13 @@ def test_mara_alg2_forward_substitutes_reward_and_reference(model_dir, tmp_path)
     assert tr.args.lm_config.mara_algorithm == "alg2"
 
 
-def kl_term(tr):
-    """The trainer's loss minus TRL's loss with no KL term, on the same batch and parameters."""
+def kl_term(tr, native_beta=0.0):
+    """The trainer's loss minus TRL's own loss on the same batch and parameters, TRL's built-in
+    per-token k3 term weighted by ``native_beta`` (0: none)."""
     inputs = tr.scored
     tr.model.train()
     loss = tr._compute_loss(tr.model, inputs)
-    beta, tr.beta = tr.beta, 0.0
+    beta, tr.beta = tr.beta, native_beta
     try:
         plain = GRPOTrainer._compute_loss(tr, tr.model, inputs)
     finally:
@@ -154,8 +156,33 @@ def kl_term(tr):
     return (loss - plain).item()
 
 
+def expected_kl_term(tr, estimator, level, ref_seq_kl):
+    """beta * KL estimator summed over the batch's tokens (per token) or sequences, divided by the
+    batch's completion tokens: TRL's default loss_type='dapo' aggregation, 1 process, no accumulation."""
+    inputs, lp_tok = tr.scored, tr._policy_logps.detach()
+    mask = inputs["completion_mask"].float()
+    if level == "sequence":
+        total = kl_loss(seq_logps(tr.model, tr), ref_seq_kl, BETA, estimator).sum()
+    else:
+        ref_tok = token_reference_for_kl(inputs["ref_per_token_logps"], mask, ref_seq_kl)
+        total = (kl_loss(lp_tok, ref_tok, BETA, estimator) * mask).sum()
+    return (total / inputs["num_items_in_batch"]).item()
+
+
+def test_mara_alg2_forward_kl_term_uses_anchor_reference(model_dir, tmp_path):
+    tr = train(model_dir, tmp_path, steps=1, kl="forward", kl_placement="loss", mara="auto", tau=1.0)
+    assert tr.args.kl_level == "token"
+    r, group = rescore(tr)
+    _, ref_sub = mara_substitute(r, seq_logps(tr.ref_model, tr), 1.0, group)
+    got = kl_term(tr)
+    assert got == pytest.approx(expected_kl_term(tr, "k3", "token", ref_sub), rel=1e-3, abs=1e-7)
+    native = got - kl_term(tr, native_beta=BETA)  # TRL's own k3 term (sample's own reference)
+    assert got != pytest.approx(native, rel=1e-3)  # the anchor's reference changed the KL term
+
+
 @pytest.mark.parametrize("kl,placement,level,key", [("reverse", "reward", "sequence", "reverse"),
                                                    ("reverse", "loss", "sequence", "reverse_k2"),
+                                                   ("reverse", "loss", "token", "reverse_k2"),
                                                    ("forward", "loss", "sequence", "forward"),
                                                    ("forward", "loss", "token", "forward")])
 def test_kl_direction_selects_estimator(model_dir, tmp_path, kl, placement, level, key):
@@ -165,7 +192,7 @@ def test_kl_direction_selects_estimator(model_dir, tmp_path, kl, placement, leve
     assert kl_gradient_direction(estimator, placement) == kl
     s = tr.last_shaping
     r, _ = rescore(tr)
-    ref, logp = seq_logps(tr.ref_model, tr), seq_logps(tr.model, tr)
+    ref = seq_logps(tr.ref_model, tr)
     got = kl_term(tr)
     if placement == "reward":  # k1 (of the sampling policy) detached in the reward, no loss term
         k1_sampled = k1(seq_logps(sampler(tr, model_dir), tr), ref)
@@ -173,14 +200,11 @@ def test_kl_direction_selects_estimator(model_dir, tmp_path, kl, placement, leve
         assert got == pytest.approx(0.0, abs=1e-6)
         return
     torch.testing.assert_close(s["shaped_rewards"], r)  # vanilla: the reward is untouched
-    if level == "sequence":
-        expected = kl_loss(logp, ref, BETA, estimator).mean().item()
-    else:  # per token: TRL's own GRPO term when estimator == k3
-        mask = tr.scored["completion_mask"]
-        tok = kl_loss(tr._policy_logps.detach(), tr.scored["ref_per_token_logps"], BETA, estimator)
-        expected = ((tok * mask).sum(-1) / mask.sum(-1)).mean().item()
+    expected = expected_kl_term(tr, estimator, level, ref)
     assert got == pytest.approx(expected, rel=1e-3, abs=1e-7)
     assert abs(expected) > 0  # the policy moved: the check is not trivially 0 == 0
+    if (kl, level) == ("forward", "token"):  # exactly GRPO's own KL term
+        assert kl_term(tr, native_beta=BETA) == pytest.approx(0.0, abs=1e-6 + 1e-3 * abs(expected))
 
 
 def test_bad_config_errors(tmp_path):
@@ -189,8 +213,8 @@ def test_bad_config_errors(tmp_path):
         MDKLGRPOConfig(mara="auto", beta=0.0, **base)
     with pytest.raises(ValueError, match="beta"):
         MDKLGRPOConfig(mara="auto", beta=-0.1, **base)
-    with pytest.raises(ValueError, match="kl_level='sequence'"):
-        MDKLGRPOConfig(mara="auto", beta=0.1, kl="forward", kl_placement="loss", kl_level="token", **base)
+    with pytest.raises(ValueError, match="loss_type"):
+        MDKLGRPOConfig(beta=0.1, kl="forward", kl_placement="loss", loss_type="unknown", **base)
     with pytest.raises(ValueError, match="reverse\\+reward"):
         MDKLGRPOConfig(kl="forward", kl_placement="reward", beta=0.1, **base)
     with pytest.raises(ValueError, match="tau_percentile"):
