@@ -76,12 +76,8 @@ from mdkl.lm import LMConfig, regularized_rewards, token_reference_for_kl, valid
 __all__ = ["MDKLGRPOConfig", "MDKLGRPOTrainer", "onetwo_reward", "OneTwoScriptArguments", "main"]
 
 
-#: TRL 1.16's aggregation of per-token losses, by loss_type: (sum over tokens, divisor) -- see
-#: MDKLGRPOTrainer._aggregate; the KL term goes through the same one as TRL's own KL term would.
-_LOSS_NORMALIZATION = {"grpo": "sequence token mean", "sapo": "sequence token mean",
-                       "bnpo": "batch token mean", "dr_grpo": "batch sum / (B * max_completion_length)",
-                       "luspo": "sequence sum", "dapo": "generation-batch token mean",
-                       "cispo": "generation-batch token mean", "vespo": "generation-batch token mean"}
+#: TRL 1.16 loss types whose per-token aggregation MDKLGRPOTrainer._aggregate mirrors
+_KL_LOSS_TYPES = frozenset({"grpo", "sapo", "bnpo", "dr_grpo", "luspo", "dapo", "cispo", "vespo"})
 
 
 @dataclass
@@ -113,9 +109,9 @@ class MDKLGRPOConfig(GRPOConfig):
     def __post_init__(self):
         super().__post_init__()
         validate_config(self.lm_config)  # beta <= 0 with MARA, unknown KL placement or level, tau range
-        if self.kl_placement == "loss" and self.loss_type not in _LOSS_NORMALIZATION:
+        if self.kl_placement == "loss" and self.loss_type not in _KL_LOSS_TYPES:
             raise ValueError(f"loss_type={self.loss_type!r} with a KL loss: use one of "
-                             f"{sorted(_LOSS_NORMALIZATION)} or kl_placement='reward'")
+                             f"{sorted(_KL_LOSS_TYPES)} or kl_placement='reward'")
 
     @property
     def lm_config(self) -> LMConfig:
