@@ -1,0 +1,161 @@
+"""The "1-2" task (paper §4, LLM task 1, Fig. 6a/6b): ask for a uniformly random integer that is
+either 1 or 2, answered in an XML format; reward 1.0 for a valid "1" or "2", else 0.0.
+
+A completion is *valid* when it is exactly one ``<answer>N</answer>`` element with N = 1 or 2
+(whitespace inside the tags and around the element allowed) [reading: the paper says "a valid 1
+or 2 in an XML format" without the exact rule]. With ``strict=False`` the first such element
+anywhere in the text counts. The strict rule keeps the set of valid outputs small: under MARA
+every valid output gets the same target mass, and with free text around the answer that set
+is huge (measured: MARA runs then drift to maximally long completions). Anything else (no
+tags, an unclosed tag, ``<answer>one</answer>``, ``3``, empty text, ``None``) is invalid: the
+parser never raises. The valid-answer entropy is the entropy of the 1-vs-2 split
+among valid answers (max ln 2), with its delta-method sampling error
+(:func:`mdkl.metrics.binary_entropy_with_se`).
+
+:class:`OneTwoTask` is the task object :func:`mdkl.lm.train` consumes (prompts, rewards, metrics).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from mdkl.metrics import binary_entropy_with_se
+
+__all__ = ["PROMPT", "PROMPTS", "ANSWER_RE", "parse_answer", "parse_answers", "rewards",
+           "answer_counts", "valid_entropy", "prompt_text", "OneTwoTask", "answer_preference",
+           "INVALID", "ONE", "TWO"]
+
+#: the task prompt [reading: the paper does not print its exact wording]
+PROMPT = ("Generate a uniformly random integer that is either 1 or 2. "
+          "Reply in the format <answer>N</answer>.")
+#: paraphrases (the small model's corpus uses them all; RL uses PROMPT unless told otherwise)
+PROMPTS = (
+    PROMPT,
+    "Pick 1 or 2 uniformly at random. Reply in the format <answer>N</answer>.",
+    "Flip a fair coin: answer 1 or 2. Reply in the format <answer>N</answer>.",
+)
+#: first <answer>...</answer> element (non-greedy, across newlines)
+ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+#: the whole completion is one answer element
+STRICT_RE = re.compile(r"\s*<answer>(.*?)</answer>\s*", re.DOTALL)
+INVALID, ONE, TWO = 0, 1, 2
+
+
+def parse_answer(text, strict: bool = True) -> int:
+    """1 or 2 for a valid answer, 0 (:data:`INVALID`) otherwise; never raises (None, bytes, junk ok).
+    ``strict``: the whole text must be the answer element (see the module docstring)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    if not isinstance(text, str):
+        return INVALID
+    m = STRICT_RE.fullmatch(text) if strict else ANSWER_RE.search(text)
+    if m is None:
+        return INVALID
+    v = m.group(1).strip()
+    return ONE if v == "1" else TWO if v == "2" else INVALID
+
+
+def parse_answers(texts: Iterable, strict: bool = True) -> np.ndarray:
+    """Vector of answer codes (0 invalid, 1, 2), one per completion."""
+    return np.fromiter((parse_answer(t, strict) for t in texts), dtype=np.int8)
+
+
+def rewards(texts: Iterable, strict: bool = True) -> torch.Tensor:
+    """Reward 1.0 for a valid "1" or "2", else 0.0 (float32 tensor)."""
+    return torch.from_numpy((parse_answers(texts, strict) != INVALID).astype(np.float32))
+
+
+def answer_counts(texts_or_codes) -> dict[str, int]:
+    """``{'n1', 'n2', 'invalid', 'n'}`` counts of the completions (or of precomputed codes)."""
+    c = texts_or_codes if isinstance(texts_or_codes, np.ndarray) else parse_answers(texts_or_codes)
+    n1, n2 = int((c == ONE).sum()), int((c == TWO).sum())
+    return {"n1": n1, "n2": n2, "invalid": int(c.size - n1 - n2), "n": int(c.size)}
+
+
+def valid_entropy(texts_or_codes) -> tuple[float, float]:
+    """Entropy (nats, max ln 2) of the 1-vs-2 split among valid answers and its standard error.
+    (nan, nan) when no answer is valid."""
+    k = answer_counts(texts_or_codes)
+    return binary_entropy_with_se(k["n1"], k["n2"])
+
+
+def prompt_text(tokenizer, prompt: str = PROMPT, answer_prefix: str = "") -> str:
+    """The prompt as the model sees it: one user turn through the tokenizer's chat template
+    (SmolLM2's own template; the small model's tokenizer carries a minimal one), ending with the
+    assistant's generation prompt, then ``answer_prefix`` (text the assistant turn starts with)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True) + answer_prefix
+    return prompt + "\n" + answer_prefix
+
+
+@dataclass(frozen=True)
+class OneTwoTask:
+    """The 1-2 task as consumed by :func:`mdkl.lm.train`."""
+
+    prompts_used: tuple[str, ...] = (PROMPT,)
+    """Prompt texts (before the chat template) that RL samples from."""
+    strict: bool = True
+    """Valid only if the whole completion is the answer element (False: first element anywhere)."""
+    answer_prefix: str = ""
+    """Text pre-filled at the start of the assistant turn and prepended to every completion before
+    parsing (SmolLM2: '<answer>', because at temperature 1 the 135M model almost never emits the
+    format on its own; measured 0/32). '' for the small model, which learned the format."""
+    name: str = "onetwo"
+    """Short name (cache keys, tables)."""
+
+    def prompts(self, tokenizer) -> list[str]:
+        """Chat-formatted prompts."""
+        return [prompt_text(tokenizer, p, self.answer_prefix) for p in self.prompts_used]
+
+    def full_answers(self, completions) -> list:
+        """Completions with the answer prefix put back (what the parser reads)."""
+        if not self.answer_prefix:
+            return list(completions)
+        return [self.answer_prefix + c if isinstance(c, str) else c for c in completions]
+
+    def rewards(self, completions) -> torch.Tensor:
+        """Reward per completion (see :func:`rewards`)."""
+        return rewards(self.full_answers(completions), self.strict)
+
+    def metrics(self, completions) -> dict[str, float]:
+        """Answer distribution and valid-answer entropy of a batch of completions:
+        ``p1``, ``p2``, ``invalid`` (fractions of all samples), ``p1_valid`` (share of "1" among
+        valid answers), ``valid_entropy`` and ``valid_entropy_se`` (nats)."""
+        codes = parse_answers(self.full_answers(completions), self.strict)
+        k = answer_counts(codes)
+        n = max(k["n"], 1)
+        h, se = binary_entropy_with_se(k["n1"], k["n2"])
+        nv = k["n1"] + k["n2"]
+        return {"p1": k["n1"] / n, "p2": k["n2"] / n, "invalid": k["invalid"] / n,
+                "p1_valid": k["n1"] / nv if nv else float("nan"),
+                "valid_entropy": h, "valid_entropy_se": se}
+
+
+def answer_preference(model, tokenizer, prompt: str = PROMPT,
+                      answers: tuple[str, str] = ("<answer>1</answer>", "<answer>2</answer>"),
+                      answer_prefix: str = "") -> dict:
+    """Exact log-probabilities of the two canonical answers (ending with the end-of-turn token)
+    under ``model``: the model's own preference for "1" over "2" before training. With an
+    ``answer_prefix`` the answers are conditioned on it (they must start with it).
+
+    Returns ``{'logp1', 'logp2', 'log_ratio'}`` (log ratio = logp1 - logp2, > 0 prefers "1").
+    """
+    from mdkl.lm import sequence_logprobs, tokenize_prompts
+
+    if not all(a.startswith(answer_prefix) for a in answers):
+        raise ValueError(f"answers must start with answer_prefix {answer_prefix!r}")
+    answers = tuple(a[len(answer_prefix):] for a in answers)
+    p_ids, p_mask = tokenize_prompts(tokenizer, [prompt_text(tokenizer, prompt, answer_prefix)] * 2)
+    eos = tokenizer.eos_token or ""
+    enc = tokenizer([a + eos for a in answers], add_special_tokens=False, padding=True,
+                    return_tensors="pt", padding_side="right")
+    with torch.inference_mode():
+        lp = sequence_logprobs(model, p_ids, p_mask, enc["input_ids"], enc["attention_mask"])
+    lp1, lp2 = float(lp[0]), float(lp[1])
+    return {"logp1": lp1, "logp2": lp2, "log_ratio": lp1 - lp2}

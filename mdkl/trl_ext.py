@@ -1,0 +1,309 @@
+"""MARA and an explicit KL direction on top of TRL's ``GRPOTrainer`` (scale-out: accelerate/DeepSpeed).
+
+TRL computes the reward with user functions that never see the reference model, and its KL term is
+fixed: GRPO adds per-token k3 to the loss (a forward-KL gradient, ``mdkl.kl``), RLOO subtracts k1
+from the reward. :class:`MDKLGRPOTrainer` keeps all of TRL's machinery (generation, vLLM, PEFT,
+accelerate/DeepSpeed, logging) and changes three hooks only:
+
+1. ``_get_per_token_logps_and_entropies`` records the inputs and outputs of the reference forward
+   pass that TRL already runs while scoring a generation batch (and, in ``_compute_loss``, the
+   policy's per-token log-probs, which carry the gradient).
+2. ``_calculate_rewards`` (called by TRL right after the reference pass) turns the per-token
+   reference log-probs into *sequence* log-probs, ``log pi_ref(y) = sum_t log pi_ref(y_t | x, y_<t)``
+   over the completion mask (padding and, with ``mask_truncated_completions``, truncated
+   completions excluded: exactly TRL's ``completion_mask``), gathers them across processes (rewards
+   are gathered there too, so a prompt's group may span GPUs), computes the sampling policy's
+   sequence log-probs the same way (one extra no-grad forward pass, also logged as the KL
+   estimate), and calls our own trainer's shaping, :func:`mdkl.lm.regularized_rewards`, per
+   prompt group of ``num_generations`` samples:
+
+   - MARA Algorithm 1 (:func:`mdkl.mara.mara_rewards`) for the reverse KL, or Algorithm 2
+     (:func:`mdkl.mara.mara_substitute`) for the forward KL (``mdkl.mara.MARA_FOR_KL``), with
+     ``tau`` fixed or :func:`mdkl.mara.batch_percentile_tau`;
+   - for ``kl="reverse", kl_placement="reward"``: the detached k1 penalty
+     ``-beta (log pi(y) - log pi_ref(y))`` (:func:`mdkl.kl.kl_reward_penalty`).
+
+   The shaped reward is handed back to TRL, whose own code then forms the GRPO advantages
+   (group mean / std, ``scale_rewards``); nothing of that is copied here.
+3. ``_compute_loss`` runs TRL's loss with its built-in k3 term switched off and adds
+   ``beta * mdkl.kl.kl_loss(...)`` for the chosen estimator (k2: reverse, k3: forward), per token
+   (``kl_level="token"``, the default as in :mod:`mdkl.lm`; with ``kl="forward"`` this is exactly
+   TRL's own GRPO term) or on sequence log-probs (``kl_level="sequence"``: the paper's objective
+   over whole outputs; the sequence value is spread evenly over its tokens). Under Algorithm 2 the
+   reference inside the KL is the anchor's, ``log pi_ref(z)``; per token, the difference to the
+   sample's own reference is spread evenly over its tokens
+   (:func:`mdkl.lm.token_reference_for_kl`, [reading], as in our trainer).
+
+The per-token KL values are aggregated with TRL's own normalization for ``loss_type`` (the one
+TRL's k3 term gets), so beta weighs the KL against the policy term as in TRL, and relative to the
+policy term as in :mod:`mdkl.lm` (where both are summed over tokens); TRL's
+``use_bias_correction_kl`` and sequence-level importance sampling do not touch this term.
+With ``scale_rewards="none"`` GRPO's mean baseline is RLOO's leave-one-out baseline up to the
+factor G/(G-1). Unscorable completions (every reward function returned ``None``) take no part in
+MARA and keep TRL's treatment (zero advantage). TRL's ``reward`` metrics show the shaped reward;
+``mdkl/reward`` is the raw one, ``mdkl/kl_k1`` the sequence-level k1 estimate of KL(pi || pi_ref)
+and ``mdkl/kl_loss`` the KL loss estimator's batch mean.
+
+Choices to know about:
+
+- Which pass is the reference: TRL 1.16 runs, under ``no_grad`` and in this order, the optional
+  old-policy pass and then the reference pass (a separate model, or the PEFT model with its
+  adapter disabled), right before ``_calculate_rewards``; the last recorded pass is therefore the
+  reference. ``tests/test_trl_ext.py`` re-computes it independently. These are private TRL
+  methods: pin ``trl`` (tested with 1.16.0).
+- Per-token vs sequence k3: TRL's per-token k3 follows the forward KL of each next-token
+  distribution at contexts the policy visits, not KL(pi_ref || pi) over whole outputs (the
+  paper's objective); ``kl_level="sequence"`` follows the latter. Sequence-level k3 weights a
+  sample by ``pi_ref(y) / pi(y)``, which is heavy tailed (``mdkl.lm`` measured it diverging on the
+  small LM) and can overflow on long completions: hence the per-token default.
+- With ``use_vllm`` the k1 penalty uses the trained model's log-probs of the vLLM samples.
+
+Launch on several GPUs: ``accelerate launch [--config_file zero2.yaml] -m mdkl.trl_ext --model ...
+--beta 0.01 --kl forward --kl_placement loss --mara auto`` (every config field is a flag).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from mdkl.kl import k1, kl_loss
+from mdkl.lm import LMConfig, regularized_rewards, token_reference_for_kl, validate_config
+
+__all__ = ["MDKLGRPOConfig", "MDKLGRPOTrainer", "onetwo_reward", "OneTwoScriptArguments", "main"]
+
+
+#: TRL 1.16 loss types whose per-token aggregation MDKLGRPOTrainer._aggregate mirrors
+_KL_LOSS_TYPES = frozenset({"grpo", "sapo", "bnpo", "dr_grpo", "luspo", "dapo", "cispo", "vespo"})
+
+
+@dataclass
+class MDKLGRPOConfig(GRPOConfig):
+    """``GRPOConfig`` plus the KL direction and MARA, with the field names of :class:`mdkl.lm.LMConfig`
+    (``beta`` is TRL's field: > 0 for a KL term; TRL's ``entropy_coef`` is the entropy bonus)."""
+
+    kl: Literal["reverse", "forward", "none"] = field(
+        default="reverse", metadata={"help": "KL direction whose gradient the regularizer follows."})
+    """KL direction whose gradient the regularizer follows ('none': no KL term)."""
+    kl_placement: Literal["reward", "loss"] = field(
+        default="reward", metadata={"help": "reverse: 'reward' = k1 in the reward, 'loss' = k2 loss; "
+                                            "forward: 'loss' (k3, GRPO's estimator)."})
+    """reverse: 'reward' = k1 detached in the reward, 'loss' = k2 loss; forward: 'loss' only (k3)."""
+    kl_level: Literal["sequence", "token"] = field(
+        default="token", metadata={"help": "KL loss per token (TRL's GRPO term) or on sequence log-probs."})
+    """KL *loss* per token (TRL's GRPO term; mdkl.lm's default) or on sequence log-probs (the
+    paper's bandit view; sequence-level k3 is heavy tailed). k1 in the reward is the same either way."""
+    mara: Literal["none", "alg1", "alg2", "auto"] = field(
+        default="none", metadata={"help": "MARA per prompt group; 'auto': Alg. 1 reverse, Alg. 2 forward."})
+    """MARA within each prompt's group of ``num_generations`` samples: 'auto' = Alg. 1 for reverse,
+    Alg. 2 for forward KL (``mdkl.mara.MARA_FOR_KL``); needs beta > 0."""
+    tau: float = field(default=1.0, metadata={"help": "Fixed MARA threshold."})
+    """Fixed MARA threshold (1.0: the valid answers of the 0/1 reward of the 1-2 task)."""
+    tau_percentile: float | None = field(
+        default=None, metadata={"help": "If set, tau = this percentile of each group's rewards."})
+    """If set, tau is this percentile of each group's rewards (paper's creative task: 90)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        validate_config(self.lm_config)  # beta <= 0 with MARA, unknown KL placement or level, tau range
+        if self.kl_placement == "loss" and self.loss_type not in _KL_LOSS_TYPES:
+            raise ValueError(f"loss_type={self.loss_type!r} with a KL loss: use one of "
+                             f"{sorted(_KL_LOSS_TYPES)} or kl_placement='reward'")
+
+    @property
+    def lm_config(self) -> LMConfig:
+        """The shaping settings as an :class:`mdkl.lm.LMConfig` (what ``regularized_rewards`` reads)."""
+        return LMConfig(beta=self.beta, kl=self.kl, kl_placement=self.kl_placement, kl_level=self.kl_level,
+                        mara=self.mara, tau=self.tau, tau_percentile=self.tau_percentile, entropy=0.0,
+                        group_size=self.num_generations)
+
+    @property
+    def kl_estimator(self) -> tuple[str | None, str]:
+        """``(estimator, placement)`` of the KL term, e.g. ``('k3', 'loss')``; estimator None: no KL."""
+        return self.lm_config.estimator, self.kl_placement
+
+
+class MDKLGRPOTrainer(GRPOTrainer):
+    """``GRPOTrainer`` with an explicit KL direction and MARA (see the module docstring).
+
+    ``args`` must be an :class:`MDKLGRPOConfig`. After each scoring pass ``self.last_shaping`` holds
+    the gathered batch the shaping saw (``rewards``, ``logp_ref``, ``logp``, ``group``, ``scorable``)
+    and what it produced (``shaped_rewards``, ``kl_logp_ref``), for logging and tests.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, MDKLGRPOConfig):
+            raise ValueError("MDKLGRPOTrainer needs args=MDKLGRPOConfig(...) (a GRPOConfig subclass)")
+        if not self.reward_weights.ne(0).all():
+            raise ValueError("MDKLGRPOTrainer adds its reward shaping to the first reward function's "
+                             "column: give every reward function a non-zero weight")
+        self._scoring_calls: list = []  # (args, kwargs, per-token logps) of no-grad forward passes
+        self._in_loss = False
+        self._policy_logps = None  # per-token log-probs with gradient, recorded in _compute_loss
+        self.last_shaping: dict = {}
+
+    # -- hook 1: record the forward passes TRL already makes -------------------------------------
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                           *args, **kwargs):
+        out = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask,
+                                                         logits_to_keep, *args, **kwargs)
+        if self._in_loss:
+            self._policy_logps = out[0]
+        elif not torch.is_grad_enabled():
+            self._scoring_calls.append(((input_ids, attention_mask, logits_to_keep) + args, kwargs, out[0]))
+        return out
+
+    def _generate_and_score_completions(self, inputs):
+        self._scoring_calls = []
+        out = super()._generate_and_score_completions(inputs)
+        if "mdkl_logp_ref" not in self.last_shaping:  # beta == 0: no reference, nothing to shape
+            return out
+        n = out["completion_ids"].shape[0]
+        i = self.accelerator.process_index
+        out["mdkl_logp_ref"] = self.last_shaping.pop("mdkl_logp_ref")[i * n:(i + 1) * n]
+        return out
+
+    # -- hook 2: shape the rewards with the reference log-probs ----------------------------------
+    def _sequence_logps(self, model) -> torch.Tensor:
+        """Sequence log-probs of the scored batch (gathered): sum of per-token log-probs over the
+        completion mask. ``model=None`` returns the reference's (TRL's last no-grad pass)."""
+        (input_ids, attention_mask, logits_to_keep, *rest), kwargs, ref_tok = self._scoring_calls[-1]
+        tok = ref_tok
+        if model is not None:
+            with torch.no_grad():
+                tok = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask,
+                                                                 logits_to_keep, *rest, **kwargs)[0]
+        mask = attention_mask[:, -logits_to_keep:].to(tok.dtype)
+        return self.accelerator.gather((tok * mask).sum(-1))
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        args = self.args
+        if self.beta == 0.0:
+            return per_func  # no KL term: no reference pass, MARA refused by the config
+        mode = "train" if self.model.training else "eval"
+        ng = self.num_generations if mode == "train" else self.num_generations_eval
+        weights = self.reward_weights.to(per_func.device)
+        scorable = ~torch.isnan(per_func).all(dim=1)
+        rewards = (per_func * weights).nansum(dim=1)
+        logp_ref = self._sequence_logps(None).to(rewards.dtype)
+        logp = self._sequence_logps(self.model).to(rewards.dtype)
+        group = torch.arange(len(rewards), device=rewards.device) // ng
+        shaped, kl_ref = rewards.clone(), logp_ref.clone()
+        if scorable.any():  # MARA and the k1 penalty on the scorable samples, groups renumbered
+            _, g = torch.unique(group[scorable], return_inverse=True)
+            r_s, lr_s = regularized_rewards(args.lm_config, rewards[scorable], logp[scorable],
+                                            logp_ref[scorable], g)
+            shaped[scorable], kl_ref[scorable] = r_s.to(shaped.dtype), lr_s.to(kl_ref.dtype)
+        self._metrics[mode]["mdkl/kl_k1"].append(k1(logp, logp_ref).mean().item())
+        self._metrics[mode]["mdkl/reward"].append(rewards[scorable].mean().item())
+        self.last_shaping = dict(rewards=rewards, logp_ref=logp_ref, logp=logp, group=group,
+                                 scorable=scorable, shaped_rewards=shaped, kl_logp_ref=kl_ref,
+                                 mdkl_logp_ref=kl_ref)
+        out = per_func.clone()
+        delta = torch.where(scorable, shaped - rewards, torch.zeros_like(shaped))
+        out[:, 0] = torch.where(scorable, out[:, 0].nan_to_num(0.0) + delta / weights[0], out[:, 0])
+        return out
+
+    # -- hook 3: the KL loss term ----------------------------------------------------------------
+    def _compute_loss(self, model, inputs):
+        beta, self.beta, self._in_loss = self.beta, 0.0, True  # TRL's own k3 term off
+        try:
+            loss = super()._compute_loss(model, inputs)
+        finally:
+            self.beta, self._in_loss = beta, False
+        estimator, placement = self.args.kl_estimator
+        if beta == 0.0 or estimator is None or placement == "reward":
+            return loss
+        lp = self._policy_logps
+        mask = (inputs["completion_mask"] * inputs.get("tool_mask", 1)).to(lp.dtype)
+        ref_kl = inputs["mdkl_logp_ref"]  # sequence reference for the KL (Alg. 2: the anchor's)
+        if self.args.kl_level == "token":  # Alg. 2's shift spread over the tokens (mdkl.lm's reading)
+            per_token = kl_loss(lp, token_reference_for_kl(inputs["ref_per_token_logps"], mask, ref_kl),
+                                beta, estimator)
+        else:  # one value per sequence, spread over its tokens so that they sum to it
+            seq = kl_loss((lp * mask).sum(-1), ref_kl.to(lp.dtype), beta, estimator)
+            per_token = (seq / mask.sum(-1).clamp(min=1.0))[:, None].expand_as(lp)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["mdkl/kl_loss"].append(
+            self.accelerator.gather((per_token * mask).sum().detach()[None]).sum().item()
+            / max(self.accelerator.gather(mask.sum()[None]).sum().item(), 1.0) / beta)
+        return loss + self._aggregate(per_token, mask, inputs)
+
+    def _aggregate(self, per_token: torch.Tensor, mask: torch.Tensor, inputs) -> torch.Tensor:
+        """Per-token loss [B, T] -> scalar exactly as TRL 1.16's ``GRPOTrainer._compute_loss``
+        aggregates its policy and KL terms for ``self.loss_type`` (so beta weighs our KL term against
+        the policy term as TRL's own beta does), including the gradient-accumulation scaling."""
+        x, lt = per_token * mask, self.loss_type
+        train = self.model.training
+        accum = self.current_gradient_accumulation_steps if train else 1.0
+        if lt in ("grpo", "sapo"):
+            return (x.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / accum
+        if lt == "bnpo":
+            return x.sum() / mask.sum().clamp(min=1.0) / accum
+        if lt == "dr_grpo":
+            return x.sum() / (x.size(0) * self.max_completion_length) / accum
+        if lt == "luspo":
+            return x.sum(-1).mean() / accum
+        norm = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes  # dapo, cispo, vespo
+        if train:
+            norm = norm * accum / self.args.steps_per_generation
+        return x.sum() / norm
+
+
+# ----------------------------------------------------------------------------------------------
+# the 1-2 task on TRL: `accelerate launch -m mdkl.trl_ext ...` (see the README, "Scale-out with TRL")
+# ----------------------------------------------------------------------------------------------
+def onetwo_reward(completions, **kwargs) -> list[float]:
+    """TRL reward function for the 1-2 task (:func:`mdkl.onetwo.rewards`); TRL passes conversational
+    completions as ``[{'role': 'assistant', 'content': ...}]``."""
+    from mdkl.onetwo import rewards
+
+    return rewards([c if isinstance(c, str) else c[-1]["content"] for c in completions]).tolist()
+
+
+@dataclass
+class OneTwoScriptArguments:
+    """What :func:`main` needs besides :class:`MDKLGRPOConfig`."""
+
+    model: str = field(default="small", metadata={"help": "'small' (mdkl.lm's from-scratch LM), 'smollm2', "
+                                                          "or a folder with a causal LM and its tokenizer"})
+    """'small' (the cached from-scratch LM of :mod:`mdkl.lm`), 'smollm2', or a model folder."""
+    n_prompts: int = field(default=4096, metadata={"help": "Rows of the prompt dataset (the 1-2 prompt)."})
+    """Rows of the prompt dataset (all the 1-2 prompt; ``max_steps`` bounds the run)."""
+
+
+def main(argv=None) -> MDKLGRPOTrainer:
+    """Train on the 1-2 task with :class:`MDKLGRPOTrainer`; every ``MDKLGRPOConfig`` field is a flag."""
+    from accelerate import PartialState
+    from datasets import Dataset
+    from transformers import AutoTokenizer, HfArgumentParser
+
+    from mdkl.onetwo import PROMPT
+
+    script, args = HfArgumentParser((OneTwoScriptArguments, MDKLGRPOConfig)).parse_args_into_dataclasses(argv)
+    with PartialState().main_process_first():  # the first process builds the cached weights
+        if script.model == "small":
+            from mdkl.lm import small_lm_dir
+            path = str(small_lm_dir(progress=False))
+        elif script.model == "smollm2":
+            from mdkl.models import smollm2_dir
+            path = str(smollm2_dir())
+        else:
+            path = script.model
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    ds = Dataset.from_dict({"prompt": [[{"role": "user", "content": PROMPT}]] * script.n_prompts})
+    trainer = MDKLGRPOTrainer(model=path, reward_funcs=onetwo_reward, args=args, train_dataset=ds,
+                              processing_class=tok)
+    trainer.train()
+    return trainer
+
+
+if __name__ == "__main__":
+    main()
