@@ -5,9 +5,10 @@ transform), QED, fewer than 4 hydrogen-bond donors, and synthesizability from a 
 server (task SYNTH: any reaction; task ALL-AMIDE: amide couplings only). Docking and the server
 are out of reach offline; the substitutes here (documented in ``notebooks/06_chemistry.ipynb``):
 
-- potency: PMO's DRD2 activity classifier (an sklearn SVC shipped in the ``molscore`` wheel);
-  its probability is already in [0, 1] and, like a transformed docking score, saturates near 1
-  for good binders, so no extra transform is applied,
+- potency: PMO's DRD2 activity classifier (an sklearn SVC shipped in the ``molscore`` wheel),
+  its probability P mapped by :func:`potency` to [0, 1] on a log scale (0 at P <= 1e-4, 1 at
+  P = 1): like a reverse-sigmoid-transformed docking score it is dense over the prior's samples
+  and saturates for strong binders (raw P is ~0 for almost every prior sample: no signal),
 - QED and the H-bond-donor constraint straight from RDKit, as in the paper,
 - SYNTH analogue: the SA score (Ertl & Schuffenhauer, RDKit Contrib) mapped to [0, 1] by
   :func:`sa_desirability` (1 at SA <= 3.5, linear to 0 at SA = 4.5),
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["RewardConfig", "COMPONENTS", "mol_from_smiles", "canonical", "drd2_features",
-           "drd2_proba", "qed", "n_hbd", "sa_score", "sa_desirability", "amide_solved",
+           "drd2_proba", "potency", "qed", "n_hbd", "sa_score", "sa_desirability", "amide_solved",
            "amide_leaves", "amide_stock", "aggregate_reward", "score_smiles", "Scorer",
            "moses_path", "load_moses"]
 
@@ -50,6 +51,9 @@ class RewardConfig:
 
     task: str = "synth"
     """'synth' (SA-score synthesizability, SYNTH analogue) or 'amide' (ALL-AMIDE analogue)."""
+    potency_floor: float = -4.0
+    """log10 P(DRD2 active) mapped to potency 0; the potency term is linear in log10 P from there
+    to 1 at P = 1 (a log-affinity scale, like a docking score, and dense for the prior's samples)."""
     max_hbd: int = 3
     """H-bond donors allowed (paper: fewer than 4)."""
     sa_good: float = 3.5
@@ -64,6 +68,8 @@ class RewardConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r}: use one of {TASKS}")
+        if not self.potency_floor < 0:
+            raise ValueError(f"potency_floor must be < 0 (log10 of a probability), got {self.potency_floor}")
         if not self.sa_good < self.sa_bad:
             raise ValueError(f"need sa_good < sa_bad (got {self.sa_good}, {self.sa_bad})")
 
@@ -165,6 +171,15 @@ def drd2_proba(mols) -> np.ndarray:
     if len(mols) == 0:
         return np.zeros(0)
     return _drd2_model().predict_proba(drd2_features(mols))[:, 1]
+
+
+def potency(p, floor: float = -4.0):
+    """Potency term from P(active): clip((log10 P - floor) / -floor, 0, 1); 1 at P = 1, 0 at
+    P <= 10**floor (NaN stays NaN). The log scale mirrors a docking score (a log affinity)."""
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lp = np.log10(np.clip(p, 1e-300, None))
+    return np.where(np.isnan(p), np.nan, np.clip((lp - floor) / -floor, 0.0, 1.0))
 
 
 def qed(mol) -> float:
@@ -331,11 +346,11 @@ def score_smiles(smiles: list[str], cfg: RewardConfig, stock=None) -> np.ndarray
     if not ok:
         return out
     try:
-        out[ok, 0] = drd2_proba([mols[i] for i in ok])
+        out[ok, 0] = potency(drd2_proba([mols[i] for i in ok]), cfg.potency_floor)
     except Exception:  # noqa: BLE001 - fall back to one at a time, NaN where it fails
         for i in ok:
             try:
-                out[i, 0] = drd2_proba([mols[i]])[0]
+                out[i, 0] = potency(drd2_proba([mols[i]]), cfg.potency_floor)[0]
             except Exception:  # noqa: BLE001
                 pass
     memo: dict = {}

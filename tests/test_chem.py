@@ -119,7 +119,11 @@ def test_components_match_rdkit():
         assert c[i, 1] == pytest.approx(QED.qed(m))
         assert c[i, 2] == float(rdMolDescriptors.CalcNumHBD(m) < 4)
         assert c[i, 3] == pytest.approx(float(np.clip((4.5 - sascorer.calculateScore(m)) / 1.0, 0, 1)))
-    assert c[1, 0] > 0.9 and c[0, 0] < 0.1  # PMO's DRD2 model: haloperidol active, aspirin not
+    p = chem_reward.drd2_proba([Chem.MolFromSmiles(ASPIRIN), Chem.MolFromSmiles(HALOPERIDOL)])
+    assert p[1] > 0.9 and p[0] < 0.1  # PMO's DRD2 model: haloperidol active, aspirin not
+    np.testing.assert_allclose(c[:, 0], np.clip((np.log10(p) + 4) / 4, 0, 1))
+    assert chem_reward.potency([1.0, 1e-2, 1e-6])[:2].tolist() == [1.0, 0.5]
+    assert chem_reward.potency([1e-6])[0] == 0.0 and np.isnan(chem_reward.potency([np.nan])[0])
     assert c[:, 2].tolist() == [1.0, 1.0]
     assert score_smiles(["OCC(O)C(O)C(O)C(O)CO"], cfg)[0, 2] == 0.0  # 6 donors
     assert sa_desirability([3.0, 4.0, 5.0, np.nan]).tolist()[:3] == [1.0, 0.5, 0.0]
