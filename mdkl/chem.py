@@ -243,7 +243,7 @@ def load_prior(path: Path) -> tuple[SmilesLSTM, Vocabulary, PriorConfig]:
 #: REINVENT's batch 128 / lr 1e-3, which needs far more steps than 2 cores allow to get valid SMILES).
 PROFILE_SIZES = {
     "quick": dict(n_train=20_000, epochs=1, budget=1_000, seeds=2, n_quality=1_000),
-    "cpu": dict(n_train=50_000, epochs=2, budget=3_000, seeds=3, n_quality=2_000),
+    "cpu": dict(n_train=50_000, epochs=2, budget=6_000, seeds=3, n_quality=2_000),
     "paper": dict(n_train=1_584_663, epochs=10, budget=10_000, seeds=5, n_quality=10_000),
 }
 SMALL_PRIOR = dict(embedding=64, hidden=256, layers=1, batch_size=32, lr=3e-3)
