@@ -25,7 +25,6 @@ reward 0 and is counted (``Scorer.n_nan``); an invalid or empty SMILES gets rewa
 
 from __future__ import annotations
 
-import importlib.util
 import multiprocessing as mp
 import os
 import pickle
@@ -35,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from mdkl.runtime import installed_package_dir
 
 __all__ = ["RewardConfig", "COMPONENTS", "mol_from_smiles", "canonical", "drd2_features",
            "drd2_proba", "potency", "qed", "n_hbd", "sa_score", "sa_desirability", "amide_solved",
@@ -77,19 +78,11 @@ class RewardConfig:
 # ----------------------------------------------------------------------------------------------
 # data files inside wheels
 # ----------------------------------------------------------------------------------------------
-def _pkg_dir(name: str, wheel: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"package {name!r} not installed: `pip install --no-deps {wheel}` "
-                                  f"(pinned in requirements-nodeps.txt; `make env`)")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def moses_path(split: str = "train") -> Path:
     """Path of MOSES ``<split>.csv.gz`` inside the molsets wheel (``import moses`` is broken)."""
     if split not in ("train", "test", "test_scaffolds"):
         raise ValueError(f"split={split!r}: use train, test or test_scaffolds")
-    return _pkg_dir("moses", "molsets==0.3.1") / "dataset" / "data" / f"{split}.csv.gz"
+    return installed_package_dir("moses", "molsets==0.3.1") / "dataset" / "data" / f"{split}.csv.gz"
 
 
 def load_moses(n: int | None = None, seed: int = 0, split: str = "train") -> list[str]:
@@ -145,7 +138,7 @@ _SA = None
 def _drd2_model():
     global _DRD2
     if _DRD2 is None:
-        f = _pkg_dir("molscore", "molscore==1.9.5") / "data" / "models" / "molopt" / "drd2_current.pkl"
+        f = installed_package_dir("molscore", "molscore==1.9.5") / "data" / "models" / "molopt" / "drd2_current.pkl"
         with warnings.catch_warnings():  # pickled with sklearn 0.23; loads and predicts correctly
             warnings.simplefilter("ignore")
             with open(f, "rb") as fh:
@@ -212,7 +205,7 @@ def sa_score(mol) -> float:
 def sa_desirability(sa, good: float = 3.5, bad: float = 4.5):
     """SYNTH analogue: 1 for SA <= ``good``, 0 for SA >= ``bad``, linear in between (NaN stays NaN)."""
     sa = np.asarray(sa, dtype=np.float64)
-    return np.clip((bad - sa) / (bad - good), 0.0, 1.0) + 0.0 * sa  # keeps NaN
+    return np.clip((bad - sa) / (bad - good), 0.0, 1.0)  # np.clip keeps NaN
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,6 +333,8 @@ def score_smiles(smiles: list[str], cfg: RewardConfig, stock=None) -> np.ndarray
     A component that fails on a molecule is NaN (the caller turns the row's reward into 0).
     """
     stock = _STOCK if stock is None else stock
+    if cfg.task == "amide" and stock is None:
+        raise ValueError("task 'amide' needs the stock: pass stock=amide_stock(cfg)")
     mols = [mol_from_smiles(s) for s in smiles]
     out = np.full((len(smiles), len(COMPONENTS)), np.nan)
     ok = [i for i, m in enumerate(mols) if m is not None]
@@ -365,11 +360,7 @@ def score_smiles(smiles: list[str], cfg: RewardConfig, stock=None) -> np.ndarray
             if cfg.task == "synth":
                 out[i, 3] = sa_desirability(sa_score(m), cfg.sa_good, cfg.sa_bad)
             else:
-                if stock is None:
-                    raise ValueError("task 'amide' needs the stock: pass stock=amide_stock(cfg)")
                 out[i, 3] = float(amide_solved(m, stock, memo))
-        except ValueError:
-            raise
         except Exception:  # noqa: BLE001
             pass
     return out

