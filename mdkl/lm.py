@@ -51,7 +51,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mdkl.kl import KL_PLACEMENTS, kl_estimate, kl_gradient_direction, kl_loss, kl_reward_penalty
-from mdkl.mara import MARA_FOR_KL, batch_percentile_tau, mara_rewards, mara_substitute
+from mdkl.mara import MARA_FOR_KL, batch_percentile_tau, check_mara_has_kl, mara_rewards, mara_substitute
 from mdkl.runtime import CACHE_DIR, atomic_write_bytes, cache_key, cached, cached_dir
 
 __all__ = [
@@ -498,10 +498,8 @@ def validate_config(cfg: LMConfig) -> None:
         kl_gradient_direction(est, "reward" if est == "k1" else "loss")
     if cfg.mara not in ("none", "alg1", "alg2", "auto"):
         raise ValueError(f"unknown mara {cfg.mara!r}: use 'none', 'alg1', 'alg2' or 'auto'")
-    if cfg.mara != "none" and (cfg.beta <= 0 or cfg.kl == "none"):
-        raise ValueError(f"MARA needs a KL term with beta > 0 (got kl={cfg.kl!r}, beta={cfg.beta}): its "
-                         f"augmentation beta * (log pi_ref(z) - log pi_ref(y)) vanishes at beta = 0; "
-                         f"use mara='none' or set beta > 0")
+    if cfg.mara != "none":
+        check_mara_has_kl(cfg.beta, cfg.kl != "none", f"kl={cfg.kl!r}, beta={cfg.beta}")
     if cfg.tau_percentile is not None and not 0 <= cfg.tau_percentile <= 100:
         raise ValueError(f"tau_percentile must be in [0, 100] (got {cfg.tau_percentile})")
     if cfg.group_size < 2:

@@ -29,7 +29,7 @@ from scipy.special import logsumexp
 from mdkl.targets import _check_beta, _check_ref, _check_rewards, forward_kl_target
 
 __all__ = ["mara_anchor", "mara_rewards", "mara_substitute", "mara_target", "mara_forward_target",
-           "batch_percentile_tau", "MARA_FOR_KL", "ANCHORS"]
+           "batch_percentile_tau", "check_mara_has_kl", "MARA_FOR_KL", "ANCHORS"]
 
 #: which algorithm gives MARA's uniform-over-good-modes target under each KL direction
 MARA_FOR_KL = {"reverse": "alg1", "forward": "alg2"}
@@ -52,6 +52,17 @@ def _check_mara_beta(beta: float) -> float:
         raise ValueError(f"{e}. MARA's augmentation beta * (log pi_ref(z) - log pi_ref(y)) scales "
                          f"with beta, so without a KL term it is inert: use plain RL (no MARA) "
                          f"or set beta > 0") from None
+
+
+def check_mara_has_kl(beta: float, kl_term: bool, what: str = "") -> None:
+    """Raise the error trainers give when MARA is configured without a KL term (``kl_term`` False)
+    or with beta <= 0 (spec §3: MARA is inert at beta = 0). ``what`` names the offending setting."""
+    if kl_term and beta > 0:
+        return
+    got = f" (got {what})" if what else f" (got beta={beta})"
+    raise ValueError(f"MARA needs a KL term with beta > 0{got}: its augmentation "
+                     f"beta * (log pi_ref(z) - log pi_ref(y)) vanishes at beta = 0; "
+                     f"use mara='none' or set beta > 0")
 
 
 def _prepare(rewards, logp_ref, group, tau):

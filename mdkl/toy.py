@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mdkl.kl import kl_gradient_direction, kl_loss, kl_reward_penalty
-from mdkl.mara import MARA_FOR_KL, mara_rewards, mara_substitute
+from mdkl.mara import MARA_FOR_KL, check_mara_has_kl, mara_rewards, mara_substitute
 
 __all__ = ["ToyConfig", "ToyResult", "CategoricalPolicy", "GaussianPolicy", "train_toy",
            "train_categorical", "train_categorical_cached", "fit_density", "DensityFit"]
@@ -172,9 +172,8 @@ def _validate(cfg: ToyConfig, max_reward: float | None) -> None:
     if cfg.beta < 0 or not np.isfinite(cfg.beta):
         raise ValueError(f"beta must be >= 0 (got {cfg.beta})")
     if cfg.mara != "none":
-        if cfg.beta <= 0 or cfg.estimator is None:
-            raise ValueError("MARA needs a KL term with beta > 0: at beta = 0 the augmentation "
-                             "beta * (log pi_ref(z) - log pi_ref(y)) vanishes; use mara='none'")
+        check_mara_has_kl(cfg.beta, cfg.estimator is not None,
+                          f"estimator={cfg.estimator!r}, beta={cfg.beta}")
         if cfg.tau is None:
             raise ValueError("MARA needs a threshold tau (e.g. tau=1.0 for 0/1 rewards)")
         if max_reward is not None and cfg.tau > max_reward:
