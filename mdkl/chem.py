@@ -18,6 +18,7 @@ Rewards live in :mod:`mdkl.chem_reward`.
 from __future__ import annotations
 
 import json
+import os
 import math
 import re
 import time
@@ -31,12 +32,14 @@ from torch import nn
 
 from mdkl.chem_reward import canonical, load_moses, mol_from_smiles
 from mdkl.mara import mara_rewards
-from mdkl.runtime import cached_dir
+from mdkl.runtime import cached, cached_dir
 
 __all__ = ["SMILES_REGEX", "tokenize", "Vocabulary", "PriorConfig", "SmilesLSTM", "train_prior",
-           "load_prior", "prior_config", "profile_sizes", "sample", "log_likelihood", "prior_quality", "RLConfig", "dap_loss",
-           "run_rl", "morgan_fps", "tanimoto_matrix", "yield_", "ob100", "int_div1", "n_circles",
-           "n_scaffolds", "summarize_run", "welch_greater"]
+           "load_prior", "prior_lr_factor", "minibatches", "prior_config", "profile_sizes",
+           "training_set_canonical", "sample",
+           "log_likelihood", "prior_quality", "RLConfig", "dap_loss", "run_rl", "morgan_fps",
+           "tanimoto_matrix", "yield_", "ob100", "int_div1", "n_circles", "n_scaffolds",
+           "summarize_run", "welch_greater"]
 
 #: the standard SMILES tokenization regex (Schwaller et al. 2018, used by REINVENT 4)
 SMILES_REGEX = (r"(\[[^\]]+]|Br?|Cl?|N|O|S|P|F|I|b|c|n|o|s|p|\(|\)|\.|=|#|-|\+|\\|\/|:|~|@|\?|>|"
@@ -128,6 +131,14 @@ class PriorConfig:
     """training minibatch size (REINVENT: 128)."""
     lr: float = 1e-3
     """Adam learning rate of prior training (REINVENT: 1e-3)."""
+    warmup: float = 0.0
+    """fraction of the training steps over which the lr rises linearly from ~0 (0: no warmup)."""
+    final_lr: float = 1.0
+    """lr at the last step as a fraction of ``lr``, reached by linear decay (1: constant, REINVENT)."""
+    bucket: int = 0
+    """length bucketing: each epoch's permutation is cut into chunks of ``bucket`` minibatches,
+    each chunk sorted by length and cut into minibatches, whose order is then shuffled (less
+    padding: 1.3x more molecules/s on 2 CPU threads, benchmarks/bench_prior.py). 0: plain random minibatches."""
     max_len: int = 128
     """maximum sampled length in tokens (MOSES SMILES are at most 57 characters)."""
     seed: int = 0
@@ -191,42 +202,71 @@ def sample(model: SmilesLSTM, n: int, gen: torch.Generator, max_len: int = 128) 
     return out[:, : t + 1]
 
 
+def prior_lr_factor(step: int, total: int, warmup: float = 0.0, final: float = 1.0) -> float:
+    """Multiplier of the prior's learning rate at ``step`` (0-based) of ``total``: a linear warmup
+    over the first ``warmup`` fraction of the steps, times a linear decay from 1 to ``final``."""
+    w = max(1, round(warmup * total))
+    return min(1.0, (step + 1) / w) * (1.0 - (1.0 - final) * step / max(total - 1, 1))
+
+
+def minibatches(lengths, batch_size: int, gen: torch.Generator, bucket: int = 0) -> list[list[int]]:
+    """One epoch of minibatch indices over ``len(lengths)`` items, each item exactly once: a random
+    permutation cut into minibatches; with ``bucket > 0`` the permutation is first cut into chunks
+    of ``bucket`` minibatches, each chunk sorted by ``lengths`` (similar lengths share a batch, so
+    less padding), and the minibatch order is shuffled."""
+    perm = torch.randperm(len(lengths), generator=gen).tolist()
+    if bucket <= 0:
+        return [perm[k:k + batch_size] for k in range(0, len(perm), batch_size)]
+    out = []
+    for c in range(0, len(perm), batch_size * bucket):
+        chunk = sorted(perm[c:c + batch_size * bucket], key=lambda i: lengths[i])
+        out += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    return [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
+
+
 def _train_prior(cfg: PriorConfig, out: Path, progress: bool = True) -> None:
     from tqdm.auto import tqdm
 
+    t0 = time.perf_counter()
     smiles = load_moses(cfg.n_train, cfg.seed)
     vocab = Vocabulary.from_smiles(smiles)
     data = [vocab.encode(s) for s in smiles]
+    lengths = [len(d) for d in data]
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     model = SmilesLSTM(len(vocab), cfg.embedding, cfg.hidden, cfg.layers, cfg.dropout)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    steps = math.ceil(len(data) / cfg.batch_size)
+    total = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: prior_lr_factor(k, total, cfg.warmup, cfg.final_lr))
     losses = []
-    bar = tqdm(total=cfg.epochs * steps, desc="prior", disable=not progress, mininterval=5)
+    bar = tqdm(total=total, desc="prior", disable=not progress, mininterval=5)
     for _ in range(cfg.epochs):
-        perm = torch.randperm(len(data), generator=g).tolist()
-        for b in range(steps):
-            x = _pad([data[i] for i in perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]])
+        for idx in minibatches(lengths, cfg.batch_size, g, cfg.bucket):
+            x = _pad([data[i] for i in idx])
             ntok = (x[:, 1:] != 0).sum()
             loss = -log_likelihood(model, x).sum() / ntok
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
+            sched.step()
             losses.append(loss.item())
             bar.update()
     bar.close()
     torch.save(model.state_dict(), out / "model.pt")
     (out / "vocab.json").write_text(vocab.to_json())
     (out / "config.json").write_text(json.dumps(asdict(cfg)))
+    (out / "stats.json").write_text(json.dumps({"train_seconds": time.perf_counter() - t0,
+                                                "torch_threads": torch.get_num_threads()}))
     np.save(out / "losses.npy", np.asarray(losses))
 
 
 def train_prior(cfg: PriorConfig = PriorConfig(), force: bool = False, progress: bool = True) -> Path:
     """Train (or load from the cache) the prior; returns its folder (model.pt, vocab.json, losses)."""
     return cached_dir("chem-prior", cfg, lambda d: _train_prior(cfg, d, progress),
-                      code=[_train_prior, SmilesLSTM, log_likelihood, Vocabulary, tokenize, _pad],
+                      code=[_train_prior, prior_lr_factor, minibatches, SmilesLSTM, log_likelihood,
+                            Vocabulary, tokenize, _pad],
                       force=force)
 
 
@@ -240,20 +280,18 @@ def load_prior(path: Path) -> tuple[SmilesLSTM, Vocabulary, PriorConfig]:
     return model.eval(), vocab, cfg
 
 
-#: sizes per profile (profiles only change sizes): prior training set / epochs, RL budget, seeds.
-#: The small profiles use a 1x256 LSTM with batch 32 and lr 3e-3 (more updates per CPU-second than
-#: REINVENT's batch 128 / lr 1e-3, which needs far more steps than 2 cores allow to get valid SMILES).
-#: Measured alternatives (1 thread, under contention; validity of 1,000 samples): 1x256, batch 64,
-#: cosine lr 3e-3, 200k molecules x 1 epoch: 0.77 in 311 s; 2x256, same schedule, 100k x 1 epoch:
-#: 0.68 after 75% of it (541 s); this recipe with cosine instead of constant lr: 0.72 (151 s).
-#: On one CPU thread throughput is flat in the batch size (1x256: ~690 / 610 / 560 molecules/s at
-#: batch 32 / 128 / 256). None reaches REINVENT's > 0.90 in minutes.
+#: sizes per profile (profiles only change sizes): prior training set / epochs, RL budget, seeds,
+#: prior samples for validity / uniqueness / novelty.
 PROFILE_SIZES = {
-    "quick": dict(n_train=20_000, epochs=1, budget=1_000, seeds=2, n_quality=1_000),
-    "cpu": dict(n_train=50_000, epochs=2, budget=10_000, seeds=3, n_quality=2_000),
+    "quick": dict(n_train=40_000, epochs=1, budget=1_000, seeds=2, n_quality=1_000),
+    "cpu": dict(n_train=1_000_000, epochs=1, budget=10_000, seeds=3, n_quality=10_000),
     "paper": dict(n_train=1_584_663, epochs=10, budget=10_000, seeds=5, n_quality=10_000),
 }
-SMALL_PRIOR = dict(embedding=64, hidden=256, layers=1, batch_size=32, lr=3e-3)
+#: The small profiles' prior: a 1x256 LSTM, batch 64, lr 4e-3 with a 2% warmup and a linear decay
+#: to 2%, length-bucketed minibatches (recipe search measured in notebook 06, section 1). REINVENT's
+#: 3x512 at batch 128 / lr 1e-3 needs far more CPU time than 2 cores allow.
+SMALL_PRIOR = dict(embedding=64, hidden=256, layers=1, batch_size=64, lr=4e-3, warmup=0.02,
+                   final_lr=0.02, bucket=50)
 
 
 def profile_sizes(profile: str) -> dict:
@@ -271,6 +309,20 @@ def prior_config(profile: str, seed: int = 0) -> PriorConfig:
     s = profile_sizes(profile)
     extra = {} if resolve_profile(profile) == "paper" else SMALL_PRIOR
     return PriorConfig(n_train=s["n_train"], epochs=s["epochs"], seed=seed, **extra)
+
+
+def training_set_canonical(cfg: PriorConfig, force: bool = False) -> list[str | None]:
+    """Canonical SMILES of the prior's training molecules (the reference set of novelty), cached;
+    canonicalized in a process pool over all cores (~0.2 ms per molecule)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    def compute():
+        smiles = load_moses(cfg.n_train, cfg.seed)
+        with ProcessPoolExecutor(os.cpu_count() or 1) as ex:
+            return list(ex.map(canonical, smiles, chunksize=2000))
+
+    return cached("chem-moses-canonical", {"n": cfg.n_train, "seed": cfg.seed}, compute,
+                  code=[canonical], force=force)
 
 
 def prior_quality(model, vocab, n: int, train_smiles, seed: int = 0, batch: int = 500,
@@ -528,3 +580,29 @@ def welch_greater(a, b) -> float:
         # and returns NaN or an extreme p-value, which the tables show as they are
         warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
         return float(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+
+
+def main(argv=None) -> None:
+    """``python -m mdkl.chem prior [--profile P] [--seed S]``: the one-off slow steps of notebook 06
+    (train or reuse the profile's prior; canonicalize its training set for novelty), cached. The
+    Makefile runs this before notebook 06 so the notebook itself only does the RL runs."""
+    import argparse
+
+    from mdkl.runtime import resolve_profile
+
+    ap = argparse.ArgumentParser(prog="python -m mdkl.chem", description=main.__doc__)
+    ap.add_argument("step", choices=["prior"])
+    ap.add_argument("--profile", default=None, help="quick | cpu | paper (default: $MDKL_PROFILE or cpu)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    cfg = prior_config(resolve_profile(args.profile), args.seed)
+    t = time.perf_counter()
+    path = train_prior(cfg)
+    stats = json.loads((path / "stats.json").read_text())
+    print(f"prior {path.name}: trained in {stats['train_seconds'] / 60:.1f} min ({cfg})")
+    training_set_canonical(cfg)
+    print(f"prior and canonical training set ready ({time.perf_counter() - t:.0f} s in this call)")
+
+
+if __name__ == "__main__":
+    main()

@@ -331,6 +331,28 @@ def test_killed_prior_training_leaves_no_partial_cache(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_prior_lr_factor_warms_up_then_decays_linearly():
+    f = [chem.prior_lr_factor(k, 100, warmup=0.1, final=0.02) for k in range(100)]
+    assert f[0] == pytest.approx(0.1 * 1.0) and f[9] == pytest.approx(1 - 0.98 * 9 / 99)
+    assert all(a < b for a, b in zip(f[:9], f[1:10]))          # warmup rises
+    assert all(a > b for a, b in zip(f[10:], f[11:]))          # then decays
+    assert f[-1] == pytest.approx(0.02)
+    assert [chem.prior_lr_factor(k, 7) for k in range(7)] == [1.0] * 7  # defaults: constant lr
+
+
+@pytest.mark.parametrize("bucket", [0, 3])
+def test_minibatches_cover_every_item_once_and_are_seeded(bucket):
+    lengths = np.random.default_rng(0).integers(5, 60, size=1003).tolist()
+    b1 = chem.minibatches(lengths, 32, torch.Generator().manual_seed(1), bucket)
+    b2 = chem.minibatches(lengths, 32, torch.Generator().manual_seed(1), bucket)
+    assert b1 == b2 and sorted(i for b in b1 for i in b) == list(range(1003))
+    assert all(len(b) <= 32 for b in b1) and len(b1) == math.ceil(1003 / 32)
+    pad = lambda bs: sum(max(lengths[i] for i in b) * len(b) for b in bs)  # noqa: E731
+    plain = chem.minibatches(lengths, 32, torch.Generator().manual_seed(1), 0)
+    if bucket:  # similar lengths share a batch: less padding than random minibatches
+        assert pad(b1) < 0.9 * pad(plain)
+
+
 @pytest.mark.slow
 def test_tiny_prior_training_is_cached_and_seeded(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, "CACHE_DIR", tmp_path)
