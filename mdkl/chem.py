@@ -18,8 +18,8 @@ Rewards live in :mod:`mdkl.chem_reward`.
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 import re
 import time
 import warnings
@@ -138,7 +138,8 @@ class PriorConfig:
     bucket: int = 0
     """length bucketing: each epoch's permutation is cut into chunks of ``bucket`` minibatches,
     each chunk sorted by length and cut into minibatches, whose order is then shuffled (less
-    padding: 1.3x more molecules/s on 2 CPU threads, benchmarks/bench_prior.py). 0: plain random minibatches."""
+    padding: 1.3x more molecules/s on 2 CPU threads, ``benchmarks/bench_prior.py``).
+    0: plain random minibatches."""
     max_len: int = 128
     """maximum sampled length in tokens (MOSES SMILES are at most 57 characters)."""
     seed: int = 0

@@ -61,7 +61,8 @@ __all__ = [
     "load_small_lm", "load_model", "count_parameters",
     "tokenize_prompts", "sample_completions", "sequence_logprobs", "group_advantages",
     "regularized_rewards", "token_reference_for_kl", "policy_loss",
-    "Task", "task_rewards", "LMConfig", "LMResult", "validate_config", "train", "train_cached", "evaluate",
+    "Task", "task_rewards", "LMConfig", "LMResult", "validate_config", "train", "run_code_modules",
+    "train_cached", "evaluate",
     "benchmark", "pareto_front", "load_trained",
 ]
 
@@ -839,22 +840,36 @@ def _task_key(task: Task) -> object:
     return dataclasses.asdict(task) if dataclasses.is_dataclass(task) else repr(task)
 
 
-def train_cached(cfg: LMConfig, task: Task, *, force: bool = False, progress: bool = True,
-                 resumable: bool = True, small: SmallLMConfig = SmallLMConfig()) -> LMResult:
-    """:func:`train` on a fresh copy of ``load_model(cfg.model)``, cached by (config, task, code)
-    in ``data/cache``; an interrupted run resumes from its last checkpoint if ``resumable``."""
+def run_code_modules(cfg: LMConfig, task: Task) -> list:
+    """The mdkl modules whose source a :func:`train_cached` run depends on (its cache key hashes
+    them): the trainer, the KL estimators and MARA it calls, the 1-2 task helpers, the task's own
+    module, the model loader for SmolLM2 runs, and the baselines when a baseline row is on."""
+    import mdkl.kl as kl
     import mdkl.lm as this
+    import mdkl.mara as mara
     import mdkl.onetwo as onetwo
 
-    key_cfg = {"run": cfg, "task": _task_key(task), "small": small if cfg.model == "small" else None}
-    code = [this, onetwo]
+    code = [this, kl, mara, onetwo]
     task_module = sys.modules.get(type(task).__module__)
     if task_module is not None and task_module not in code and task_module.__name__.startswith("mdkl."):
         code.append(task_module)
+    if cfg.model != "small":
+        import mdkl.models as models
+
+        code.append(models)
     if cfg.unlikely > 0 or cfg.best_of_n:
         import mdkl.baselines as baselines
 
         code.append(baselines)
+    return code
+
+
+def train_cached(cfg: LMConfig, task: Task, *, force: bool = False, progress: bool = True,
+                 resumable: bool = True, small: SmallLMConfig = SmallLMConfig()) -> LMResult:
+    """:func:`train` on a fresh copy of ``load_model(cfg.model)``, cached by (config, task, code)
+    in ``data/cache``; an interrupted run resumes from its last checkpoint if ``resumable``."""
+    key_cfg = {"run": cfg, "task": _task_key(task), "small": small if cfg.model == "small" else None}
+    code = run_code_modules(cfg, task)
     state = CACHE_DIR / f"lmrun-{cache_key(key_cfg, code)}.state.pt" if resumable else None
     if force and state is not None and state.exists():
         state.unlink()

@@ -471,3 +471,15 @@ def test_batch_scope_percentile_tau_is_one_threshold_with_anchors_per_group():
     assert torch.equal(shaped_g, r)
     with pytest.raises(ValueError, match="tau_scope"):
         lm.validate_config(cfg.replace(tau_scope="prompt"))
+
+
+def test_run_cache_key_covers_the_code_a_run_calls():
+    """Editing MARA, the KL estimators or the model loader must recompute cached LM runs."""
+    import mdkl.baselines as baselines
+    import mdkl.kl as kl
+    import mdkl.mara as mara
+
+    small = lm.run_code_modules(lm.LMConfig(), onetwo.OneTwoTask())
+    assert {lm, kl, mara, onetwo} <= set(small) and models not in small and baselines not in small
+    smol = lm.run_code_modules(lm.LMConfig(model="smollm2", unlikely=1.0), onetwo.OneTwoTask())
+    assert models in smol and baselines in smol
