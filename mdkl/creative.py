@@ -91,6 +91,12 @@ def load_prompts(split: str = "train", n: int | None = None, path: Path | str | 
     return df
 
 
+@lru_cache(maxsize=16)
+def _questions(split: str, n: int | None, path: str, mtime: int | None) -> tuple[str, ...]:
+    """:func:`load_prompts`' requests, memoized per file modification time (``mtime``)."""
+    return tuple(load_prompts(split, n, path)["prompt"].tolist())
+
+
 def chat_prompt(tokenizer, request: str, instruction: str = "") -> str:
     """The request as one user turn through SmolLM2's chat template, ending with the assistant's
     generation prompt (:func:`mdkl.onetwo.prompt_text`), with ``instruction`` appended to it."""
@@ -271,8 +277,11 @@ class CreativeTask:
     """Short name (cache keys, tables)."""
 
     def questions(self) -> list[str]:
-        """Requests (before the chat template and the instruction), in prompt order."""
-        return load_prompts(self.split, self.n_prompts, self.csv)["prompt"].tolist()
+        """Requests (before the chat template and the instruction), in prompt order (the file is
+        read once per modification time, not on every reward call)."""
+        p = Path(self.csv) if self.csv is not None else PROMPTS_CSV
+        mtime = p.stat().st_mtime_ns if p.exists() else None  # missing: load_prompts names the fix
+        return list(_questions(self.split, self.n_prompts, str(p), mtime))
 
     def prompts(self, tokenizer) -> list[str]:
         """Chat-formatted prompts (:func:`chat_prompt`)."""
@@ -288,7 +297,7 @@ class CreativeTask:
         idx = [int(i) for i in prompt_index]
         if len(idx) != len(completions):
             raise ValueError(f"{len(idx)} prompt indices for {len(completions)} completions")
-        return torch.from_numpy(get_judge().score([qs[i] for i in idx], list(completions)))
+        return torch.tensor(get_judge().score([qs[i] for i in idx], list(completions)))
 
     def metrics(self, completions) -> dict[str, float]:
         """Cheap batch statistics: mean length (characters), share of empty answers, share of

@@ -40,6 +40,20 @@ def test_load_prompts_split_prefix_and_errors(csv, tmp_path):
         creative.load_prompts("train", path=tmp_path / "nope.csv")
 
 
+def test_task_questions_are_read_once_and_follow_edits(csv, monkeypatch):
+    import os
+
+    task = creative.CreativeTask(csv=str(csv))
+    assert task.questions()[0] == "Suggest a name for a cat."
+    reads = []
+    monkeypatch.setattr(creative, "load_prompts", lambda *a: reads.append(a) or pd.DataFrame({"prompt": ["x"]}))
+    task.questions()
+    assert reads == []  # memoized: no re-read per reward call
+    st = os.stat(csv)
+    os.utime(csv, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file changed: read again
+    assert task.questions() == ["x"] and len(reads) == 1
+
+
 def test_expected_rating_bounds_and_closed_forms():
     assert creative.expected_rating(torch.zeros(1, 9)).item() == pytest.approx(5.0)
     onehot = torch.full((9, 9), -1e4)
