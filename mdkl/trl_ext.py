@@ -307,3 +307,9 @@ def main(argv=None) -> MDKLGRPOTrainer:
 
 if __name__ == "__main__":
     main()
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        # join the process group's threads before exit: left to interpreter shutdown, a torchrun
+        # rank could abort ("terminate called without an active exception", SIGABRT)
+        dist.destroy_process_group()
