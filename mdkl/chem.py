@@ -315,11 +315,13 @@ def prior_config(profile: str, seed: int = 0) -> PriorConfig:
 def training_set_canonical(cfg: PriorConfig, force: bool = False) -> list[str | None]:
     """Canonical SMILES of the prior's training molecules (the reference set of novelty), cached;
     canonicalized in a process pool over all cores (~0.2 ms per molecule)."""
+    import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     def compute():
         smiles = load_moses(cfg.n_train, cfg.seed)
-        with ProcessPoolExecutor(os.cpu_count() or 1) as ex:
+        # spawn, as chem_reward.Scorer: no fork of a process holding torch / BLAS threads
+        with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=mp.get_context("spawn")) as ex:
             return list(ex.map(canonical, smiles, chunksize=2000))
 
     return cached("chem-moses-canonical", {"n": cfg.n_train, "seed": cfg.seed}, compute,

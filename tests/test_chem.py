@@ -353,6 +353,14 @@ def test_minibatches_cover_every_item_once_and_are_seeded(bucket):
         assert pad(b1) < 0.9 * pad(plain)
 
 
+def test_training_set_canonical_matches_serial_and_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "CACHE_DIR", tmp_path)
+    cfg = PriorConfig(n_train=300, seed=2)
+    got = chem.training_set_canonical(cfg)  # process pool (spawn)
+    assert got == [chem_reward.canonical(s) for s in chem_reward.load_moses(300, 2)]
+    assert len(list(tmp_path.glob("chem-moses-canonical-*.pkl"))) == 1
+
+
 @pytest.mark.slow
 def test_tiny_prior_training_is_cached_and_seeded(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, "CACHE_DIR", tmp_path)
