@@ -27,6 +27,15 @@ export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 export PYTHONPATH := $(CURDIR)
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# One numeric kernel path on every x86-64 machine (AVX2), so seeded runs repeat bit for bit whatever
+# the CPU (mdkl/__init__.py sets the same defaults for `python -m mdkl...` and notebooks run by hand;
+# benchmarks/bench_kernels.py measures the speed cost). Override on the command line to opt out.
+ifneq ($(filter x86_64 amd64,$(shell uname -m)),)
+ATEN_CPU_CAPABILITY ?= avx2
+MKL_CBWR ?= AVX2
+ONEDNN_MAX_CPU_ISA ?= AVX2
+export ATEN_CPU_CAPABILITY MKL_CBWR ONEDNN_MAX_CPU_ISA
+endif
 
 .PHONY: all help env test unit nbval lab publish bench chem-prior clean-cache clean $(notdir $(basename $(NOTEBOOKS)))
 

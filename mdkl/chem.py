@@ -32,7 +32,7 @@ from torch import nn
 
 from mdkl.chem_reward import canonical, load_moses, mol_from_smiles
 from mdkl.mara import mara_rewards
-from mdkl.runtime import cached, cached_dir
+from mdkl.runtime import cached, cached_dir, fixed_threads
 
 __all__ = ["SMILES_REGEX", "tokenize", "Vocabulary", "PriorConfig", "SmilesLSTM", "train_prior",
            "load_prior", "prior_lr_factor", "minibatches", "prior_config", "profile_sizes",
@@ -144,6 +144,9 @@ class PriorConfig:
     """maximum sampled length in tokens (MOSES SMILES are at most 57 characters)."""
     seed: int = 0
     """seed of the subset, the initialization and the minibatch order."""
+    threads: int = 2
+    """torch intra-op threads while training (fixed: the same prior from the command-line step and
+    from a notebook that set another thread count; 2 = the cores of the reference machine)."""
 
 
 class SmilesLSTM(nn.Module):
@@ -228,39 +231,40 @@ def minibatches(lengths, batch_size: int, gen: torch.Generator, bucket: int = 0)
 def _train_prior(cfg: PriorConfig, out: Path, progress: bool = True) -> None:
     from tqdm.auto import tqdm
 
-    t0 = time.perf_counter()
-    smiles = load_moses(cfg.n_train, cfg.seed)
-    vocab = Vocabulary.from_smiles(smiles)
-    data = [vocab.encode(s) for s in smiles]
-    lengths = [len(d) for d in data]
-    g = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = SmilesLSTM(len(vocab), cfg.embedding, cfg.hidden, cfg.layers, cfg.dropout)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    total = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: prior_lr_factor(k, total, cfg.warmup, cfg.final_lr))
-    losses = []
-    bar = tqdm(total=total, desc="prior", disable=not progress, mininterval=5)
-    for _ in range(cfg.epochs):
-        for idx in minibatches(lengths, cfg.batch_size, g, cfg.bucket):
-            x = _pad([data[i] for i in idx])
-            ntok = (x[:, 1:] != 0).sum()
-            loss = -log_likelihood(model, x).sum() / ntok
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.update()
-    bar.close()
-    torch.save(model.state_dict(), out / "model.pt")
-    (out / "vocab.json").write_text(vocab.to_json())
-    (out / "config.json").write_text(json.dumps(asdict(cfg)))
-    (out / "stats.json").write_text(json.dumps({"train_seconds": time.perf_counter() - t0,
-                                                "torch_threads": torch.get_num_threads()}))
-    np.save(out / "losses.npy", np.asarray(losses))
+    with fixed_threads(cfg.threads):
+        t0 = time.perf_counter()
+        smiles = load_moses(cfg.n_train, cfg.seed)
+        vocab = Vocabulary.from_smiles(smiles)
+        data = [vocab.encode(s) for s in smiles]
+        lengths = [len(d) for d in data]
+        g = torch.Generator().manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        model = SmilesLSTM(len(vocab), cfg.embedding, cfg.hidden, cfg.layers, cfg.dropout)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        total = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda k: prior_lr_factor(k, total, cfg.warmup, cfg.final_lr))
+        losses = []
+        bar = tqdm(total=total, desc="prior", disable=not progress, mininterval=5)
+        for _ in range(cfg.epochs):
+            for idx in minibatches(lengths, cfg.batch_size, g, cfg.bucket):
+                x = _pad([data[i] for i in idx])
+                ntok = (x[:, 1:] != 0).sum()
+                loss = -log_likelihood(model, x).sum() / ntok
+                opt.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                opt.step()
+                sched.step()
+                losses.append(loss.item())
+                bar.update()
+        bar.close()
+        torch.save(model.state_dict(), out / "model.pt")
+        (out / "vocab.json").write_text(vocab.to_json())
+        (out / "config.json").write_text(json.dumps(asdict(cfg)))
+        (out / "stats.json").write_text(json.dumps({"train_seconds": time.perf_counter() - t0,
+                                                    "torch_threads": torch.get_num_threads()}))
+        np.save(out / "losses.npy", np.asarray(losses))
 
 
 def train_prior(cfg: PriorConfig = PriorConfig(), force: bool = False, progress: bool = True) -> Path:

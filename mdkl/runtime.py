@@ -94,8 +94,70 @@ def figures_dir(profile: str | None = None) -> Path:
 # ----------------------------------------------------------------------------------------------
 # seeding
 # ----------------------------------------------------------------------------------------------
+def numeric_kernels() -> dict[str, Any]:
+    """The CPU kernel path in force: ATen's instruction set (``torch.backends.cpu``), the
+    ``ATEN_CPU_CAPABILITY`` / ``MKL_CBWR`` / ``ONEDNN_MAX_CPU_ISA`` variables, torch's intra-op
+    thread count and whether it matches the path ``mdkl`` pins on x86-64
+    (:data:`mdkl.NUMERIC_KERNEL_ENV`: AVX2, so seeded runs repeat bit for bit on every machine)."""
+    import platform
+
+    import torch
+
+    from mdkl import NUMERIC_KERNEL_ENV
+
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    cap = torch.backends.cpu.get_cpu_capability()
+    env = {k: os.environ.get(k) for k in NUMERIC_KERNEL_ENV}
+    pinned = (not x86) or (cap == "AVX2" and all(os.environ.get(k) == v for k, v in NUMERIC_KERNEL_ENV.items()))
+    return {"aten_capability": cap, **env, "torch_threads": torch.get_num_threads(), "pinned": pinned}
+
+
+def check_numeric_kernels() -> None:
+    """Warn (once per call site) when the x86-64 kernel path is not mdkl's pinned AVX2 path: then
+    seeded results may differ in their last bits from the committed ones, and training amplifies
+    that. The usual cause is a torch operation that ran before ``import mdkl``."""
+    k = numeric_kernels()
+    if not k["pinned"]:
+        import warnings
+
+        warnings.warn(f"numeric kernels not pinned (ATen {k['aten_capability']}, "
+                      f"ATEN_CPU_CAPABILITY={k['ATEN_CPU_CAPABILITY']}): seeded results may differ from the "
+                      f"committed ones. Import mdkl before running any torch operation, or export "
+                      f"ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2", RuntimeWarning,
+                      stacklevel=2)
+
+
+class fixed_threads:
+    """Context manager: run torch with ``n`` intra-op threads, then restore the previous count.
+
+    Trainers whose result is cached use it with their config's ``threads`` field, so the result
+    does not depend on the entry point (a notebook that set 1 thread vs a command-line step with
+    the default): a reduction split over a different number of threads sums in another order."""
+
+    def __init__(self, n: int):
+        if int(n) != n or n < 1:
+            raise ValueError(f"threads must be an integer >= 1 (got {n})")
+        self.n = int(n)
+
+    def __enter__(self):
+        import torch
+
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.previous)
+        return False
+
+
 def seed_everything(seed: int) -> np.random.Generator:
-    """Seed Python, NumPy and torch (CPU and CUDA) and return a fresh NumPy ``Generator``."""
+    """Seed Python, NumPy and torch (CPU and CUDA) and return a fresh NumPy ``Generator``.
+
+    Also checks that the pinned numeric kernel path is in force (:func:`check_numeric_kernels`)."""
+    check_numeric_kernels()
     random.seed(seed)
     np.random.seed(seed % 2**32)
     try:
