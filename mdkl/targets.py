@@ -91,8 +91,8 @@ def check_distribution(p, name: str = "pi", n: int | None = None, atol: float = 
         raise ValueError(f"{name} contains NaN/inf at positions {np.flatnonzero(~np.isfinite(q))[:5].tolist()}: "
                          f"pass finite probabilities")
     if np.any(q < 0):
-        raise ValueError(f"{name} has negative entries (min {q.min()!r}): pass probabilities, not logits "
-                         f"or log-probabilities")
+        raise ValueError(f"{name} must be non-negative (min {float(q.min())!r}): pass probabilities, not "
+                         f"logits or log-probabilities")
     s = q.sum()
     if not abs(s - 1.0) <= atol:
         raise ValueError(f"{name} must sum to 1 (sums to {s!r}): normalize it first (p / p.sum())")
