@@ -270,9 +270,7 @@ def _train_prior(cfg: PriorConfig, out: Path, progress: bool = True) -> None:
 def train_prior(cfg: PriorConfig = PriorConfig(), force: bool = False, progress: bool = True) -> Path:
     """Train (or load from the cache) the prior; returns its folder (model.pt, vocab.json, losses)."""
     return cached_dir("chem-prior", cfg, lambda d: _train_prior(cfg, d, progress),
-                      code=[_train_prior, prior_lr_factor, minibatches, SmilesLSTM, log_likelihood,
-                            Vocabulary, tokenize, _pad],
-                      force=force)
+                      code=[_train_prior], force=force)
 
 
 def load_prior(path: Path) -> tuple[SmilesLSTM, Vocabulary, PriorConfig]:
@@ -329,7 +327,7 @@ def training_set_canonical(cfg: PriorConfig, force: bool = False) -> list[str | 
             return list(ex.map(canonical, smiles, chunksize=2000))
 
     return cached("chem-moses-canonical", {"n": cfg.n_train, "seed": cfg.seed}, compute,
-                  code=[canonical], force=force)
+                  code=[training_set_canonical], force=force)
 
 
 def prior_quality(model, vocab, n: int, train_smiles, seed: int = 0, batch: int = 500,

@@ -371,7 +371,7 @@ def amide_stock(cfg: RewardConfig = RewardConfig(), force: bool = False) -> froz
 
     key = {"n": cfg.stock_molecules, "seed": cfg.stock_seed, "rxn": RETRO_AMIDE}
     return cached("chem-amide-stock", key, lambda: _build_stock(cfg.stock_molecules, cfg.stock_seed),
-                  code=[_build_stock, amide_leaves, _disconnect], force=force)
+                  code=[_build_stock], force=force)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from mdkl.targets import _check_beta, _check_ref, _check_rewards
+from mdkl.targets import _check_beta, _check_ref, _check_rewards, check_coefficient
 
 __all__ = ["exact_objective", "maximize_exact_objective", "ExactAscent"]
 
@@ -31,8 +31,7 @@ def _objective_fn(ref, rewards, beta: float, kl: Direction = "reverse", eta: flo
     r = torch.as_tensor(_check_rewards(rewards))
     p_np = _check_ref(ref, r.numel())
     beta = _check_beta(beta)
-    if not eta >= 0:
-        raise ValueError(f"eta must be >= 0 (got {eta})")
+    eta = check_coefficient(eta, "eta", allow_zero=True)
     if kl not in ("reverse", "forward"):
         raise ValueError(f"unknown kl {kl!r}: use 'reverse' or 'forward'")
     if kl == "reverse" and np.any(p_np == 0):
@@ -46,6 +45,9 @@ def _objective_fn(ref, rewards, beta: float, kl: Direction = "reverse", eta: flo
         logits = torch.as_tensor(logits, dtype=torch.float64)
         if logits.shape != r.shape:
             raise ValueError(f"logits must have shape {tuple(r.shape)} (got {tuple(logits.shape)})")
+        if not torch.isfinite(logits).all():
+            raise ValueError("logits contain NaN/inf: start from finite logits (or lower lr if the "
+                             "ascent diverged)")
         logpi = torch.log_softmax(logits, -1)
         pi = logpi.exp()
         if kl == "reverse":
@@ -93,8 +95,10 @@ def maximize_exact_objective(ref, rewards, beta: float, kl: Direction = "reverse
     (``eta > 0``), which is how the notebooks check the closed forms by optimization.
     """
     n = _check_rewards(rewards).size
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1 (got {steps})")
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1 (got {steps!r})")
+    steps = int(steps)
+    lr = check_coefficient(lr, "lr")
     init = torch.zeros(n, dtype=torch.float64) if init_logits is None else \
         torch.as_tensor(np.asarray(init_logits, dtype=np.float64)).clone()
     logits = torch.nn.Parameter(init)

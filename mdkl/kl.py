@@ -27,10 +27,12 @@ from typing import Literal
 
 import torch
 
+from mdkl.targets import check_coefficient
+
 Estimator = Literal["k1", "k2", "k3"]
 Placement = Literal["reward", "loss"]
 
-__all__ = ["k1", "k2", "k3", "kl_estimate", "kl_gradient_direction", "KL_PLACEMENTS",
+__all__ = ["k1", "k2", "k3", "check_logp_pair", "kl_estimate", "kl_gradient_direction", "KL_PLACEMENTS",
            "kl_reward_penalty", "kl_loss"]
 
 #: the recommended (estimator, placement) for each KL direction; "reverse_k2" is the loss variant
@@ -41,18 +43,35 @@ KL_PLACEMENTS = {
 }
 
 
+def check_logp_pair(logp: torch.Tensor, logp_ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logp`` and ``logp_ref`` as tensors of the *same* shape without NaN, else ``ValueError``
+    naming the fix (a [B] vs [B, 1] pair would broadcast to [B, B] and average the wrong terms)."""
+    logp, logp_ref = torch.as_tensor(logp), torch.as_tensor(logp_ref)
+    if logp.shape != logp_ref.shape:
+        raise ValueError(f"logp has shape {tuple(logp.shape)} but logp_ref {tuple(logp_ref.shape)}: pass one "
+                         f"reference log-prob per policy log-prob (same shape; e.g. .squeeze(-1) or sum "
+                         f"per-token log-probs over tokens first), KL estimators never broadcast")
+    if torch.isnan(logp).any() or torch.isnan(logp_ref).any():
+        raise ValueError("NaN in logp or logp_ref: check the policy / reference forward pass (padding, "
+                         "log of 0 probabilities)")
+    return logp, logp_ref
+
+
 def k1(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
     """k1 = log pi(y) - log pi_ref(y): unbiased for KL(pi || pi_ref) as a value."""
+    logp, logp_ref = check_logp_pair(logp, logp_ref)
     return logp - logp_ref
 
 
 def k2(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
     """k2 = 0.5 (log pi(y) - log pi_ref(y))^2: as a loss, a reverse-KL gradient."""
+    logp, logp_ref = check_logp_pair(logp, logp_ref)
     return 0.5 * (logp - logp_ref) ** 2
 
 
 def k3(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
     """k3 = pi_ref/pi - log(pi_ref/pi) - 1 >= 0: as a loss, a forward-KL gradient (GRPO's default)."""
+    logp, logp_ref = check_logp_pair(logp, logp_ref)
     log_ratio = logp_ref - logp
     return torch.expm1(log_ratio) - log_ratio
 
@@ -86,10 +105,12 @@ def kl_gradient_direction(estimator: Estimator, placement: Placement) -> str:
 def kl_reward_penalty(logp: torch.Tensor, logp_ref: torch.Tensor, beta: float,
                       estimator: Estimator = "k1") -> torch.Tensor:
     """``-beta * k(y)`` to add to the reward; detached, so it only enters through the advantage."""
+    beta = check_coefficient(beta, "beta", allow_zero=True)
     return -beta * kl_estimate(logp.detach(), logp_ref.detach(), estimator)
 
 
 def kl_loss(logp: torch.Tensor, logp_ref: torch.Tensor, beta: float,
             estimator: Estimator) -> torch.Tensor:
     """``beta * k(y)`` per sample, differentiable through ``logp`` (reference detached)."""
+    beta = check_coefficient(beta, "beta", allow_zero=True)
     return beta * kl_estimate(logp, logp_ref.detach(), estimator)

@@ -28,8 +28,12 @@ from scipy.special import logsumexp
 
 from mdkl.targets import _check_beta, _check_ref, _check_rewards, forward_kl_target
 
+#: MARA's inputs are checked by :func:`check_group_ids` (one id per sample, integers >= 0), the
+#: private ``_prepare`` (shapes, NaN / inf, dtypes) and :func:`check_tau`.
+
 __all__ = ["mara_anchor", "mara_rewards", "mara_substitute", "mara_target", "mara_forward_target",
-           "batch_percentile_tau", "check_mara_has_kl", "MARA_FOR_KL", "ANCHORS"]
+           "batch_percentile_tau", "check_mara_has_kl", "check_group_ids", "check_tau", "MARA_FOR_KL",
+           "ANCHORS"]
 
 #: which algorithm gives MARA's uniform-over-good-modes target under each KL direction
 MARA_FOR_KL = {"reverse": "alg1", "forward": "alg2"}
@@ -65,9 +69,41 @@ def check_mara_has_kl(beta: float, kl_term: bool, what: str = "") -> None:
                      f"use mara='none' or set beta > 0")
 
 
+def check_group_ids(group, n: int, device=None) -> torch.Tensor:
+    """``group`` as a long tensor of ``n`` ids >= 0, else ``ValueError`` naming the fix (float ids
+    such as 1.5 would otherwise be truncated to another group)."""
+    g = torch.as_tensor(group, device=device)
+    if g.is_floating_point() or g.is_complex():
+        if not torch.isfinite(g).all() or not torch.equal(g, torch.round(g)):
+            raise ValueError("group ids must be integers (got non-integer floats): pass one integer "
+                             "id per sample, e.g. torch.arange(P).repeat_interleave(G)")
+    elif g.dtype == torch.bool:
+        raise ValueError("group ids must be integers, not booleans")
+    g = g.to(torch.long)
+    if g.ndim != 1 or g.shape[0] != n:
+        raise ValueError(f"group must have one id per sample (got shape {tuple(g.shape)} for {n} samples)")
+    if g.numel() and g.min() < 0:
+        raise ValueError("group ids must be >= 0")
+    return g
+
+
+def check_tau(tau) -> None:
+    """``tau`` (scalar or one value per group) must be finite: an infinite threshold makes MARA
+    silently all-on or all-off; use ``mara='none'`` for no MARA."""
+    t = torch.as_tensor(tau)
+    if t.ndim > 1:
+        raise ValueError(f"tau must be a scalar or one value per group (got shape {tuple(t.shape)})")
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        raise ValueError(f"tau is NaN or infinite (got {tau!r}): pick a finite reward threshold, e.g. "
+                         f"batch_percentile_tau(rewards, 90)")
+
+
 def _prepare(rewards, logp_ref, group, tau):
     r = _as_float_tensor(rewards)
-    lr = _as_float_tensor(logp_ref).to(r.dtype)
+    lr = _as_float_tensor(logp_ref)
+    dtype = torch.promote_types(r.dtype, lr.dtype)  # no silent float64 -> float32 truncation
+    r, lr = r.to(dtype), lr.to(dtype)
+    check_tau(tau)
     if r.ndim != 1 or r.shape != lr.shape:
         raise ValueError(f"rewards and logp_ref must be 1-D of equal length "
                          f"(got {tuple(r.shape)} and {tuple(lr.shape)})")
@@ -75,16 +111,15 @@ def _prepare(rewards, logp_ref, group, tau):
         bad = torch.nonzero(torch.isnan(r)).flatten()[:5].tolist()
         raise ValueError(f"NaN rewards at positions {bad}: map failed generations to a finite reward "
                          f"(e.g. 0.0) before MARA")
-    if torch.isnan(lr).any():
-        raise ValueError("NaN reference log-probabilities: check the reference model's forward pass")
+    if torch.isinf(r).any():
+        raise ValueError("infinite rewards: MARA's rbar = R(z) + beta (...) would be inf / NaN; clip or "
+                         "map them to finite values")
+    if torch.isnan(lr).any() or torch.isposinf(lr).any():
+        raise ValueError("NaN reference log-probabilities (or +inf ones): check the reference model's forward pass")
     if group is None:
         g = torch.zeros(r.shape[0], dtype=torch.long, device=r.device)
     else:
-        g = torch.as_tensor(group, dtype=torch.long, device=r.device)
-        if g.shape != r.shape:
-            raise ValueError(f"group must have one id per sample (got {tuple(g.shape)} for {tuple(r.shape)})")
-        if g.numel() and g.min() < 0:
-            raise ValueError("group ids must be >= 0")
+        g = check_group_ids(group, r.shape[0], r.device)
     tau_t = torch.as_tensor(tau, dtype=r.dtype, device=r.device)
     if tau_t.ndim == 1:  # per-group tau
         if g.numel() and tau_t.numel() < int(g.max()) + 1:
@@ -165,6 +200,11 @@ def mara_rewards(rewards, logp_ref, beta: float, tau, group=None, *, anchor: str
     """
     _check_mara_beta(beta)
     r, lr, apply, a = _anchored(rewards, logp_ref, tau, group, anchor, generator)
+    if torch.isinf(lr[apply]).any():
+        bad = torch.nonzero(apply & torch.isinf(lr)).flatten()[:5].tolist()
+        raise ValueError(f"samples {bad} have R >= tau but log pi_ref = -inf: their augmented reward "
+                         f"R(z) + beta (log pi_ref(z) - log pi_ref(y)) would be inf / NaN. Give the "
+                         f"reference full support on sampled outputs (e.g. clamp log-probs to a floor)")
     rbar = r[a] + beta * (lr[a] - lr)
     return torch.where(apply, rbar, r)
 
@@ -179,6 +219,10 @@ def mara_substitute(rewards, logp_ref, tau, group=None, *, anchor: str = "suppor
     (:func:`mara_forward_target`). ``anchor`` / ``generator``: see :func:`mara_anchor`.
     """
     r, lr, apply, a = _anchored(rewards, logp_ref, tau, group, anchor, generator)
+    if torch.isinf(lr[a][apply]).any():
+        raise ValueError("a group's anchor has log pi_ref = -inf (every sample with R >= tau has "
+                         "probability 0 under pi_ref): the substituted KL term would be inf. Give the "
+                         "reference full support on sampled outputs (e.g. clamp log-probs to a floor)")
     return torch.where(apply, r[a], r), torch.where(apply, lr[a], lr)
 
 
@@ -191,18 +235,26 @@ def batch_percentile_tau(rewards, q: float = 90.0, group=None) -> torch.Tensor:
     samples (tested in ``tests/test_mara.py``).
     """
     r = _as_float_tensor(rewards).detach()
-    if torch.isnan(r).any():
-        raise ValueError("NaN rewards: map failed generations to a finite reward before computing tau")
+    if r.ndim != 1:
+        raise ValueError(f"rewards must be 1-D (got shape {tuple(r.shape)}): flatten them with a group id per sample")
+    if not torch.isfinite(r).all():
+        raise ValueError("NaN rewards (or inf ones): map failed generations to a finite reward before computing tau")
     if not 0 <= q <= 100:
         raise ValueError(f"percentile q must be in [0, 100] (got {q})")
-    g = torch.zeros_like(r, dtype=torch.long) if group is None else torch.as_tensor(group, dtype=torch.long)
+    g = torch.zeros_like(r, dtype=torch.long) if group is None else check_group_ids(group, r.shape[0], r.device)
     n_groups = int(g.max()) + 1 if g.numel() else 0
+    missing = sorted(set(range(n_groups)) - set(g.tolist()))
+    if missing:
+        raise ValueError(f"group ids {missing[:5]} have no samples, so no percentile: number the groups "
+                         f"0..G-1 (e.g. torch.unique(group, return_inverse=True)[1])")
     return torch.stack([torch.quantile(r[g == k], q / 100.0) for k in range(n_groups)]) if n_groups else r.new_empty(0)
 
 
 def _whole_space_anchor(r: np.ndarray, p: np.ndarray, tau: float, anchor: str) -> tuple[np.ndarray, int]:
     """The good set {R >= tau} and the anchor z chosen over the whole output space."""
     _check_anchor(anchor)
+    if not np.isfinite(float(tau)):
+        raise ValueError(f"tau must be a finite reward threshold (got {tau})")
     good = r >= tau
     if not good.any():
         raise ValueError(f"tau={tau} is above every reward (max R = {r.max()}): choose tau <= max R")

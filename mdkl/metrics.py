@@ -19,8 +19,15 @@ __all__ = ["entropy", "coverage", "is_multimodal", "binary_entropy_with_se", "ma
 
 
 def entropy(p, axis: int = -1) -> np.ndarray:
-    """Shannon entropy in nats, sum -p log p (0 log 0 = 0)."""
+    """Shannon entropy in nats, sum -p log p (0 log 0 = 0), of probability vectors along ``axis``
+    (finite, non-negative, each summing to 1 within 1e-6; else ``ValueError``)."""
     p = np.asarray(p, dtype=np.float64)
+    if p.size == 0 or p.ndim == 0:
+        raise ValueError(f"entropy needs a non-empty probability vector (got shape {p.shape})")
+    if not np.isfinite(p).all() or (p < 0).any():
+        raise ValueError("p must be finite and non-negative: pass probabilities, not logits")
+    if not np.all(np.abs(p.sum(axis=axis) - 1.0) <= 1e-6):
+        raise ValueError(f"p must sum to 1 along axis {axis}: normalize it first (p / p.sum(axis, keepdims=True))")
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(p > 0, p * np.log(p), 0.0)
     return -t.sum(axis=axis)
@@ -28,9 +35,16 @@ def entropy(p, axis: int = -1) -> np.ndarray:
 
 def max_min_ratio(p, mask) -> float:
     """max / min of ``p`` over ``mask`` (1.0 = perfectly uniform there, inf if some entry is 0)."""
-    v = np.asarray(p, dtype=np.float64)[np.asarray(mask, dtype=bool)]
+    p, m = np.asarray(p, dtype=np.float64), np.asarray(mask)
+    if p.shape != m.shape:
+        raise ValueError(f"p has shape {p.shape} but mask {m.shape}: give one mask entry per probability")
+    if m.dtype != bool:
+        raise ValueError(f"mask must be boolean (got dtype {m.dtype}): e.g. mask = rewards >= tau")
+    v = p[m]
     if v.size == 0:
-        raise ValueError("empty mask")
+        raise ValueError("empty mask: select at least one output")
+    if not np.isfinite(v).all() or (v < 0).any():
+        raise ValueError("p must be finite and non-negative on the mask")
     return float(v.max() / v.min()) if v.min() > 0 else float("inf")
 
 
@@ -40,6 +54,12 @@ def coverage(pi, rewards, tau: float) -> float:
     0 means some high-reward output is dropped (collapsed).
     """
     r = np.asarray(rewards, dtype=np.float64)
+    if r.ndim != 1 or r.size == 0 or not np.isfinite(r).all():
+        raise ValueError(f"rewards must be a non-empty 1-D array of finite values (got shape {r.shape})")
+    if np.shape(pi) != r.shape:
+        raise ValueError(f"pi has shape {np.shape(pi)} but rewards {r.shape}: one probability per output")
+    if not np.isfinite(float(tau)):
+        raise ValueError(f"tau must be finite (got {tau})")
     good = r >= tau
     if not good.any():
         raise ValueError(f"tau={tau} is above every reward (max R = {r.max()}): choose tau <= max R")
@@ -48,6 +68,8 @@ def coverage(pi, rewards, tau: float) -> float:
 
 def is_multimodal(pi, rewards, tau: float, min_coverage: float = 0.5) -> bool:
     """Definition 3.5: all high-reward samples have high probability (coverage >= ``min_coverage``)."""
+    if not 0 <= min_coverage <= 1:
+        raise ValueError(f"min_coverage is a ratio in [0, 1] (got {min_coverage})")
     return coverage(pi, rewards, tau) >= min_coverage
 
 
@@ -57,6 +79,9 @@ def binary_entropy_with_se(n_a: int, n_b: int) -> tuple[float, float]:
     H(p) = -p log p - (1-p) log(1-p), dH/dp = log((1-p)/p), Var(p_hat) = p(1-p)/n. Used for the
     valid-answer entropy of the "1-2" task (max ln 2). Returns (nan, nan) when n = 0.
     """
+    for name, c in (("n_a", n_a), ("n_b", n_b)):
+        if isinstance(c, bool) or not float(c).is_integer() or c < 0:
+            raise ValueError(f"{name} must be a count, an integer >= 0 (got {c!r})")
     n = n_a + n_b
     if n == 0:
         return float("nan"), float("nan")
@@ -239,6 +264,8 @@ def equivalence_accuracy(texts_a, texts_b, emb_a, emb_b, labels, thresholds) -> 
     same_text = np.array([normalize_answer(a) == normalize_answer(b) for a, b in zip(texts_a, texts_b)])
     sim = (ea * eb).sum(1)
     t = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
+    if not np.isfinite(t).all():
+        raise ValueError("thresholds contain NaN/inf: pass cosine similarities in [-1, 1]")
     pred = same_text[None, :] | (sim[None, :] >= t[:, None])
     return (pred == y.astype(bool)[None, :]).mean(1)
 

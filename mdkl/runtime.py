@@ -5,12 +5,14 @@
   ``paper`` (paper-size grids and seeds, GPU where available). Profiles only change sizes.
 - seeding, done once and visibly with :func:`seed_everything`,
 - :func:`cached`: expensive results stored under ``data/cache`` keyed by (config, code version),
-  written atomically so an interrupted run never leaves a partial file behind,
+  the code version hashing the mdkl modules a run imports (:func:`module_dependencies`), written
+  atomically so an interrupted run never leaves a partial file behind,
 - :func:`claim`: the one-line, profile-independent statements that nbval checks in the notebooks.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import inspect
@@ -19,7 +21,9 @@ import os
 import pickle
 import random
 import shutil
+import sys
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
@@ -192,19 +196,191 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def code_version(*objects: Any) -> str:
-    """Hash of the source code of the given modules / functions / classes (plus mdkl's version).
+def _mdkl_dir() -> Path:
+    import mdkl
 
-    Pass what a cached computation depends on, so that editing it recomputes.
+    return Path(mdkl.__file__).resolve().parent
+
+
+def _module_file(name: str) -> Path | None:
+    """File of the mdkl module ``name`` (``mdkl.x`` -> ``mdkl/x.py`` or ``mdkl/x/__init__.py``),
+    found on disk without importing it; ``None`` when there is no such module."""
+    parts = name.split(".")
+    if parts[0] != "mdkl":
+        return None
+    base = _mdkl_dir().joinpath(*parts[1:])
+    for f in (base.with_suffix(".py") if len(parts) > 1 else None, base / "__init__.py"):
+        if f is not None and f.is_file():
+            return f
+    return None
+
+
+def _read_source(name: str) -> str:
+    """Source text of the mdkl module ``name`` as it is on disk now."""
+    f = _module_file(name)
+    if f is None:
+        raise ModuleNotFoundError(f"no mdkl module {name!r} under {_mdkl_dir()}")
+    return f.read_text(encoding="utf-8")
+
+
+def _is_package(name: str) -> bool:
+    f = _module_file(name)
+    return f is not None and f.name == "__init__.py"
+
+
+def _imported_mdkl_modules(tree: ast.AST, module: str | None) -> set[str]:
+    """mdkl modules named by the Import / ImportFrom statements anywhere in ``tree`` (module level,
+    inside functions, under ``if``), ``module`` being the module the tree belongs to (for relative
+    imports). ``from mdkl import a`` names ``mdkl.a`` when that is a module; names that are not
+    modules (``from mdkl import __version__``) name the package, which :func:`code_version`
+    represents by ``mdkl.__version__`` alone."""
+    found: set[str] = set()
+
+    def add(name: str) -> None:
+        if name.split(".")[0] == "mdkl" and name != "mdkl" and _module_file(name) is not None:
+            found.add(name)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name)  # ``import mdkl.kl as kl`` -> mdkl.kl
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolved against the importing module's package
+                if module is None:
+                    continue
+                pkg = module.split(".") if _is_package(module) else module.split(".")[:-1]
+                pkg = pkg[: len(pkg) - (node.level - 1)]
+                base = ".".join(pkg + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            add(base)
+            for alias in node.names:
+                add(f"{base}.{alias.name}")  # ``from mdkl import kl`` -> mdkl.kl
+    return found
+
+
+def _outside_dependencies(obj: Any, seen: set[int]) -> tuple[set[str], list[str]]:
+    """mdkl modules referenced by a function / class defined outside mdkl (a notebook, a test, a
+    script), and the sources that key it: its own source plus that of the functions defined next
+    to it that it calls (recursively)."""
+    if id(obj) in seen:
+        return set(), []
+    seen.add(id(obj))
+    try:
+        src = inspect.getsource(obj)
+    except (TypeError, OSError):
+        return set(), [repr(obj)]
+    modules: set[str] = set()
+    sources = [f"{getattr(obj, '__qualname__', '')}\n{src}"]
+    try:
+        tree = ast.parse(textwrap.dedent(src))
+    except SyntaxError:  # e.g. a lambda cut out of the middle of a line
+        return modules, sources
+    modules |= _imported_mdkl_modules(tree, None)
+    namespace = dict(getattr(obj, "__globals__", None) or vars(sys.modules.get(obj.__module__, sys)))
+    closure = inspect.getclosurevars(obj).nonlocals if inspect.isfunction(obj) else {}
+    namespace.update(closure)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):  # ``mdkl.toy.fit_density`` -> mdkl.toy
+            chain = []
+            while isinstance(node, ast.Attribute):
+                chain.append(node.attr)
+                node = node.value
+            if isinstance(node, ast.Name) and node.id == "mdkl":
+                for k in range(1, len(chain) + 1):
+                    name = ".".join(["mdkl"] + chain[::-1][:k])
+                    if _module_file(name) is not None:
+                        modules.add(name)
+        if not isinstance(node, ast.Name) or node.id not in namespace:
+            continue
+        value = namespace[node.id]
+        if inspect.ismodule(value):
+            name = value.__name__
+        else:
+            name = getattr(value, "__module__", None)
+            if not isinstance(name, str) or not (inspect.isfunction(value) or inspect.isclass(value)):
+                continue
+        if name.split(".")[0] == "mdkl":
+            if _module_file(name) is not None and name != "mdkl":
+                modules.add(name)
+        elif (inspect.isfunction(value) or inspect.isclass(value)) and name == obj.__module__:
+            sub_modules, sub_sources = _outside_dependencies(value, seen)
+            modules |= sub_modules
+            sources += sub_sources
+    return modules, sources
+
+
+def _direct_dependencies(obj: Any) -> tuple[set[str], list[str]]:
+    """(mdkl modules, extra sources) that ``obj`` depends on directly; see :func:`module_dependencies`."""
+    if isinstance(obj, str):
+        if _module_file(obj) is None:
+            raise ValueError(f"{obj!r} is not an mdkl module: pass a module name such as 'mdkl.kl', "
+                             f"or the module / function itself")
+        return {obj}, []
+    if inspect.ismodule(obj):
+        name = obj.__name__
+    elif inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismethod(obj):
+        name = getattr(obj, "__module__", None) or ""
+    else:
+        return set(), [repr(obj)]
+    if name.split(".")[0] == "mdkl" and _module_file(name) is not None:
+        return {name}, []
+    if inspect.ismodule(obj):  # a module outside mdkl: its source and the mdkl modules it imports
+        try:
+            src = inspect.getsource(obj)
+        except (TypeError, OSError):
+            return set(), [repr(obj)]
+        return _imported_mdkl_modules(ast.parse(src), None), [f"{name}\n{src}"]
+    return _outside_dependencies(obj, set())
+
+
+def _closure(names: Iterable[str]) -> list[str]:
+    todo, done = list(names), set()
+    while todo:
+        name = todo.pop()
+        if name in done:
+            continue
+        done.add(name)
+        todo.extend(_imported_mdkl_modules(ast.parse(_read_source(name), filename=name), name) - done)
+    return sorted(done)
+
+
+def module_dependencies(obj: Any) -> list[str]:
+    """Names of the mdkl modules whose source ``obj`` depends on, sorted.
+
+    ``obj`` is a module (or its name, ``"mdkl.kl"``), a function or a class. An mdkl object stands
+    for its defining module; an object defined elsewhere (a notebook cell, ``__main__``, a test)
+    for the mdkl modules its source names: its imports, ``mdkl.x`` attribute chains, and global or
+    closure names bound to mdkl modules / functions / classes, following the functions defined
+    next to it that it calls. The result is then closed under imports: every Import / ImportFrom
+    anywhere in a module's file (function-level ones and relative ones included) that names an
+    mdkl module adds that module. Found by parsing the files with ``ast``: nothing is imported.
     """
+    return _closure(_direct_dependencies(obj)[0])
+
+
+def code_version(*objects: Any) -> str:
+    """Hash of the code the given modules / functions / classes depend on (see
+    :func:`module_dependencies`): the source of every mdkl module in the union of their import
+    closures, sorted by name, plus the own source of objects defined outside mdkl (notebook
+    functions) and ``mdkl.__version__``. Deterministic across processes and checkout locations
+    (sources are keyed by module name, not by path)."""
     from mdkl import __version__
 
-    h = hashlib.sha256(__version__.encode())
+    modules: set[str] = set()
+    extra: list[str] = []
     for obj in objects:
-        try:
-            h.update(inspect.getsource(obj).encode())
-        except (TypeError, OSError):
-            h.update(repr(obj).encode())
+        m, s = _direct_dependencies(obj)
+        modules |= m
+        extra += s
+    h = hashlib.sha256(f"mdkl {__version__}\n".encode())
+    for name in _closure(modules):
+        src = _read_source(name).encode()
+        h.update(f"module {name} {len(src)}\n".encode())
+        h.update(src)
+    for src in extra:
+        h.update(f"source {len(src.encode())}\n".encode())
+        h.update(src.encode())
     return h.hexdigest()[:16]
 
 
@@ -242,10 +418,15 @@ def cached(
 ) -> T:
     """Return ``compute()``, cached in ``data/cache/<name>-<key>.pkl``.
 
-    The key hashes ``config`` and the source of ``code`` (modules or functions the result depends
-    on), so changing either recomputes. ``force=True`` recomputes and overwrites. The file is
-    written atomically: a run killed mid-way leaves the previous state (or nothing), never a
-    truncated pickle.
+    The key hashes ``config`` and :func:`code_version` of ``code``: pass only the entry point the
+    result is computed by (``code=[chem.run_rl]``, a notebook's ``compute`` function). The modules
+    it depends on are derived, not listed: its defining mdkl module plus every mdkl module that
+    module imports, transitively (:func:`module_dependencies`, read from the source with ``ast``),
+    and for a function defined outside mdkl its own source and the mdkl modules it names. So an
+    edit to any of those files recomputes, and an edit to a module the run never imports (e.g.
+    ``mdkl.plotting`` for an LM run) keeps the cached result. ``force=True`` recomputes and
+    overwrites. The file is written atomically: a run killed mid-way leaves the previous state (or
+    nothing), never a truncated pickle.
     """
     d = Path(cache_dir) if cache_dir is not None else CACHE_DIR
     path = d / f"{name}-{cache_key(config, code)}.pkl"
@@ -338,8 +519,6 @@ def publish_notebooks(src: Path, dst: Path) -> list[Path]:
 
 
 if __name__ == "__main__":  # python -m mdkl.runtime publish SRC DST
-    import sys
-
     if len(sys.argv) == 4 and sys.argv[1] == "publish":
         for p in publish_notebooks(Path(sys.argv[2]), Path(sys.argv[3])):
             print(f"published {p}")

@@ -22,6 +22,9 @@ __all__ = [
     "log_prob_ratio",
     "indifference_beta",
     "kl_divergence",
+    "check_coefficient",
+    "check_distribution",
+    "check_log_probs",
 ]
 
 
@@ -61,6 +64,50 @@ def _check_ref(ref, n: int | None = None) -> np.ndarray:
     return p
 
 
+def check_coefficient(value, name: str, *, allow_zero: bool = False) -> float:
+    """A regularization coefficient (beta, eta, a temperature) as a float: finite and > 0, or
+    >= 0 with ``allow_zero``; else ``ValueError`` naming the fix (NaN / inf would otherwise flow
+    into every target and gradient as NaN)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be one real number (got {value!r})") from None
+    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound} (got {v!r}): pass e.g. {name}=0.1")
+    return v
+
+
+def check_distribution(p, name: str = "pi", n: int | None = None, atol: float = 1e-6) -> np.ndarray:
+    """``p`` as a float64 1-D probability vector (finite, non-negative, summing to 1 within
+    ``atol``; ``n`` entries if given), else ``ValueError`` naming the fix. The default ``atol``
+    accepts float32 softmax outputs; :func:`reverse_kl_target` and friends check ``ref`` at 1e-9."""
+    q = np.asarray(p, dtype=np.float64)
+    if q.ndim != 1 or q.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D probability vector (got shape {q.shape})")
+    if n is not None and q.size != n:
+        raise ValueError(f"{name} has {q.size} entries but rewards has {n}: give one probability per output")
+    if not np.all(np.isfinite(q)):
+        raise ValueError(f"{name} contains NaN/inf at positions {np.flatnonzero(~np.isfinite(q))[:5].tolist()}: "
+                         f"pass finite probabilities")
+    if np.any(q < 0):
+        raise ValueError(f"{name} must be non-negative (min {float(q.min())!r}): pass probabilities, not "
+                         f"logits or log-probabilities")
+    s = q.sum()
+    if not abs(s - 1.0) <= atol:
+        raise ValueError(f"{name} must sum to 1 (sums to {s!r}): normalize it first (p / p.sum())")
+    return q
+
+
+def check_log_probs(x, name: str) -> np.ndarray:
+    """Log-probabilities as float64: NaN and +inf are errors (-inf, probability 0, is allowed)."""
+    a = np.asarray(x, dtype=np.float64)
+    if np.isnan(a).any() or np.isposinf(a).any():
+        raise ValueError(f"{name} contains NaN or +inf: pass finite log-probabilities (log pi <= 0; "
+                         f"-inf for probability 0)")
+    return a
+
+
 def _log(p: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
         return np.log(p)
@@ -92,8 +139,9 @@ def entropy_regularized_target(ref, rewards, beta: float, eta: float) -> np.ndar
     """
     r = _check_rewards(rewards)
     p = _check_ref(ref, r.size)
-    beta, eta = float(beta), float(eta)
-    if beta < 0 or eta < 0 or not beta + eta > 0:
+    beta = check_coefficient(beta, "beta", allow_zero=True)
+    eta = check_coefficient(eta, "eta", allow_zero=True)
+    if not beta + eta > 0:
         raise ValueError(f"need beta >= 0, eta >= 0 and beta + eta > 0 (got beta={beta}, eta={eta})")
     temp = beta + eta
     log_ref_term = (beta / temp) * _log(p) if beta > 0 else np.zeros_like(p)
@@ -168,9 +216,13 @@ def forward_kl_target(ref, rewards, beta: float) -> np.ndarray:
 # objectives (exact, for finite spaces)
 # ----------------------------------------------------------------------------------------------
 def kl_divergence(p, q) -> float:
-    """KL(p || q) = sum p log(p / q) for probability vectors (0 log 0 = 0; inf if p > 0 = q)."""
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
+    """KL(p || q) = sum p log(p / q) for probability vectors (0 log 0 = 0; inf if p > 0 = q).
+
+    Both must be probability vectors of the same length (:func:`check_distribution`)."""
+    p = check_distribution(p, "p")
+    q = check_distribution(q, "q")
+    if p.shape != q.shape:
+        raise ValueError(f"p has {p.size} entries and q {q.size}: KL needs two distributions over the same outputs")
     m = p > 0
     if np.any(q[m] <= 0):
         return float("inf")
@@ -179,14 +231,16 @@ def kl_divergence(p, q) -> float:
 
 def reverse_kl_objective(pi, ref, rewards, beta: float) -> float:
     """J(pi) = E_pi[R] - beta KL(pi || pi_ref) (paper §2, Eq. for the reverse-KL objective)."""
-    pi = np.asarray(pi, dtype=np.float64)
-    return float(pi @ _check_rewards(rewards) - _check_beta(beta) * kl_divergence(pi, ref))
+    r = _check_rewards(rewards)
+    pi, p = check_distribution(pi, "pi", r.size), _check_ref(ref, r.size)
+    return float(pi @ r - _check_beta(beta) * kl_divergence(pi, p))
 
 
 def forward_kl_objective(pi, ref, rewards, beta: float) -> float:
     """J_fwd(pi) = E_pi[R] - beta KL(pi_ref || pi) (paper §3.2)."""
-    pi = np.asarray(pi, dtype=np.float64)
-    return float(pi @ _check_rewards(rewards) - _check_beta(beta) * kl_divergence(ref, pi))
+    r = _check_rewards(rewards)
+    pi, p = check_distribution(pi, "pi", r.size), _check_ref(ref, r.size)
+    return float(pi @ r - _check_beta(beta) * kl_divergence(p, pi))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,12 +250,18 @@ def log_prob_ratio(log_ref_1, log_ref_2, reward_1, reward_2, beta: float):
     """log G_beta(y1) / G_beta(y2) = log pi_ref(y1)/pi_ref(y2) + (R(y1) - R(y2)) / beta.
 
     Paper Proposition 4.1. With equal reference probabilities it is dR / beta (Remark 4.2); with
-    equal rewards it is the reference log ratio for every beta (Remark 4.3). Broadcasts.
+    equal rewards it is the reference log ratio for every beta (Remark 4.3). Broadcasts (NumPy
+    rules). Log-probabilities may be -inf (probability 0), but not both of a pair.
     """
     beta = _check_beta(beta)
-    return (np.asarray(log_ref_1, dtype=np.float64) - np.asarray(log_ref_2, dtype=np.float64)) + (
-        np.asarray(reward_1, dtype=np.float64) - np.asarray(reward_2, dtype=np.float64)
-    ) / beta
+    l1, l2 = check_log_probs(log_ref_1, "log_ref_1"), check_log_probs(log_ref_2, "log_ref_2")
+    r1, r2 = np.asarray(reward_1, dtype=np.float64), np.asarray(reward_2, dtype=np.float64)
+    if not (np.isfinite(r1).all() and np.isfinite(r2).all()):
+        raise ValueError("rewards contain NaN/inf: map failures to a finite reward first")
+    if np.any(np.isneginf(l1) & np.isneginf(l2)):
+        raise ValueError("both outputs have probability 0 under pi_ref (log_ref = -inf): their ratio "
+                         "is undefined; drop such pairs")
+    return (l1 - l2) + (r1 - r2) / beta
 
 
 def indifference_beta(reward_1, reward_2, log_ref_1, log_ref_2) -> float:
@@ -213,6 +273,9 @@ def indifference_beta(reward_1, reward_2, log_ref_1, log_ref_2) -> float:
     """
     dr = float(reward_2) - float(reward_1)
     dl = float(log_ref_1) - float(log_ref_2)
+    if not (np.isfinite(dr) and np.isfinite(dl)):
+        raise ValueError(f"rewards and reference log-probabilities must be finite (got R difference {dr}, "
+                         f"log pi_ref difference {dl}): an output with pi_ref = 0 is never preferred")
     if dl == 0 or dr == 0 or dr / dl <= 0:
         raise ValueError("no indifference point: one output has both the higher reward and the "
                          "higher reference probability (or they tie), so its preference never flips")

@@ -133,6 +133,155 @@ def test_cache_key_depends_on_code_of_mdkl_modules():
     assert cache_key(_Cfg(), [targets]) == cache_key(_Cfg(), [targets])
 
 
+def _copy_package(dst):
+    """A copy of this checkout's mdkl package under ``dst`` (the real files are never edited)."""
+    import shutil
+    from pathlib import Path
+
+    import mdkl
+
+    shutil.copytree(Path(mdkl.__file__).parent, dst / "mdkl", ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
+def _key_in_subprocess(root, code_expr, imports="import mdkl.chem as chem"):
+    """``cache_key`` of a fixed config and ``code=[<code_expr>]`` computed by a fresh interpreter
+    that imports mdkl from ``root``."""
+    import subprocess
+
+    prog = (f"{imports}\nfrom mdkl.runtime import cache_key\n"
+            f"print(cache_key({{'n': 3, 'lr': 0.1}}, [{code_expr}]))")
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONHASHSEED": "random"}
+    out = subprocess.run([sys.executable, "-c", prog], env=env, capture_output=True, text=True, check=True,
+                         cwd=str(root))
+    return out.stdout.strip()
+
+
+def test_editing_mara_changes_a_chemistry_run_key(tmp_path):
+    # notebook 06 keys its RL runs by chem.run_rl alone: mdkl.mara comes in through chem's imports
+    a, b = _copy_package(tmp_path / "a"), _copy_package(tmp_path / "b")
+    mara_b = b / "mdkl" / "mara.py"
+    src = mara_b.read_text()
+    assert "def mara_rewards(" in src
+    mara_b.write_text(src.replace("def mara_rewards(", "def mara_rewards(  # edited\n", 1))
+    key_a = _key_in_subprocess(a, "chem.run_rl")
+    assert key_a == _key_in_subprocess(a, "chem.run_rl")  # same code, same key
+    assert _key_in_subprocess(b, "chem.run_rl") != key_a
+    # a checkout at another path with the same code gives the same key
+    assert _key_in_subprocess(_copy_package(tmp_path / "c"), "chem.run_rl") == key_a
+
+
+def test_editing_plotting_keeps_lm_run_keys(tmp_path):
+    a, b = _copy_package(tmp_path / "a"), _copy_package(tmp_path / "b")
+    plot_b = b / "mdkl" / "plotting.py"
+    plot_b.write_text(plot_b.read_text() + "\n\ndef new_figure_helper():\n    return 1\n")
+    assert "mdkl.plotting" not in runtime.module_dependencies("mdkl.lm")
+    for expr in ("'mdkl.lm'", "'mdkl.onetwo'"):  # by name: the subprocess imports nothing of mdkl.lm
+        assert _key_in_subprocess(a, expr, "") == _key_in_subprocess(b, expr, "")
+    assert _key_in_subprocess(a, "'mdkl.plotting'", "") != _key_in_subprocess(b, "'mdkl.plotting'", "")
+
+
+def test_code_version_reads_what_is_on_disk(monkeypatch):
+    from mdkl import chem, lm
+
+    before_chem, before_lm = runtime.code_version(chem.run_rl), runtime.code_version(lm)
+    real = runtime._read_source
+    monkeypatch.setattr(runtime, "_read_source",
+                        lambda name: real(name) + ("\n# edited\n" if name == "mdkl.mara" else ""))
+    assert runtime.code_version(chem.run_rl) != before_chem
+    assert runtime.code_version(lm) != before_lm
+    monkeypatch.setattr(runtime, "_read_source",
+                        lambda name: real(name) + ("\n# edited\n" if name == "mdkl.plotting" else ""))
+    assert runtime.code_version(lm) == before_lm
+
+
+def _fake_package(root, files):
+    pkg = root / "mdkl"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text('__version__ = "9.9"\n')
+    for name, text in files.items():
+        path = pkg / f"{name.replace('.', '/')}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_module_dependencies_transitive_function_level_and_relative(tmp_path):
+    import subprocess
+
+    root = _fake_package(tmp_path, {
+        "a": "import os\nfrom mdkl import b, c as see\n",
+        "b": "def f():\n    from mdkl.d import g  # function-level import\n    return g\n",
+        "c": "import numpy as np\n",
+        "d": "if True:\n    from . import e\n",
+        "e": "from .f import h\n",
+        "f": "def h():\n    import mdkl.g as gg\n    return gg\n",
+        "g": "from mdkl import __version__\n",
+        "unrelated": "import mdkl.a\n",
+        "sub/__init__": "from . import inner\nfrom ..c import x\n",
+        "sub/inner": "from .. import c\n",
+    })
+    prog = ("import sys, mdkl\nfrom mdkl.runtime import module_dependencies as md\n"
+            "print(md('mdkl.a'))\nprint(md('mdkl.sub'))\nprint(md('mdkl.g'))\n"
+            "print(sorted(m for m in sys.modules if m.startswith('mdkl')))\n")
+    # the fake package has no runtime module: run mdkl.runtime's code against it
+    (root / "mdkl" / "runtime.py").write_text(runtime.__loader__.get_source("mdkl.runtime"))
+    run = subprocess.run([sys.executable, "-c", prog], env={**os.environ, "PYTHONPATH": str(root)}, cwd=str(root),
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    out = run.stdout.splitlines()
+    assert out[0] == str(["mdkl.a", "mdkl.b", "mdkl.c", "mdkl.d", "mdkl.e", "mdkl.f", "mdkl.g"])
+    assert out[1] == str(["mdkl.c", "mdkl.sub", "mdkl.sub.inner"])
+    assert out[2] == str(["mdkl.g"])  # __version__ is a name, not a module
+    assert out[3] == str(["mdkl", "mdkl.runtime"])  # nothing imported to find them
+
+
+def test_module_dependencies_of_functions_defined_outside_mdkl():
+    import mdkl
+    from mdkl import chem
+    from mdkl.targets import reverse_kl_target
+
+    def helper():
+        return reverse_kl_target([0.5, 0.5], [0.0, 1.0], 1.0)
+
+    def compute():
+        return chem.run_rl, helper(), mdkl.kl.k1
+
+    def imports_inside():
+        from mdkl.exact import maximize_exact_objective
+
+        return maximize_exact_objective
+
+    deps = runtime.module_dependencies(compute)
+    assert {"mdkl.chem", "mdkl.chem_reward", "mdkl.mara", "mdkl.targets", "mdkl.kl"} <= set(deps)
+    assert "mdkl.lm" not in deps and "mdkl.plotting" not in deps
+    assert runtime.module_dependencies(helper) == ["mdkl.targets"]
+    assert runtime.module_dependencies(imports_inside) == ["mdkl.exact", "mdkl.targets"]
+    assert runtime.module_dependencies(reverse_kl_target) == ["mdkl.targets"]
+    assert runtime.module_dependencies(chem.RLConfig) == runtime.module_dependencies(chem)
+    # the function's own source is in the key, the mdkl module alone is not
+    assert runtime.code_version(helper) != runtime.code_version("mdkl.targets")
+    with pytest.raises(ValueError, match="not an mdkl module"):
+        runtime.module_dependencies("mdkl.nonexistent")
+
+
+def test_code_version_is_deterministic_across_processes():
+    import subprocess
+
+    from mdkl import chem
+
+    root = runtime._mdkl_dir().parent
+    prog = ("import mdkl.chem as chem, mdkl.lm as lm\nfrom mdkl.runtime import code_version\n"
+            "print(code_version(chem.run_rl), code_version(lm.train, 'mdkl.plotting'))")
+    outs = {subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONPATH": str(root), "PYTHONHASHSEED": str(seed)}).stdout
+            for seed in (1, 2)}
+    assert len(outs) == 1
+    from mdkl import lm
+
+    assert outs.pop().split() == [runtime.code_version(chem.run_rl), runtime.code_version(lm.train, "mdkl.plotting")]
+
+
 def test_cached_exception_leaves_no_file(tmp_path):
     def boom():
         raise RuntimeError("compute failed")
