@@ -8,8 +8,13 @@ estimator  value                                       placement              gr
 k1         log pi/pi_ref                               reward (detached)      reverse KL  (PPO, RLOO)
 k1         log pi/pi_ref                               loss                   none (zero in expectation)
 k2         0.5 (log pi/pi_ref)^2                       loss                   reverse KL
-k3         pi_ref/pi - log(pi_ref/pi) - 1              loss                   forward KL  (GRPO default)
+k3         pi_ref/pi - log(pi_ref/pi) - 1              loss                   forward KL (GRPO, trl <= 1.9.2)
+k3 x r     k3 * r,  r = pi/sg(pi) (1 on-policy)        loss                   reverse KL (trl >= 1.10 default)
 =========  ==========================================  =====================  ====================
+
+GRPO's k3 up to trl 1.9.2; trl >= 1.10 default (``use_bias_correction_kl=True``): k3 x token ratio =
+reverse-KL gradient (k2's), per token. ``sg`` is stop-gradient: TRL's ratio is ``pi / pi_old`` with
+``pi_old`` detached, so its value is 1 on-policy but its gradient is ``grad log pi``.
 
 Derivations (score-function gradients, samples from pi, gradient through ``logp`` only):
 
@@ -17,8 +22,14 @@ Derivations (score-function gradients, samples from pi, gradient through ``logp`
 - k1 as a loss: E_pi[grad log pi] = 0.
 - k2 as a loss: E_pi[log(pi/pi_ref) grad log pi] = grad KL(pi || pi_ref).
 - k3 as a loss: E_pi[(1 - pi_ref/pi) grad log pi] = -sum pi_ref grad log pi = grad KL(pi_ref || pi).
+- k3 x r as a loss: grad k3 + k3 grad log pi = log(pi/pi_ref) grad log pi, k2's gradient:
+  E_pi[...] = grad KL(pi || pi_ref).
 
-``tests/test_kl.py`` checks each row against finite differences of the exact divergences.
+``tests/test_trl_kl_direction.py`` measures the last two rows in trl 1.16 (pinned) itself:
+``GRPOTrainer``'s default KL term has exactly the reverse-KL gradient, with
+``use_bias_correction_kl=False`` exactly the forward-KL gradient.
+
+``tests/test_kl.py`` checks the k1, k2 and k3 rows against finite differences of the exact divergences.
 """
 
 from __future__ import annotations
@@ -70,7 +81,7 @@ def k2(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
 
 
 def k3(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
-    """k3 = pi_ref/pi - log(pi_ref/pi) - 1 >= 0: as a loss, a forward-KL gradient (GRPO's default)."""
+    """k3 = pi_ref/pi - log(pi_ref/pi) - 1 >= 0: as a loss, a forward-KL gradient (GRPO's up to trl 1.9.2)."""
     logp, logp_ref = check_logp_pair(logp, logp_ref)
     log_ratio = logp_ref - logp
     return torch.expm1(log_ratio) - log_ratio

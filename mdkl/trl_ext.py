@@ -1,9 +1,12 @@
 """MARA and an explicit KL direction on top of TRL's ``GRPOTrainer`` (scale-out: accelerate/DeepSpeed).
 
 TRL computes the reward with user functions that never see the reference model, and its KL term is
-fixed: GRPO adds per-token k3 to the loss (a forward-KL gradient, ``mdkl.kl``), RLOO subtracts k1
-from the reward. :class:`MDKLGRPOTrainer` keeps all of TRL's machinery (generation, vLLM, PEFT,
-accelerate/DeepSpeed, logging) and changes three hooks only:
+fixed: GRPO adds per-token k3 to the loss, RLOO subtracts k1 from the reward. GRPO's k3 is a
+forward-KL gradient up to trl 1.9.2; in trl 1.16 (pinned) GRPOTrainer's default
+``use_bias_correction_kl=True`` multiplies it by the token ratio ``pi / pi_old``, which turns its
+gradient into the per-token reverse KL's (``mdkl.kl``; measured exactly in
+``tests/test_trl_kl_direction.py``). :class:`MDKLGRPOTrainer` keeps all of TRL's machinery
+(generation, vLLM, PEFT, accelerate/DeepSpeed, logging) and changes three hooks only:
 
 1. ``_get_per_token_logps_and_entropies`` records the inputs and outputs of the reference forward
    pass that TRL already runs while scoring a generation batch (and, in ``_compute_loss``, the
@@ -28,7 +31,9 @@ accelerate/DeepSpeed, logging) and changes three hooks only:
 3. ``_compute_loss`` runs TRL's loss with its built-in k3 term switched off and adds
    ``beta * mdkl.kl.kl_loss(...)`` for the chosen estimator (k2: reverse, k3: forward), per token
    (``kl_level="token"``, the default as in :mod:`mdkl.lm`; with ``kl="forward"`` this is exactly
-   TRL's own GRPO term) or on sequence log-probs (``kl_level="sequence"``: the paper's objective
+   TRL's GRPO k3 term with ``use_bias_correction_kl=False``, i.e. trl <= 1.9.2's: the same value
+   as trl 1.16's default term, whose ratio factor gives it the reverse KL's gradient instead) or
+   on sequence log-probs (``kl_level="sequence"``: the paper's objective
    over whole outputs; the sequence value is spread evenly over its tokens). Under Algorithm 2 the
    reference inside the KL is the anchor's, ``log pi_ref(z)``; per token, the difference to the
    sample's own reference is spread evenly over its tokens
@@ -37,7 +42,8 @@ accelerate/DeepSpeed, logging) and changes three hooks only:
 The per-token KL values are aggregated with TRL's own normalization for ``loss_type`` (the one
 TRL's k3 term gets), so beta weighs the KL against the policy term as in TRL, and relative to the
 policy term as in :mod:`mdkl.lm` (where both are summed over tokens); TRL's
-``use_bias_correction_kl`` and sequence-level importance sampling do not touch this term.
+``use_bias_correction_kl`` and sequence-level importance sampling do not touch this term (so
+``kl="forward"`` follows the forward KL in trl 1.16 too).
 With ``scale_rewards="none"`` GRPO's mean baseline is RLOO's leave-one-out baseline up to the
 factor G/(G-1). Unscorable completions (every reward function returned ``None``) take no part in
 MARA and keep TRL's treatment (zero advantage). TRL's ``reward`` metrics show the shaped reward;
@@ -51,8 +57,8 @@ Choices to know about:
   adapter disabled), right before ``_calculate_rewards``; the last recorded pass is therefore the
   reference. ``tests/test_trl_ext.py`` re-computes it independently. These are private TRL
   methods: pin ``trl`` (tested with 1.16.0).
-- Per-token vs sequence k3: TRL's per-token k3 follows the forward KL of each next-token
-  distribution at contexts the policy visits, not KL(pi_ref || pi) over whole outputs (the
+- Per-token vs sequence k3: per-token k3 (ours; TRL's up to 1.9.2) follows the forward KL of
+  each next-token distribution at contexts the policy visits, not KL(pi_ref || pi) over whole outputs (the
   paper's objective); ``kl_level="sequence"`` follows the latter. Sequence-level k3 weights a
   sample by ``pi_ref(y) / pi(y)``, which is heavy tailed (``mdkl.lm`` measured it diverging on the
   small LM) and can overflow on long completions: hence the per-token default.
