@@ -24,7 +24,6 @@ NB_TIMEOUT ?= 3600
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
-export MPLBACKEND := Agg
 export PYTHONPATH := $(CURDIR)
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # One numeric kernel path on every x86-64 machine (AVX2), so seeded runs repeat bit for bit whatever
@@ -62,7 +61,7 @@ executed/$(PROFILE)/%.ipynb: notebooks/%.ipynb $(MDKL_SOURCES) | $(ENV_STAMP)
 	@mkdir -p $(@D)
 	@echo "== $< (PROFILE=$(PROFILE))"
 	@start=$$(date +%s); \
-	MDKL_PROFILE=$(PROFILE) $(PY) -m papermill $< $@.tmp.ipynb -k python3 --cwd notebooks \
+	MDKL_PROFILE=$(PROFILE) TQDM_DISABLE=1 $(PY) -m papermill $< $@.tmp.ipynb -k python3 --cwd notebooks \
 	  -p profile $(PROFILE) --execution-timeout $(NB_TIMEOUT) --log-level WARNING \
 	  || { rm -f $@.tmp.ipynb; echo "FAILED: $< (see the cell named above)"; exit 1; }; \
 	mv $@.tmp.ipynb $@; echo "   done in $$(( $$(date +%s) - start )) s"
