@@ -1,0 +1,140 @@
+"""The forward-KL (k3) loss of MARA's Algorithm 2 on completions made of tokens (paper §5, Alg. 2).
+
+Algorithm 2 replaces, for every sample with R >= tau, the reward by R(z) *and* the reference
+probability inside the KL term by pi_ref(z), the anchor's. On a language model the KL term is
+usually a per-token k3 (GRPO); the anchor's reference, however, is one number per *sequence*. This
+module is the loss a trainer adds for Algorithm 2 under forward KL: per sample,
+
+* anchored good samples (R >= tau in a group with an anchor): sequence-level k3 against
+  log pi_ref(z), ``beta * k3(sum_t log pi(y_t | y_<t), log pi_ref(z))``, Algorithm 2 as stated;
+* the other samples: k3 against their own reference, on the sequence (``level="sequence"``) or
+  summed per token (``level="token"``, GRPO's form).
+
+Which fixed point each choice has (derivations in :mod:`mdkl.token_tree`, measured on an exact
+token tree in ``notebooks/04_mara_toy.ipynb``):
+
+* ``level="sequence"``: the expected gradient is that of sum_y (pi(y) - w(y)) log pi(y) with
+  w = pi_ref(z) on the good set and pi_ref(y) below tau, whatever the parameterization; for a
+  policy that can represent any distribution over sequences the fixed point is
+  :func:`mdkl.mara.mara_forward_target`, *constant on the good set*, exactly.
+* ``level="token"``: per-token k3 has a fixed point per context, with local normalizers; the bad
+  continuations of a good prefix then weigh the good answers by their own format-failure rates,
+  an O(1) deviation that does not vanish as beta -> 0 (measured: P("1" | valid) = 0.512 instead of
+  0.5 on the tree of the notebook, at every beta).
+* Spreading log pi_ref(z) - log pi_ref(y) evenly over the T tokens with per-token k3 (each token's
+  fixed point then sees only a 1/T slice of the offset) keeps the reference's preference with
+  exponent 1 - 1/T.
+
+Variance: the sequence-level k3 gradient of a sample is beta (1 - w(y)/pi(y)) grad log pi(y).
+E_pi[w/pi] = sum_y w(y) =: W, which exceeds 1 under Algorithm 2 (every good sample carries the
+anchor's mass), so the constant 1 is a poor baseline. ``weight_baseline="loo"`` replaces it by the
+mean of w/pi over the *other* samples of the same group (independent of the sample, hence the
+expected gradient and the fixed point are unchanged; the loss *value* stays k3). Nothing is
+clipped: a clip on w/pi would move the fixed point.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from mdkl.kl import k3
+
+__all__ = ["anchored_forward_kl", "group_loo_mean"]
+
+Level = Literal["sequence", "token"]
+
+
+def group_loo_mean(x: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Per sample i, the mean of ``x`` over the other samples of its group (leave-one-out).
+
+    ``x`` and ``group`` are [B]; every group needs at least 2 samples (else there is nothing to
+    leave one out of: raise, naming the fix).
+    """
+    g = torch.as_tensor(group, dtype=torch.long, device=x.device)
+    if g.shape != x.shape:
+        raise ValueError(f"group must have one id per sample (got {tuple(g.shape)} for {tuple(x.shape)})")
+    if g.numel() and g.min() < 0:
+        raise ValueError("group ids must be >= 0")
+    n_groups = int(g.max()) + 1 if g.numel() else 0
+    total = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add(0, g, x)
+    count = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add(0, g, torch.ones_like(x))
+    if (count[g] < 2).any():
+        raise ValueError("a leave-one-out baseline needs >= 2 samples per group: use group_size >= 2 "
+                         "or weight_baseline='none'")
+    return (total[g] - x) / (count[g] - 1)
+
+
+def _check_inputs(token_logp, token_logp_ref, completion_mask, seq_logp_ref_kl, anchored, beta, level):
+    if token_logp.ndim != 2:
+        raise ValueError(f"token_logp must be [B, T] per-token policy log-probs (got shape {tuple(token_logp.shape)})")
+    b = token_logp.shape[0]
+    for name, t, shape in (("token_logp_ref", token_logp_ref, token_logp.shape),
+                           ("completion_mask", completion_mask, token_logp.shape),
+                           ("seq_logp_ref_kl", seq_logp_ref_kl, (b,)), ("anchored", anchored, (b,))):
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f"{name} must have shape {tuple(shape)} to match token_logp {tuple(token_logp.shape)} "
+                             f"(got {tuple(t.shape)}): pass per-token tensors [B, T] and per-sample tensors [B]")
+    if anchored.dtype != torch.bool:
+        raise ValueError(f"anchored must be a bool mask [B] (got dtype {anchored.dtype})")
+    if not (beta > 0 and beta < float("inf")):
+        raise ValueError(f"beta must be > 0 and finite for a KL loss (got {beta}); without a KL term MARA is inert")
+    if level not in ("sequence", "token"):
+        raise ValueError(f"unknown level {level!r}: use 'sequence' (exact Alg. 2 target) or 'token'")
+    if torch.isnan(seq_logp_ref_kl).any() or torch.isnan(token_logp_ref).any():
+        raise ValueError("NaN reference log-probabilities: check the reference model's forward pass")
+
+
+def anchored_forward_kl(token_logp: torch.Tensor, token_logp_ref: torch.Tensor, completion_mask: torch.Tensor,
+                        seq_logp_ref_kl: torch.Tensor, anchored: torch.Tensor, beta: float,
+                        level: Level = "sequence", *, weight_baseline: Literal["none", "loo"] = "none",
+                        group: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample forward-KL loss [B] of Algorithm 2 (paper §5) for completions of tokens.
+
+    Inputs: ``token_logp`` [B, T] policy log-probs of the completion tokens (with grad);
+    ``token_logp_ref`` [B, T] the reference's; ``completion_mask`` [B, T] (1 on completion tokens);
+    ``seq_logp_ref_kl`` [B] the sequence reference log-prob after Algorithm 2's substitution
+    (:func:`mdkl.mara.mara_substitute`: log pi_ref(z) for anchored good samples, the sample's own
+    otherwise); ``anchored`` [B] bool, True where the substitution applied (R >= tau in a group
+    with an anchor); ``beta`` > 0; ``level`` of the KL for the samples that are *not* anchored.
+
+    Returns ``beta * k3`` per sample: k3 of the sequence log-probs against ``seq_logp_ref_kl`` for
+    anchored samples (and for all samples with ``level="sequence"``), the masked per-token k3 sum
+    against ``token_logp_ref`` otherwise. The caller adds its mean to the REINFORCE loss.
+    ``level="sequence"`` has the exact uniform-on-the-good-set fixed point of
+    :func:`mdkl.mara.mara_forward_target`; ``level="token"`` deviates (module docstring).
+
+    ``weight_baseline="loo"`` (needs ``group`` [B]; only with ``level="sequence"``): the gradient
+    beta (1 - w/pi) grad log pi becomes beta (b - w/pi) grad log pi, with b the leave-one-out mean of
+    w/pi = exp(seq_logp_ref_kl - log pi) in the sample's group; same expected gradient, same
+    fixed point, and the returned value is still beta * k3.
+    """
+    _check_inputs(token_logp, token_logp_ref, completion_mask, seq_logp_ref_kl, anchored, beta, level)
+    m = completion_mask.to(token_logp.dtype)
+    seq_logp = (token_logp * m).sum(-1)
+    ref_kl = seq_logp_ref_kl.to(token_logp.dtype).detach()
+    own = (token_logp_ref.to(token_logp.dtype).detach() * m).sum(-1)
+    mismatch = (~anchored) & ((own - ref_kl).abs() > 1e-4 * (1.0 + own.abs()))
+    if mismatch.any():
+        i = int(torch.nonzero(mismatch)[0])
+        raise ValueError(f"sample {i} is not anchored but seq_logp_ref_kl ({float(ref_kl[i]):.6g}) differs from its "
+                         f"masked token reference sum ({float(own[i]):.6g}): pass anchored = the rows "
+                         f"mara_substitute changed, and the same completion_mask for both")
+    seq_k = k3(seq_logp, ref_kl)
+    if level == "sequence":
+        kl = seq_k
+    else:
+        tok_k = (k3(token_logp, token_logp_ref.to(token_logp.dtype).detach()) * m).sum(-1)
+        kl = torch.where(anchored, seq_k, tok_k)
+    if weight_baseline == "loo":
+        if level != "sequence":
+            raise ValueError("weight_baseline='loo' applies to sequence-level importance weights: use level='sequence'")
+        if group is None:
+            raise ValueError("weight_baseline='loo' needs group [B] (the prompt group of each sample)")
+        x = torch.exp(ref_kl - seq_logp.detach())
+        b = group_loo_mean(x, group)
+        kl = kl + (b - 1.0) * (seq_logp - seq_logp.detach())  # value unchanged; gradient beta (b - w/pi)
+    elif weight_baseline != "none":
+        raise ValueError(f"unknown weight_baseline {weight_baseline!r}: use 'none' or 'loo'")
+    return beta * kl
