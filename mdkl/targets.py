@@ -22,13 +22,17 @@ __all__ = [
     "log_prob_ratio",
     "indifference_beta",
     "kl_divergence",
+    "check_beta",
+    "check_rewards",
+    "check_ref",
 ]
 
 
 # ----------------------------------------------------------------------------------------------
-# input validation (shared by every function here)
+# input validation (shared by every function here, mdkl.exact and mdkl.mara)
 # ----------------------------------------------------------------------------------------------
-def _check_beta(beta: float, name: str = "beta") -> float:
+def check_beta(beta: float, name: str = "beta") -> float:
+    """``beta`` as a float, or a ``ValueError`` unless it is finite and > 0."""
     beta = float(beta)
     if not np.isfinite(beta) or beta <= 0:
         raise ValueError(f"{name} must be a finite number > 0 (got {beta!r}); "
@@ -36,7 +40,8 @@ def _check_beta(beta: float, name: str = "beta") -> float:
     return beta
 
 
-def _check_rewards(rewards) -> np.ndarray:
+def check_rewards(rewards) -> np.ndarray:
+    """``rewards`` as a non-empty finite float64 vector, or a ``ValueError`` naming the fix."""
     r = np.asarray(rewards, dtype=np.float64)
     if r.ndim != 1 or r.size == 0:
         raise ValueError(f"rewards must be a non-empty 1-D array (got shape {r.shape})")
@@ -47,7 +52,8 @@ def _check_rewards(rewards) -> np.ndarray:
     return r
 
 
-def _check_ref(ref, n: int | None = None) -> np.ndarray:
+def check_ref(ref, n: int | None = None) -> np.ndarray:
+    """``ref`` as a probability vector (of length ``n`` if given), or a ``ValueError`` naming the fix."""
     p = np.asarray(ref, dtype=np.float64)
     if p.ndim != 1 or p.size == 0:
         raise ValueError(f"ref must be a non-empty 1-D probability vector (got shape {p.shape})")
@@ -75,9 +81,9 @@ def reverse_kl_target(ref, rewards, beta: float) -> np.ndarray:
     Paper Remark 3.1 (and Remark 3.2: -J/beta = KL(pi || G_beta) - log zeta). Computed in log
     space, so it is exact for beta down to 1e-12 and rewards of any scale.
     """
-    r = _check_rewards(rewards)
-    p = _check_ref(ref, r.size)
-    beta = _check_beta(beta)
+    r = check_rewards(rewards)
+    p = check_ref(ref, r.size)
+    beta = check_beta(beta)
     logits = _log(p) + r / beta
     return np.exp(logits - logsumexp(logits))
 
@@ -90,8 +96,8 @@ def entropy_regularized_target(ref, rewards, beta: float, eta: float) -> np.ndar
     entropy regularization: softmax(R / eta) over the whole space, reference ignored), as long as
     ``beta + eta > 0``.
     """
-    r = _check_rewards(rewards)
-    p = _check_ref(ref, r.size)
+    r = check_rewards(rewards)
+    p = check_ref(ref, r.size)
     beta, eta = float(beta), float(eta)
     if beta < 0 or eta < 0 or not beta + eta > 0:
         raise ValueError(f"need beta >= 0, eta >= 0 and beta + eta > 0 (got beta={beta}, eta={eta})")
@@ -112,9 +118,9 @@ def solve_forward_lambda(ref, rewards, beta: float) -> tuple[float, float]:
     from each other: the result is accurate to ~1e-15 relative in x for any reward scale and any
     beta > 0. Returns Lambda and ``gap = x`` (use the gap, not Lambda - R, for precision).
     """
-    r = _check_rewards(rewards)
-    p = _check_ref(ref, r.size)
-    beta = _check_beta(beta)
+    r = check_rewards(rewards)
+    p = check_ref(ref, r.size)
+    beta = check_beta(beta)
     on = p > 0
     r_on, p_on = r[on], p[on]
     r_star = r_on.max()
@@ -145,9 +151,9 @@ def forward_kl_target(ref, rewards, beta: float) -> np.ndarray:
     support gets sum beta pi_ref / (R_off - R) < 1, and the remainder is split uniformly over the
     off-support outputs that attain R_off.
     """
-    r = _check_rewards(rewards)
-    p = _check_ref(ref, r.size)
-    beta = _check_beta(beta)
+    r = check_rewards(rewards)
+    p = check_ref(ref, r.size)
+    beta = check_beta(beta)
     lam, x = solve_forward_lambda(p, r, beta)
     on = p > 0
     r_star = r[on].max()
@@ -180,13 +186,13 @@ def kl_divergence(p, q) -> float:
 def reverse_kl_objective(pi, ref, rewards, beta: float) -> float:
     """J(pi) = E_pi[R] - beta KL(pi || pi_ref) (paper §2, Eq. for the reverse-KL objective)."""
     pi = np.asarray(pi, dtype=np.float64)
-    return float(pi @ _check_rewards(rewards) - _check_beta(beta) * kl_divergence(pi, ref))
+    return float(pi @ check_rewards(rewards) - check_beta(beta) * kl_divergence(pi, ref))
 
 
 def forward_kl_objective(pi, ref, rewards, beta: float) -> float:
     """J_fwd(pi) = E_pi[R] - beta KL(pi_ref || pi) (paper §3.2)."""
     pi = np.asarray(pi, dtype=np.float64)
-    return float(pi @ _check_rewards(rewards) - _check_beta(beta) * kl_divergence(ref, pi))
+    return float(pi @ check_rewards(rewards) - check_beta(beta) * kl_divergence(ref, pi))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,7 +204,7 @@ def log_prob_ratio(log_ref_1, log_ref_2, reward_1, reward_2, beta: float):
     Paper Proposition 4.1. With equal reference probabilities it is dR / beta (Remark 4.2); with
     equal rewards it is the reference log ratio for every beta (Remark 4.3). Broadcasts.
     """
-    beta = _check_beta(beta)
+    beta = check_beta(beta)
     return (np.asarray(log_ref_1, dtype=np.float64) - np.asarray(log_ref_2, dtype=np.float64)) + (
         np.asarray(reward_1, dtype=np.float64) - np.asarray(reward_2, dtype=np.float64)
     ) / beta
