@@ -36,7 +36,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from mdkl import runtime  # noqa: E402
-from mdkl.lm import LMConfig, benchmark, load_model, small_lm_dir  # noqa: E402
+from mdkl.lm import LMConfig, benchmark, load_model  # noqa: E402
+from mdkl.smalllm import small_lm_dir  # noqa: E402
 from mdkl.onetwo import PROMPT, OneTwoTask  # noqa: E402
 
 
