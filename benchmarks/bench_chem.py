@@ -7,7 +7,7 @@ DRD2 model's sklearn ``predict_proba`` vs the vectorized kernel of ``chem_reward
 Goal (issue 4): >= 80% of the time in scoring, and a 10,000-call run in <= 3 minutes on 2 cores
 with the small prior. Uses the default-profile prior (trained and cached on first use).
 
-    python benchmarks/bench_chem.py [--budget 10000] [--task synth|amide] [--profile cpu] [--mara]
+    python benchmarks/bench_chem.py [--reward_calls 10000] [--task synth|amide] [--profile cpu] [--mara]
 """
 
 import argparse
@@ -27,7 +27,7 @@ from mdkl.chem_reward import RewardConfig, Scorer  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--budget", type=int, default=10_000)
+    ap.add_argument("--reward_calls", type=int, default=10_000)
     ap.add_argument("--task", default="synth", choices=["synth", "amide"])
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--mara", action="store_true")
@@ -39,7 +39,7 @@ def main() -> None:
     t = time.perf_counter()
     with Scorer(RewardConfig(args.task)) as sc:
         print(f"scorer pool: {sc.n_workers} workers, ready in {time.perf_counter() - t:.1f} s")
-        cfg = chem.RLConfig(budget=args.budget, mara=args.mara, tau=0.85)
+        cfg = chem.RLConfig(reward_calls=args.reward_calls, mara="alg1" if args.mara else "none", tau=0.85)
         t = time.perf_counter()
         seq = chem.run_rl(prior, vocab, sc, cfg, overlap=False)
         wall_seq = time.perf_counter() - t
@@ -57,21 +57,21 @@ def main() -> None:
     for name, o, w in (("scoring, then forward passes (overlap=False)", seq, wall_seq),
                        ("forward passes while the pool scores (overlap=True)", out, wall)):
         tm = o["timing"]
-        print(f"{name}: {w:.1f} s = {args.budget / w:.1f} calls/s; " + ", ".join(
+        print(f"{name}: {w:.1f} s = {args.reward_calls / w:.1f} calls/s; " + ", ".join(
             f"{k} {tm[k]:.1f} s ({tm[k] / w:.0%})" for k in ("sampling", "scoring", "update")))
     print(f"  overlap=True / overlap=False wall time: {wall / wall_seq:.2f}")
     if wall_seq < wall:
         out, wall = seq, wall_seq
     tm = out["timing"]
-    print(f"faster variant: {args.budget} reward calls ({args.task}, {'MARA' if args.mara else 'REINVENT'}) in {wall:.1f} s "
-          f"= {args.budget / wall:.1f} calls/s on {os.cpu_count()} cores (load average: {os.getloadavg()[0]:.1f})")
+    print(f"faster variant: {args.reward_calls} reward calls ({args.task}, {'MARA' if args.mara else 'REINVENT'}) in {wall:.1f} s "
+          f"= {args.reward_calls / wall:.1f} calls/s on {os.cpu_count()} cores (load average: {os.getloadavg()[0]:.1f})")
     for k in ("sampling", "scoring", "update"):
         print(f"  {k:9s} {tm[k]:7.1f} s  {tm[k] / wall:6.1%} of the run")
     print(f"    (prior + agent forward passes: {tm['forward']:.1f} s, inside 'scoring' when overlapped, else 'update')")
     n_unique = log["smiles"].nunique()
-    print(f"  distinct SMILES strings scored: {n_unique} of {args.budget} calls (identical strings: memoized per run, still counted)")
+    print(f"  distinct SMILES strings scored: {n_unique} of {args.reward_calls} calls (identical strings: memoized per run, still counted)")
     print(f"(b) the run's batches scored alone: {score_alone:.1f} s = {score_alone / wall:.0%} of the loop's wall time "
-          f"({args.budget / score_alone:.0f} calls/s)")
+          f"({args.reward_calls / score_alone:.0f} calls/s)")
     mols = [m for m in (chem_reward.mol_from_smiles(s) for s in log["canonical"].dropna().unique()[:512]) if m is not None]
     x = chem_reward.drd2_features(mols)
     model = chem_reward._drd2_model()
@@ -84,8 +84,8 @@ def main() -> None:
     print(f"(c) DRD2 SVC on {len(mols)} molecules: sklearn predict_proba {t_sk / len(mols) * 1e3:.2f} ms/mol, "
           f"vectorized {t_np / len(mols) * 1e3:.2f} ms/mol ({t_sk / t_np:.0f}x), max |diff| {np.abs(p_sk - p_np).max():.1e}")
     print(f"goal >= 80% scoring: {'met' if tm['scoring'] / wall >= 0.8 else 'not met'}; "
-          f"10,000 calls <= 3 min: {'met' if wall * 10_000 / args.budget <= 180 else 'not met'} "
-          f"(extrapolated {wall * 10_000 / args.budget / 60:.1f} min)")
+          f"10,000 calls <= 3 min: {'met' if wall * 10_000 / args.reward_calls <= 180 else 'not met'} "
+          f"(extrapolated {wall * 10_000 / args.reward_calls / 60:.1f} min)")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from mdkl import lm, runtime  # noqa: E402
+from mdkl import lm, runtime, smalllm  # noqa: E402
 from mdkl.onetwo import PROMPT, OneTwoTask  # noqa: E402
 
 CONTENDED_LOAD = 1.5  # 1-minute load average above which a run on the 2-core machine is flagged
@@ -74,7 +74,7 @@ def lm_setup(model: str = "small"):
     """(config, model, tokenizer, model directory for TRL) of the 1-2 task's defaults."""
     cfg = lm.LMConfig() if model == "small" else lm.LMConfig().replace(model=model)
     m, tok = lm.load_model(model)
-    return cfg, m, tok, (lm.small_lm_dir() if model == "small" else None)
+    return cfg, m, tok, (smalllm.small_lm_dir() if model == "small" else None)
 # ----------------------------------------------------------------------------------------------
 
 

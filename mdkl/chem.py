@@ -1,18 +1,16 @@
 """Chemistry (paper §4, Table 2): a REINVENT-style SMILES LSTM prior, RL with the augmented-
-likelihood ("DAP") loss with and without MARA, and the Table-2 metrics.
+likelihood ("DAP") loss with and without MARA.
 
 - :func:`tokenize` / :class:`Vocabulary`: the standard SMILES regex tokenization (Schwaller et al.),
 - :class:`SmilesLSTM`, :func:`train_prior` (MOSES subset from the molsets wheel, cached, seeded),
   :func:`prior_quality` (validity / uniqueness / novelty),
 - :func:`dap_loss`: REINVENT's (log pi_prior + sigma R - log pi_theta)^2, whose minimizer is
   pi_prior exp(sigma R), i.e. reverse-KL-regularized RL with beta = 1/sigma,
-- :func:`run_rl`: one REINVENT / MARA run with a budget of reward calls; MARA is
-  :func:`mdkl.mara.mara_rewards` (Algorithm 1) applied to R with beta = 1/sigma and
-  logp_ref = prior log-likelihood, one group per sampled batch,
-- metrics: :func:`yield_`, :func:`ob100`, :func:`int_div1`, :func:`n_circles`, :func:`n_scaffolds`,
-  :func:`summarize_run`, :func:`welch_greater` (one-sided Welch t-test).
+- :func:`run_rl`: one REINVENT / MARA run of ``reward_calls`` reward calls; MARA is the shared
+  shaping path (:func:`mdkl.shaping.shape_rewards`: Algorithm 1) applied to R with beta = 1/sigma
+  and logp_ref = prior log-likelihood, one group per sampled batch.
 
-Rewards live in :mod:`mdkl.chem_reward`.
+Rewards live in :mod:`mdkl.chem_reward`, Table 2's metrics in :mod:`mdkl.chem_metrics`.
 """
 
 from __future__ import annotations
@@ -22,24 +20,21 @@ import math
 import os
 import re
 import time
-import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from mdkl.chem_reward import canonical, load_moses, mol_from_smiles
-from mdkl.mara import mara_rewards
+from mdkl.chem_reward import canonical, load_moses
 from mdkl.runtime import cached, cached_dir, fixed_threads
+from mdkl.shaping import ShapingConfig, shape_rewards
 
 __all__ = ["SMILES_REGEX", "tokenize", "Vocabulary", "PriorConfig", "SmilesLSTM", "train_prior",
            "load_prior", "prior_lr_factor", "minibatches", "prior_config", "profile_sizes",
            "training_set_canonical", "sample",
-           "log_likelihood", "prior_quality", "RLConfig", "dap_loss", "run_rl", "morgan_fps",
-           "tanimoto_matrix", "yield_", "ob100", "int_div1", "n_circles", "n_scaffolds",
-           "summarize_run", "welch_greater"]
+           "log_likelihood", "prior_quality", "RLConfig", "dap_loss", "run_rl"]
 
 #: the standard SMILES tokenization regex (Schwaller et al. 2018, used by REINVENT 4)
 SMILES_REGEX = (r"(\[[^\]]+]|Br?|Cl?|N|O|S|P|F|I|b|c|n|o|s|p|\(|\)|\.|=|#|-|\+|\\|\/|:|~|@|\?|>|"
@@ -283,12 +278,12 @@ def load_prior(path: Path) -> tuple[SmilesLSTM, Vocabulary, PriorConfig]:
     return model.eval(), vocab, cfg
 
 
-#: sizes per profile (profiles only change sizes): prior training set / epochs, RL budget, seeds,
+#: sizes per profile (profiles only change sizes): prior training set / epochs, reward calls per RL run, seeds,
 #: prior samples for validity / uniqueness / novelty.
 PROFILE_SIZES = {
-    "quick": dict(n_train=40_000, epochs=1, budget=1_000, seeds=2, n_quality=1_000),
-    "cpu": dict(n_train=1_000_000, epochs=1, budget=10_000, seeds=3, n_quality=10_000),
-    "paper": dict(n_train=1_584_663, epochs=10, budget=10_000, seeds=5, n_quality=10_000),
+    "quick": dict(n_train=40_000, epochs=1, reward_calls=1_000, seeds=2, n_quality=1_000),
+    "cpu": dict(n_train=1_000_000, epochs=1, reward_calls=10_000, seeds=3, n_quality=10_000),
+    "paper": dict(n_train=1_584_663, epochs=10, reward_calls=10_000, seeds=5, n_quality=10_000),
 }
 #: The small profiles' prior: a 1x256 LSTM, batch 64, lr 4e-3 with a 2% warmup and a linear decay
 #: to 2%, length-bucketed minibatches (recipe search measured in notebook 06, section 1). REINVENT's
@@ -356,7 +351,8 @@ def prior_quality(model, vocab, n: int, train_smiles, seed: int = 0, batch: int 
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RLConfig:
-    """One REINVENT / MARA run (defaults: REINVENT 4's staged-learning defaults, paper's budget)."""
+    """One REINVENT / MARA run (defaults: REINVENT 4's staged-learning defaults, the paper's 10,000
+    reward calls). The MARA fields carry the names of :class:`mdkl.shaping.ShapingConfig` (:attr:`shaping`)."""
 
     sigma: float = 128.0
     """DAP sigma (REINVENT default 128); the KL coefficient is beta = 1/sigma."""
@@ -364,11 +360,13 @@ class RLConfig:
     """molecules sampled per step (REINVENT 4 default 64)."""
     lr: float = 5e-4
     """Adam learning rate of the agent: REINVENT's 5e-4 (Olivecrona et al. 2017, PMO's REINVENT);
-    REINVENT 4 defaults to 1e-4, too slow to leave the prior within our shorter budgets."""
-    budget: int = 10_000
-    """reward calls per run (paper: 10,000; duplicates count)."""
-    mara: bool = False
-    """apply MARA (Algorithm 1) to the rewards before the DAP loss."""
+    REINVENT 4 defaults to 1e-4, too slow to leave the prior within our shorter runs."""
+    reward_calls: int = 10_000
+    """Length of a run in reward calls, one per sampled molecule (paper: 10,000; duplicates count);
+    the number of optimizer steps is reward_calls / batch_size, rounded up."""
+    mara: str = "none"
+    """MARA on the rewards before the DAP loss: 'alg1' (Algorithm 1) or 'auto' (= 'alg1': DAP is
+    reverse-KL regularized), 'none' for REINVENT. Algorithm 2 needs a KL term it can re-anchor."""
     tau: float = 0.85
     """MARA threshold (paper: 0.80 or 0.85)."""
     max_len: int = 128
@@ -379,12 +377,22 @@ class RLConfig:
     def __post_init__(self):
         if self.sigma <= 0:
             raise ValueError(f"sigma={self.sigma}: the DAP loss needs sigma > 0 (REINVENT default 128)")
-        if self.batch_size < 1 or self.budget < 1:
-            raise ValueError("batch_size and budget must be >= 1")
+        if self.batch_size < 1 or self.reward_calls < 1:
+            raise ValueError("batch_size and reward_calls must be >= 1")
+        if self.mara not in ("none", "alg1", "auto"):
+            raise ValueError(f"mara={self.mara!r}: use 'none', 'alg1' or 'auto' (DAP's KL is reverse, where "
+                             f"MARA is Algorithm 1)")
 
     @property
     def beta(self) -> float:
+        """The KL coefficient DAP implies, beta = 1/sigma."""
         return 1.0 / self.sigma
+
+    @property
+    def shaping(self) -> ShapingConfig:
+        """MARA's settings as a :class:`mdkl.shaping.ShapingConfig`: reverse KL carried by the DAP
+        loss (no k1 in the reward), beta = 1/sigma, tau, ``mara``."""
+        return ShapingConfig.from_fields(self, kl="reverse", kl_placement="loss", advantage="none")
 
 
 def dap_loss(logp_agent: torch.Tensor, logp_prior: torch.Tensor, rewards: torch.Tensor,
@@ -400,7 +408,7 @@ def run_rl(prior: SmilesLSTM, vocab: Vocabulary, scorer, cfg: RLConfig = RLConfi
            progress: bool = False, overlap: bool = True) -> "dict":
     """One run: sample ``batch_size`` SMILES from the agent (initialized at the prior), score them
     (one reward call each), optionally augment with MARA, take one Adam step on the DAP loss,
-    until ``budget`` calls. The last batch is truncated so that exactly ``budget`` calls are made.
+    until ``reward_calls`` calls. The last batch is truncated so that exactly ``reward_calls`` calls are made.
 
     With ``overlap`` (and a scorer that has ``submit``), the main process computes the prior's
     log-likelihoods (no_grad) and the agent's forward pass, which do not depend on the rewards,
@@ -434,9 +442,10 @@ def run_rl(prior: SmilesLSTM, vocab: Vocabulary, scorer, cfg: RLConfig = RLConfi
     timing = {"sampling": 0.0, "scoring": 0.0, "update": 0.0, "forward": 0.0}
     anchors = {"batches": 0, "batches_with_anchor": 0, "batches_with_2plus": 0, "augmented": 0}
     calls, step = 0, 0
-    bar = tqdm(total=cfg.budget, desc="RL", disable=not progress, mininterval=5)
-    while calls < cfg.budget:
-        n = min(cfg.batch_size, cfg.budget - calls)
+    shaping = cfg.shaping
+    bar = tqdm(total=cfg.reward_calls, desc="RL", disable=not progress, mininterval=5)
+    while calls < cfg.reward_calls:
+        n = min(cfg.batch_size, cfg.reward_calls - calls)
         t0 = time.perf_counter()
         seqs = sample(agent, n, gen, cfg.max_len)
         smis = [vocab.decode(s) for s in seqs[:, 1:].tolist()]
@@ -452,7 +461,7 @@ def run_rl(prior: SmilesLSTM, vocab: Vocabulary, scorer, cfg: RLConfig = RLConfi
             res = job.get()
             t2 = time.perf_counter()  # forward passes ran inside scoring
         r = torch.as_tensor(res["reward"], dtype=torch.float32)
-        r_used = mara_rewards(r, lp_prior, beta=cfg.beta, tau=cfg.tau) if cfg.mara else r
+        r_used, _ = shape_rewards(shaping, r, lp_agent, lp_prior, torch.zeros(n, dtype=torch.long))
         loss = dap_loss(lp_agent, lp_prior, r_used, cfg.sigma)
         opt.zero_grad()
         loss.backward()
@@ -481,110 +490,6 @@ def run_rl(prior: SmilesLSTM, vocab: Vocabulary, scorer, cfg: RLConfig = RLConfi
     log = pd.DataFrame({"call": np.arange(1, calls + 1), **cols})
     return {"log": log, "timing": timing, "anchors": anchors, "n_invalid": scorer.n_invalid,
             "n_nan": scorer.n_nan}
-
-
-# ----------------------------------------------------------------------------------------------
-# metrics
-# ----------------------------------------------------------------------------------------------
-def morgan_fps(smiles, radius: int = 2, n_bits: int = 2048) -> np.ndarray:
-    """Morgan (ECFP4-like) bit fingerprints as a uint8 matrix (invalid SMILES raise ValueError)."""
-    from rdkit.Chem import rdFingerprintGenerator
-
-    gen = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
-    out = np.zeros((len(smiles), n_bits), dtype=np.uint8)
-    for i, s in enumerate(smiles):
-        m = mol_from_smiles(s)
-        if m is None:
-            raise ValueError(f"invalid SMILES {s!r} in a metric: pass valid (canonical) hits only")
-        out[i] = gen.GetFingerprintAsNumPy(m)
-    return out
-
-
-def tanimoto_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Tanimoto similarity between rows of two bit matrices (0 for two empty fingerprints)."""
-    a32, b32 = a.astype(np.float32), b.astype(np.float32)
-    inter = a32 @ b32.T
-    union = a32.sum(1)[:, None] + b32.sum(1)[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
-
-
-def yield_(canon, rewards, threshold: float) -> int:
-    """Number of unique valid molecules with reward >= threshold."""
-    return len({c for c, r in zip(canon, rewards) if c is not None and r >= threshold})
-
-
-def ob100(canon, rewards, threshold: float, k: int = 100) -> float:
-    """Reward calls (1-based) needed to find ``k`` unique molecules above threshold; NaN if never."""
-    seen = set()
-    for i, (c, r) in enumerate(zip(canon, rewards)):
-        if c is not None and r >= threshold and c not in seen:
-            seen.add(c)
-            if len(seen) >= k:
-                return float(i + 1)
-    return float("nan")
-
-
-def int_div1(smiles, chunk: int = 2000) -> float:
-    """IntDiv1 (MOSES): 1 - mean Tanimoto over all ordered pairs (self-pairs included) of the
-    set's Morgan fingerprints (radius 2, 1024 bits as MOSES). NaN for an empty set."""
-    if len(smiles) == 0:
-        return float("nan")
-    fp = morgan_fps(smiles, 2, 1024)
-    tot = 0.0
-    for i in range(0, len(fp), chunk):
-        tot += float(tanimoto_matrix(fp[i:i + chunk], fp).sum())
-    return 1.0 - tot / len(fp) ** 2
-
-
-def n_circles(smiles, distance: float = 0.75) -> int:
-    """#Circles (Xie et al. 2023) by greedy sphere exclusion in the given order: a molecule opens
-    a new circle if its Tanimoto distance to every centre so far is > ``distance`` (ECFP4, 2048)."""
-    if len(smiles) == 0:
-        return 0
-    fp = morgan_fps(smiles, 2, 2048)
-    centres = np.zeros((0, fp.shape[1]), dtype=np.uint8)
-    for i in range(len(fp)):
-        if len(centres) == 0 or (1.0 - tanimoto_matrix(fp[i:i + 1], centres)).min() > distance:
-            centres = np.vstack([centres, fp[i:i + 1]])
-    return int(len(centres))
-
-
-def n_scaffolds(smiles) -> int:
-    """Number of unique Bemis-Murcko scaffolds (acyclic molecules share the empty scaffold)."""
-    from rdkit.Chem.Scaffolds import MurckoScaffold
-
-    out = set()
-    for s in smiles:
-        m = mol_from_smiles(s)
-        if m is not None:
-            out.add(MurckoScaffold.MurckoScaffoldSmiles(mol=m))
-    return len(out)
-
-
-def summarize_run(log, threshold: float) -> dict:
-    """Table-2 metrics of one run's call log at one screening threshold (hits = unique molecules
-    with reward >= threshold, in order of discovery)."""
-    canon, r = log["canonical"].tolist(), log["reward"].to_numpy()
-    hits = list(dict.fromkeys(c for c, x in zip(canon, r) if c is not None and x >= threshold))
-    return {"yield": len(hits), "ob100": ob100(canon, r, threshold), "intdiv1": int_div1(hits),
-            "circles": n_circles(hits), "scaffolds": n_scaffolds(hits)}
-
-
-def welch_greater(a, b) -> float:
-    """One-sided Welch t-test p-value for mean(a) > mean(b) (NaN-free inputs, >= 2 each)."""
-    from scipy import stats
-
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
-    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
-    if len(a) < 2 or len(b) < 2:
-        return float("nan")
-    with warnings.catch_warnings():
-        # seeds with (nearly) identical values, e.g. equal #Circles: scipy warns of precision loss
-        # and returns NaN or an extreme p-value, which the tables show as they are
-        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
-        return float(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
 
 
 def main(argv=None) -> None:

@@ -146,7 +146,7 @@ class Judge:
     def _forward(self, questions: list[str], suffixes: list[str], repeats: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Three cache levels: the rubric (identical for all, encoded once), each question (once per
         distinct question), each answer + rating prompt; ``repeats`` answers per question."""
-        from mdkl.lm import _positions
+        from mdkl.rollout import positions
 
         head, q_tmpl = self._prefix.split("{q}")
         h_ids = self.tok(head, add_special_tokens=False, return_tensors="pt")["input_ids"]
@@ -158,7 +158,7 @@ class Judge:
         past = base(input_ids=h_ids, use_cache=True).past_key_values
         past.batch_repeat_interleave(nq)
         mask = torch.cat([torch.ones(nq, n0, dtype=q["attention_mask"].dtype), q["attention_mask"]], 1)
-        base(input_ids=q["input_ids"], attention_mask=mask, position_ids=n0 + _positions(q["attention_mask"]),
+        base(input_ids=q["input_ids"], attention_mask=mask, position_ids=n0 + positions(q["attention_mask"]),
              past_key_values=past, use_cache=True)
         if repeats > 1:
             past.batch_repeat_interleave(repeats)
@@ -316,7 +316,7 @@ def sample_for_eval(model, tokenizer, task: CreativeTask, k: int, max_new_tokens
                     temperature: float = 1.0, batch_prompts: int = 8) -> pd.DataFrame:
     """``k`` samples per prompt of ``task`` (KV-cached, seeded): DataFrame ``prompt_id, question,
     sample, text`` (``k`` consecutive rows per prompt)."""
-    from mdkl.lm import sample_completions, tokenize_prompts
+    from mdkl.rollout import sample_completions, tokenize_prompts
 
     qs = task.questions()
     ids, mask = tokenize_prompts(tokenizer, task.prompts(tokenizer))

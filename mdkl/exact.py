@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from mdkl.targets import _check_beta, _check_ref, _check_rewards, check_coefficient
+from mdkl.targets import check_beta, check_ref, check_rewards, check_coefficient
 
 __all__ = ["exact_objective", "maximize_exact_objective", "ExactAscent"]
 
@@ -28,9 +28,9 @@ Direction = Literal["reverse", "forward"]
 
 def _objective_fn(ref, rewards, beta: float, kl: Direction = "reverse", eta: float = 0.0):
     """Validate once and return ``logits -> J(softmax(logits))`` (see :func:`exact_objective`)."""
-    r = torch.as_tensor(_check_rewards(rewards))
-    p_np = _check_ref(ref, r.numel())
-    beta = _check_beta(beta)
+    r = torch.as_tensor(check_rewards(rewards))
+    p_np = check_ref(ref, r.numel())
+    beta = check_beta(beta)
     eta = check_coefficient(eta, "eta", allow_zero=True)
     if kl not in ("reverse", "forward"):
         raise ValueError(f"unknown kl {kl!r}: use 'reverse' or 'forward'")
@@ -94,7 +94,7 @@ def maximize_exact_objective(ref, rewards, beta: float, kl: Direction = "reverse
     argmax of J itself: G_beta (reverse), G_fwd (forward) or the entropy-regularized target
     (``eta > 0``), which is how the notebooks check the closed forms by optimization.
     """
-    n = _check_rewards(rewards).size
+    n = check_rewards(rewards).size
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be an integer >= 1 (got {steps!r})")
     steps = int(steps)

@@ -26,14 +26,14 @@ import torch
 
 from scipy.special import logsumexp
 
-from mdkl.targets import _check_beta, _check_ref, _check_rewards, forward_kl_target
+from mdkl.targets import check_beta, check_ref, check_rewards, forward_kl_target
 
 #: MARA's inputs are checked by :func:`check_group_ids` (one id per sample, integers >= 0), the
 #: private ``_prepare`` (shapes, NaN / inf, dtypes) and :func:`check_tau`.
 
 __all__ = ["mara_anchor", "mara_rewards", "mara_substitute", "mara_target", "mara_forward_target",
-           "batch_percentile_tau", "check_mara_has_kl", "check_group_ids", "check_tau", "MARA_FOR_KL",
-           "ANCHORS"]
+           "batch_percentile_tau", "check_mara_has_kl", "check_group_ids", "check_tau", "group_first_argmax",
+           "as_float_tensor", "MARA_FOR_KL", "ANCHORS"]
 
 #: which algorithm gives MARA's uniform-over-good-modes target under each KL direction
 MARA_FOR_KL = {"reverse": "alg1", "forward": "alg2"}
@@ -43,7 +43,8 @@ MARA_FOR_KL = {"reverse": "alg1", "forward": "alg2"}
 ANCHORS = ("support", "reward", "random")
 
 
-def _as_float_tensor(x) -> torch.Tensor:
+def as_float_tensor(x) -> torch.Tensor:
+    """``x`` as a tensor, converted to the default float dtype unless it is already floating."""
     t = torch.as_tensor(x)
     return t if t.is_floating_point() else t.to(torch.get_default_dtype())
 
@@ -51,7 +52,7 @@ def _as_float_tensor(x) -> torch.Tensor:
 def _check_mara_beta(beta: float) -> float:
     """beta > 0 for MARA, with an error that says what to do instead (spec §3: inert at beta = 0)."""
     try:
-        return _check_beta(beta, "beta (MARA)")
+        return check_beta(beta, "beta (MARA)")
     except ValueError as e:
         raise ValueError(f"{e}. MARA's augmentation beta * (log pi_ref(z) - log pi_ref(y)) scales "
                          f"with beta, so without a KL term it is inert: use plain RL (no MARA) "
@@ -99,8 +100,8 @@ def check_tau(tau) -> None:
 
 
 def _prepare(rewards, logp_ref, group, tau):
-    r = _as_float_tensor(rewards)
-    lr = _as_float_tensor(logp_ref)
+    r = as_float_tensor(rewards)
+    lr = as_float_tensor(logp_ref)
     dtype = torch.promote_types(r.dtype, lr.dtype)  # no silent float64 -> float32 truncation
     r, lr = r.to(dtype), lr.to(dtype)
     check_tau(tau)
@@ -137,7 +138,7 @@ def _check_anchor(anchor: str) -> str:
     return anchor
 
 
-def _group_first_argmax(score: torch.Tensor, mask: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def group_first_argmax(score: torch.Tensor, mask: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Per sample: index of the first sample of its group maximizing ``score`` among ``mask``, or -1."""
     n = score.shape[0]
     n_groups = int(g.max()) + 1
@@ -170,13 +171,13 @@ def mara_anchor(rewards, logp_ref, tau, group=None, *, anchor: str = "support",
         return torch.empty(0, dtype=torch.long)
     good = r >= tau_t
     if anchor == "support":
-        return _group_first_argmax(lr, good, g)
+        return group_first_argmax(lr, good, g)
     if anchor == "reward":
-        best_r = _group_first_argmax(r, good, g)
+        best_r = group_first_argmax(r, good, g)
         top = good & (best_r >= 0) & (r == r[best_r.clamp(min=0)])
-        return _group_first_argmax(lr, top, g)
+        return group_first_argmax(lr, top, g)
     keys = torch.rand(r.shape[0], generator=generator, dtype=r.dtype).to(r.device)
-    return _group_first_argmax(keys, good, g)
+    return group_first_argmax(keys, good, g)
 
 
 def _anchored(rewards, logp_ref, tau, group, anchor, generator):
@@ -234,7 +235,7 @@ def batch_percentile_tau(rewards, q: float = 90.0, group=None) -> torch.Tensor:
     sample of the group: MARA then only reshapes the KL toward uniform over the group's
     samples (tested in ``tests/test_mara.py``).
     """
-    r = _as_float_tensor(rewards).detach()
+    r = as_float_tensor(rewards).detach()
     if r.ndim != 1:
         raise ValueError(f"rewards must be 1-D (got shape {tuple(r.shape)}): flatten them with a group id per sample")
     if not torch.isfinite(r).all():
@@ -275,8 +276,8 @@ def mara_target(ref, rewards, beta: float, tau: float, anchor: str = "support") 
     ever anchor: lower tau to at most max R). ``anchor="reward"``: z is the highest-reward good
     output instead (ties: best support), see :func:`mara_anchor`.
     """
-    r = _check_rewards(rewards)
-    p = _check_ref(ref, r.size)
+    r = check_rewards(rewards)
+    p = check_ref(ref, r.size)
     beta = _check_mara_beta(beta)
     good, z = _whole_space_anchor(r, p, tau, anchor)
     with np.errstate(divide="ignore"):
@@ -295,8 +296,8 @@ def mara_forward_target(ref, rewards, beta: float, tau: float, anchor: str = "su
     target: "MARA works with forward KL too" holds for Algorithm 2 (Algorithm 1's rewards put
     into G_fwd do not cancel pi_ref; ``notebooks/04_mara_toy.ipynb``).
     """
-    r = _check_rewards(rewards)
-    p = _check_ref(ref, r.size)
+    r = check_rewards(rewards)
+    p = check_ref(ref, r.size)
     beta = _check_mara_beta(beta)
     good, z = _whole_space_anchor(r, p, tau, anchor)
     w = np.where(good, p[z], p)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["entropy", "coverage", "is_multimodal", "binary_entropy_with_se", "max_min_ratio",
+__all__ = ["pareto_front", "entropy", "coverage", "is_multimodal", "binary_entropy_with_se", "max_min_ratio",
            "check_texts", "words", "ngrams", "ead", "mean_ead", "EAD_VOCAB_SIZE", "semantic_diversity",
            "normalize_answer", "distinct_answers", "n_distinct", "equivalence_accuracy",
            "EQUIVALENCE_THRESHOLD", "bootstrap_sem"]
@@ -284,3 +284,12 @@ def bootstrap_sem(values, n_boot: int = 1000, seed: int = 0) -> float:
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, v.size, size=(int(n_boot), v.size))
     return float(v[idx].mean(1).std(ddof=1))
+
+
+def pareto_front(reward: Sequence[float], entropy: Sequence[float]) -> np.ndarray:
+    """Boolean mask of the non-dominated points when maximizing both reward and valid-answer
+    entropy (Fig. 6b)."""
+    r, h = np.asarray(reward, float), np.nan_to_num(np.asarray(entropy, float), nan=-np.inf)
+    dominated = ((r[None, :] >= r[:, None]) & (h[None, :] >= h[:, None])
+                 & ((r[None, :] > r[:, None]) | (h[None, :] > h[:, None]))).any(1)
+    return ~dominated

@@ -146,7 +146,7 @@ def answer_preference(model, tokenizer, prompt: str = PROMPT,
 
     Returns ``{'logp1', 'logp2', 'log_ratio'}`` (log ratio = logp1 - logp2, > 0 prefers "1").
     """
-    from mdkl.lm import sequence_logprobs, tokenize_prompts
+    from mdkl.rollout import sequence_logprobs, tokenize_prompts
 
     if not all(a.startswith(answer_prefix) for a in answers):
         raise ValueError(f"answers must start with answer_prefix {answer_prefix!r}")

@@ -25,13 +25,17 @@ __all__ = [
     "check_coefficient",
     "check_distribution",
     "check_log_probs",
+    "check_beta",
+    "check_rewards",
+    "check_ref",
 ]
 
 
 # ----------------------------------------------------------------------------------------------
-# input validation (shared by every function here)
+# input validation (shared by every function here, mdkl.exact and mdkl.mara)
 # ----------------------------------------------------------------------------------------------
-def _check_beta(beta: float, name: str = "beta") -> float:
+def check_beta(beta: float, name: str = "beta") -> float:
+    """``beta`` as a float, or a ``ValueError`` unless it is finite and > 0."""
     beta = float(beta)
     if not np.isfinite(beta) or beta <= 0:
         raise ValueError(f"{name} must be a finite number > 0 (got {beta!r}); "
@@ -39,7 +43,8 @@ def _check_beta(beta: float, name: str = "beta") -> float:
     return beta
 
 
-def _check_rewards(rewards) -> np.ndarray:
+def check_rewards(rewards) -> np.ndarray:
+    """``rewards`` as a non-empty finite float64 vector, or a ``ValueError`` naming the fix."""
     r = np.asarray(rewards, dtype=np.float64)
     if r.ndim != 1 or r.size == 0:
         raise ValueError(f"rewards must be a non-empty 1-D array (got shape {r.shape})")
@@ -50,7 +55,8 @@ def _check_rewards(rewards) -> np.ndarray:
     return r
 
 
-def _check_ref(ref, n: int | None = None) -> np.ndarray:
+def check_ref(ref, n: int | None = None) -> np.ndarray:
+    """``ref`` as a probability vector (of length ``n`` if given), or a ``ValueError`` naming the fix."""
     p = np.asarray(ref, dtype=np.float64)
     if p.ndim != 1 or p.size == 0:
         raise ValueError(f"ref must be a non-empty 1-D probability vector (got shape {p.shape})")
@@ -122,9 +128,9 @@ def reverse_kl_target(ref, rewards, beta: float) -> np.ndarray:
     Paper Remark 3.1 (and Remark 3.2: -J/beta = KL(pi || G_beta) - log zeta). Computed in log
     space, so it is exact for beta down to 1e-12 and rewards of any scale.
     """
-    r = _check_rewards(rewards)
-    p = _check_ref(ref, r.size)
-    beta = _check_beta(beta)
+    r = check_rewards(rewards)
+    p = check_ref(ref, r.size)
+    beta = check_beta(beta)
     logits = _log(p) + r / beta
     return np.exp(logits - logsumexp(logits))
 
@@ -137,8 +143,8 @@ def entropy_regularized_target(ref, rewards, beta: float, eta: float) -> np.ndar
     entropy regularization: softmax(R / eta) over the whole space, reference ignored), as long as
     ``beta + eta > 0``.
     """
-    r = _check_rewards(rewards)
-    p = _check_ref(ref, r.size)
+    r = check_rewards(rewards)
+    p = check_ref(ref, r.size)
     beta = check_coefficient(beta, "beta", allow_zero=True)
     eta = check_coefficient(eta, "eta", allow_zero=True)
     if not beta + eta > 0:
@@ -160,9 +166,9 @@ def solve_forward_lambda(ref, rewards, beta: float) -> tuple[float, float]:
     from each other: the result is accurate to ~1e-15 relative in x for any reward scale and any
     beta > 0. Returns Lambda and ``gap = x`` (use the gap, not Lambda - R, for precision).
     """
-    r = _check_rewards(rewards)
-    p = _check_ref(ref, r.size)
-    beta = _check_beta(beta)
+    r = check_rewards(rewards)
+    p = check_ref(ref, r.size)
+    beta = check_beta(beta)
     on = p > 0
     r_on, p_on = r[on], p[on]
     r_star = r_on.max()
@@ -193,9 +199,9 @@ def forward_kl_target(ref, rewards, beta: float) -> np.ndarray:
     support gets sum beta pi_ref / (R_off - R) < 1, and the remainder is split uniformly over the
     off-support outputs that attain R_off.
     """
-    r = _check_rewards(rewards)
-    p = _check_ref(ref, r.size)
-    beta = _check_beta(beta)
+    r = check_rewards(rewards)
+    p = check_ref(ref, r.size)
+    beta = check_beta(beta)
     lam, x = solve_forward_lambda(p, r, beta)
     on = p > 0
     r_star = r[on].max()
@@ -231,16 +237,16 @@ def kl_divergence(p, q) -> float:
 
 def reverse_kl_objective(pi, ref, rewards, beta: float) -> float:
     """J(pi) = E_pi[R] - beta KL(pi || pi_ref) (paper §2, Eq. for the reverse-KL objective)."""
-    r = _check_rewards(rewards)
-    pi, p = check_distribution(pi, "pi", r.size), _check_ref(ref, r.size)
-    return float(pi @ r - _check_beta(beta) * kl_divergence(pi, p))
+    r = check_rewards(rewards)
+    pi, p = check_distribution(pi, "pi", r.size), check_ref(ref, r.size)
+    return float(pi @ r - check_beta(beta) * kl_divergence(pi, p))
 
 
 def forward_kl_objective(pi, ref, rewards, beta: float) -> float:
     """J_fwd(pi) = E_pi[R] - beta KL(pi_ref || pi) (paper §3.2)."""
-    r = _check_rewards(rewards)
-    pi, p = check_distribution(pi, "pi", r.size), _check_ref(ref, r.size)
-    return float(pi @ r - _check_beta(beta) * kl_divergence(p, pi))
+    r = check_rewards(rewards)
+    pi, p = check_distribution(pi, "pi", r.size), check_ref(ref, r.size)
+    return float(pi @ r - check_beta(beta) * kl_divergence(p, pi))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,7 +259,7 @@ def log_prob_ratio(log_ref_1, log_ref_2, reward_1, reward_2, beta: float):
     equal rewards it is the reference log ratio for every beta (Remark 4.3). Broadcasts (NumPy
     rules). Log-probabilities may be -inf (probability 0), but not both of a pair.
     """
-    beta = _check_beta(beta)
+    beta = check_beta(beta)
     l1, l2 = check_log_probs(log_ref_1, "log_ref_1"), check_log_probs(log_ref_2, "log_ref_2")
     r1, r2 = np.asarray(reward_1, dtype=np.float64), np.asarray(reward_2, dtype=np.float64)
     if not (np.isfinite(r1).all() and np.isfinite(r2).all()):

@@ -216,7 +216,7 @@ def forward_mara_loss(tree: TokenTree, name: str, beta: float, tau: float = 1.0)
     * ``"vanilla"``: no MARA, per-token k3 with the own reference (GRPO). Fixed point per context:
       pi(v|c) = beta pi_ref(v|c) / (Lambda_c - Q(c, v)); good answers keep the reference's ratio.
     * ``"even_spread"``: Algorithm 2 with the offset log pi_ref(z) - log pi_ref(y) spread evenly
-      over the T tokens (``mdkl.lm.token_reference_for_kl``), per-token k3: exponent 1 - 1/T.
+      over the T tokens (``mdkl.shaping.token_reference_for_kl``), per-token k3: exponent 1 - 1/T.
     * ``"sequence"``: Algorithm 2 as stated, sequence-level k3 for every sample
       (:func:`mdkl.mara_kl.anchored_forward_kl`, ``level="sequence"``): fixed point
       :func:`mdkl.mara.mara_forward_target`, uniform on the good set.
@@ -247,7 +247,7 @@ def forward_mara_loss(tree: TokenTree, name: str, beta: float, tau: float = 1.0)
         anchored = good
     mask = torch.ones_like(tok_ref)
     if name == "even_spread":
-        from mdkl.lm import token_reference_for_kl
+        from mdkl.shaping import token_reference_for_kl
 
         tok_ref_kl = token_reference_for_kl(tok_ref, mask, lref_kl)
     elif name == "departure":

@@ -5,14 +5,14 @@ Two pieces:
 - :func:`train_toy`: KL-regularized policy-gradient RL (REINFORCE with a leave-one-out or mean
   baseline) on sampled batches, for a categorical policy (free logits over K actions) or a 1-D
   Gaussian policy. KL direction and placement, entropy bonus and MARA are config fields; the
-  estimators come from :mod:`mdkl.kl` and MARA from :mod:`mdkl.mara`. Several seeds train in
-  parallel as independent rows of one parameter tensor (Adam is elementwise, so rows never
-  interact); MARA's group index is the seed.
+  rewards, advantages and loss come from the shared :mod:`mdkl.shaping` path. Several seeds
+  train in parallel as independent rows of one parameter tensor (Adam is elementwise, so rows
+  never interact); each seed's batch is one shaping group.
 - :func:`fit_density`: distribution matching (Fig. 1a/b), minimizing the exact reverse or
   forward KL to a target density on a quadrature grid.
 
 Defaults of :class:`ToyConfig` follow the spec's reading of the authors' toy code: logits
-initialised at 0, batches of 32, AdamW lr 5e-3, 1000 iterations, KL as a loss.
+initialised at 0, batches of 32, AdamW lr 5e-3, 1000 steps, KL as a loss (k2).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mdkl.kl import kl_gradient_direction, kl_loss, kl_reward_penalty
-from mdkl.mara import MARA_FOR_KL, check_mara_has_kl, mara_rewards, mara_substitute
+from mdkl.kl import kl_gradient_direction
+from mdkl.shaping import ShapingConfig, advantages, policy_loss, shape_rewards
 
 __all__ = ["ToyConfig", "ToyResult", "CategoricalPolicy", "GaussianPolicy", "train_toy",
            "train_categorical", "train_categorical_cached", "fit_density", "DensityFit"]
@@ -35,14 +35,19 @@ __all__ = ["ToyConfig", "ToyResult", "CategoricalPolicy", "GaussianPolicy", "tra
 
 @dataclass(frozen=True)
 class ToyConfig:
-    """Configuration of one toy KL-regularized RL run (all seeds of it train in parallel)."""
+    """Configuration of one toy KL-regularized RL run (all seeds of it train in parallel). The
+    shaping fields carry the names of :class:`mdkl.shaping.ShapingConfig` (:attr:`shaping`)."""
 
     beta: float = 1e-3
     """KL coefficient beta (>= 0; 0 disables the KL term)."""
-    estimator: Literal["k1", "k2", "k3"] | None = "k2"
-    """KL estimator: k2 (reverse KL, default), k3 (forward KL), k1; None for no KL term."""
-    placement: Literal["reward", "loss"] = "loss"
-    """Where the estimator goes: 'loss' (differentiated) or 'reward' (detached, k1 only)."""
+    kl: Literal["reverse", "forward", "none"] = "reverse"
+    """KL direction whose gradient the regularizer follows ('none': no KL term)."""
+    kl_placement: Literal["reward", "loss"] = "loss"
+    """Where the estimator goes: 'loss' (differentiated: k2 reverse, k3 forward) or 'reward'
+    (detached k1, reverse only); see :func:`mdkl.shaping.kl_estimator_for`."""
+    kl_estimator: Literal["k1", "k2", "k3"] | None = None
+    """Explicit estimator overriding the (kl, kl_placement) table; its one use is k1 as a loss
+    (kl='reverse', kl_placement='loss'), whose gradient is zero in expectation (notebook 02)."""
     entropy: float = 0.0
     """Entropy bonus eta, added to the reward as -eta log pi(y) (detached)."""
     mara: Literal["none", "alg1", "alg2", "auto"] = "none"
@@ -54,15 +59,16 @@ class ToyConfig:
     """MARA anchor: the paper's best-supported good sample, or the highest-reward / a random good
     sample (see mdkl.mara.mara_anchor; 'random' draws from the shared generator)."""
     batch_size: int = 32
-    """Samples per seed per iteration."""
+    """Samples per seed per step."""
     lr: float = 5e-3
     """AdamW learning rate."""
     weight_decay: float = 0.01
     """AdamW weight decay (torch's default)."""
-    iterations: int = 1000
-    """Policy-gradient iterations."""
-    baseline: Literal["rloo", "mean", "none"] = "rloo"
-    """Variance-reduction baseline: leave-one-out mean, batch mean, or none."""
+    steps: int = 1000
+    """Policy-gradient steps (one sampled batch per seed each)."""
+    advantage: Literal["rloo", "mean", "none"] = "rloo"
+    """Advantage within each seed's batch: leave-one-out baseline, batch-mean baseline, or the raw
+    rewards (:func:`mdkl.shaping.group_advantages`)."""
     init: Literal["zeros", "reference"] = "zeros"
     """Initial logits: zeros (uniform) or the reference log-probabilities (categorical only)."""
     seed: int = 0
@@ -71,23 +77,24 @@ class ToyConfig:
     n_seeds: int = 1
     """Independent runs trained in parallel."""
     log_every: int = 10
-    """Record the policy every this many iterations."""
+    """Record the policy every this many steps."""
+
+    @property
+    def shaping(self) -> ShapingConfig:
+        """The shaping settings (:class:`mdkl.shaping.ShapingConfig`, sequence-level KL); raises a
+        ``ValueError`` naming the fix for inconsistent settings."""
+        return ShapingConfig.from_fields(self)
 
     @property
     def kl_direction(self) -> str:
         """'reverse', 'forward' or 'none': which divergence the KL term's gradient follows."""
-        if self.estimator is None or self.beta == 0:
-            return "none"
-        return kl_gradient_direction(self.estimator, self.placement)
+        est = self.shaping.estimator
+        return "none" if est is None else kl_gradient_direction(est, self.kl_placement)
 
     @property
     def mara_algorithm(self) -> str:
         """The MARA algorithm actually used ('none', 'alg1' or 'alg2')."""
-        if self.mara != "auto":
-            return self.mara
-        if self.kl_direction == "none":
-            raise ValueError("mara='auto' needs a KL term to pick Algorithm 1 or 2: set estimator/beta")
-        return MARA_FOR_KL[self.kl_direction]
+        return self.shaping.mara_algorithm
 
     def replace(self, **changes) -> "ToyConfig":
         return dataclasses.replace(self, **changes)
@@ -155,32 +162,14 @@ class GaussianPolicy(torch.nn.Module):
         return torch.cat([self.mean, self.log_std.exp()], 1).detach().numpy()
 
 
-def _baseline(r: torch.Tensor, kind: str) -> torch.Tensor:
-    b = r.shape[1]
-    if kind == "none":
-        return torch.zeros_like(r)
-    if kind == "mean":
-        return r.mean(1, keepdim=True).expand_as(r)
-    if kind == "rloo":
-        if b < 2:
-            raise ValueError("the leave-one-out baseline needs batch_size >= 2")
-        return (r.sum(1, keepdim=True) - r) / (b - 1)
-    raise ValueError(f"unknown baseline {kind!r}: use 'rloo', 'mean' or 'none'")
-
-
-def _validate(cfg: ToyConfig, max_reward: float | None) -> None:
-    if cfg.beta < 0 or not np.isfinite(cfg.beta):
-        raise ValueError(f"beta must be >= 0 (got {cfg.beta})")
-    if cfg.mara != "none":
-        check_mara_has_kl(cfg.beta, cfg.estimator is not None,
-                          f"estimator={cfg.estimator!r}, beta={cfg.beta}")
-        if cfg.tau is None:
-            raise ValueError("MARA needs a threshold tau (e.g. tau=1.0 for 0/1 rewards)")
-        if max_reward is not None and cfg.tau > max_reward:
-            raise ValueError(f"tau={cfg.tau} is above every reward (max R = {max_reward}): "
-                             f"MARA would never anchor; choose tau <= max R")
-    if cfg.batch_size < 1 or cfg.iterations < 0 or cfg.n_seeds < 1:
-        raise ValueError("batch_size, n_seeds must be >= 1 and iterations >= 0")
+def _validate(cfg: ToyConfig, max_reward: float | None) -> ShapingConfig:
+    shaping = cfg.shaping  # beta, KL, MARA and advantage settings
+    if shaping.mara != "none" and max_reward is not None and cfg.tau > max_reward:
+        raise ValueError(f"tau={cfg.tau} is above every reward (max R = {max_reward}): "
+                         f"MARA would never anchor; choose tau <= max R")
+    if cfg.batch_size < 1 or cfg.steps < 0 or cfg.n_seeds < 1:
+        raise ValueError("batch_size, n_seeds must be >= 1 and steps >= 0")
+    return shaping
 
 
 def train_toy(
@@ -192,22 +181,21 @@ def train_toy(
     max_reward: float | None = None,
     progress: bool = False,
 ) -> ToyResult:
-    """REINFORCE on ``E[R] - beta * KL`` (+ entropy, + MARA) for ``cfg.iterations`` steps.
+    """REINFORCE on ``E[R] - beta * KL`` (+ entropy, + MARA) for ``cfg.steps`` steps.
 
     ``reward_fn`` and ``ref_log_prob`` map a [n_seeds, batch] tensor of samples to rewards and
-    reference log-probabilities. Per iteration: sample a batch per seed, compute rewards, apply
-    MARA within each seed's batch, put the k1 penalty / entropy bonus in the reward or the
-    estimator in the loss, and take one AdamW step on the policy-gradient loss.
+    reference log-probabilities. Per step: sample a batch per seed, then the shared shaping path
+    with each seed's batch as one group (:func:`mdkl.shaping.shape_rewards`: MARA, k1 penalty in
+    the reward, entropy bonus; :func:`mdkl.shaping.advantages`; :func:`mdkl.shaping.policy_loss`:
+    REINFORCE + the estimator as a loss), and one AdamW step.
     """
-    _validate(cfg, max_reward)
-    direction = cfg.kl_direction
-    alg = cfg.mara_algorithm
+    shaping = _validate(cfg, max_reward)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     s, b = cfg.n_seeds, cfg.batch_size
     group = torch.arange(s).repeat_interleave(b)
     steps, hist, mean_r = [0], [policy.snapshot()], []
-    for it in tqdm(range(1, cfg.iterations + 1), disable=not progress, desc="toy RL", leave=False):
+    for it in tqdm(range(1, cfg.steps + 1), disable=not progress, desc="toy RL", leave=False):
         x = policy.sample(b, gen)
         logp = policy.log_prob(x)
         with torch.no_grad():
@@ -216,26 +204,14 @@ def train_toy(
         if torch.isnan(r).any():
             raise ValueError("reward_fn returned NaN: rewards must be finite")
         mean_r.append(r.mean(1).numpy())
-        if alg == "alg1":
-            r = mara_rewards(r.flatten(), lref.flatten(), cfg.beta, cfg.tau, group,
-                             anchor=cfg.anchor, generator=gen).view(s, b)
-        elif alg == "alg2":
-            r_flat, l_flat = mara_substitute(r.flatten(), lref.flatten(), cfg.tau, group,
-                                             anchor=cfg.anchor, generator=gen)
-            r, lref = r_flat.view(s, b), l_flat.view(s, b)
-        shaped = r.clone()
-        if direction != "none" and cfg.placement == "reward":
-            shaped = shaped + kl_reward_penalty(logp, lref, cfg.beta, cfg.estimator)
-        if cfg.entropy:
-            shaped = shaped - cfg.entropy * logp.detach()
-        adv = shaped - _baseline(shaped, cfg.baseline)
-        loss = -(adv * logp).mean(1)
-        if cfg.estimator is not None and cfg.beta > 0 and cfg.placement == "loss":
-            loss = loss + kl_loss(logp, lref, cfg.beta, cfg.estimator).mean(1)
+        shaped, lref_kl = shape_rewards(shaping, r.flatten(), logp.flatten(), lref.flatten(), group,
+                                        generator=gen)
+        adv = advantages(shaping, r.flatten(), shaped, group).view(s, b)
+        loss = policy_loss(shaping, logp, lref_kl.view(s, b), adv)  # one loss per seed
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()
-        if it % cfg.log_every == 0 or it == cfg.iterations:
+        if it % cfg.log_every == 0 or it == cfg.steps:
             steps.append(it)
             hist.append(policy.snapshot())
     return ToyResult(cfg, np.array(steps), np.stack(hist), hist[-1],
@@ -267,14 +243,14 @@ def train_categorical(cfg: ToyConfig, rewards, ref, *, progress: bool = False) -
 
 def train_categorical_cached(name: str, cfg: ToyConfig, rewards, ref, *, force: bool = False) -> ToyResult:
     """:func:`train_categorical` through :func:`mdkl.runtime.cached` (``data/cache/<name>-<key>``),
-    keyed by the config, the problem (rewards, reference) and the source of the trainer, the KL
-    estimators and MARA, so notebooks re-train only what changed."""
-    from mdkl import kl, mara, runtime
+    keyed by the config, the problem (rewards, reference) and the code of this module (with the
+    modules it imports), so notebooks re-train only what changed."""
+    from mdkl import runtime
 
     key = {"cfg": cfg, "rewards": np.asarray(rewards, dtype=np.float64),
            "ref": np.asarray(ref, dtype=np.float64)}
     return runtime.cached(name, key, lambda: train_categorical(cfg, rewards, ref),
-                          code=[sys.modules[__name__], kl, mara], force=force)
+                          code=[sys.modules[__name__]], force=force)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ gradient into the per-token reverse KL's (``mdkl.kl``; measured exactly in
    completions excluded: exactly TRL's ``completion_mask``), gathers them across processes (rewards
    are gathered there too, so a prompt's group may span GPUs), computes the sampling policy's
    sequence log-probs the same way (one extra no-grad forward pass, also logged as the KL
-   estimate), and calls our own trainer's shaping, :func:`mdkl.lm.regularized_rewards`, per
+   estimate), and calls the shared shaping path, :func:`mdkl.shaping.shape_rewards`, per
    prompt group of ``num_generations`` samples:
 
    - MARA Algorithm 1 (:func:`mdkl.mara.mara_rewards`) for the reverse KL, or Algorithm 2
@@ -27,7 +27,10 @@ gradient into the per-token reverse KL's (``mdkl.kl``; measured exactly in
      ``-beta (log pi(y) - log pi_ref(y))`` (:func:`mdkl.kl.kl_reward_penalty`).
 
    The shaped reward is handed back to TRL, whose own code then forms the GRPO advantages
-   (group mean / std, ``scale_rewards``); nothing of that is copied here.
+   (group mean, divided by the std per ``scale_rewards``); nothing of that is copied here. With
+   MARA or k1 in the reward, ``scale_rewards`` defaults to ``"none"``: dividing by the group's std
+   erases the beta-scaled spread they create inside an all-correct group (the regularized target
+   no longer follows), so an explicit ``"group"`` / ``"batch"`` is refused with them.
 3. ``_compute_loss`` runs TRL's loss with its built-in k3 term switched off and adds
    ``beta * mdkl.kl.kl_loss(...)`` for the chosen estimator (k2: reverse, k3: forward), per token
    (``kl_level="token"``, the default as in :mod:`mdkl.lm`; with ``kl="forward"`` this is exactly
@@ -37,7 +40,7 @@ gradient into the per-token reverse KL's (``mdkl.kl``; measured exactly in
    over whole outputs; the sequence value is spread evenly over its tokens). Under Algorithm 2 the
    reference inside the KL is the anchor's, ``log pi_ref(z)``; per token, the difference to the
    sample's own reference is spread evenly over its tokens
-   (:func:`mdkl.lm.token_reference_for_kl`, [reading], as in our trainer).
+   (:func:`mdkl.shaping.token_reference_for_kl`, [reading], as in our trainer).
 
 The per-token KL values are aggregated with TRL's own normalization for ``loss_type`` (the one
 TRL's k3 term gets), so beta weighs the KL against the policy term as in TRL, and relative to the
@@ -77,7 +80,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from mdkl.kl import k1, kl_loss
-from mdkl.lm import LMConfig, regularized_rewards, token_reference_for_kl, validate_config
+from mdkl.shaping import ShapingConfig, shape_rewards, token_reference_for_kl
 
 __all__ = ["MDKLGRPOConfig", "MDKLGRPOTrainer", "onetwo_reward", "OneTwoScriptArguments", "main"]
 
@@ -88,8 +91,16 @@ _KL_LOSS_TYPES = frozenset({"grpo", "sapo", "bnpo", "dr_grpo", "luspo", "dapo", 
 
 @dataclass
 class MDKLGRPOConfig(GRPOConfig):
-    """``GRPOConfig`` plus the KL direction and MARA, with the field names of :class:`mdkl.lm.LMConfig`
-    (``beta`` is TRL's field: > 0 for a KL term; TRL's ``entropy_coef`` is the entropy bonus)."""
+    """``GRPOConfig`` plus the KL direction and MARA, with the field names of
+    :class:`mdkl.shaping.ShapingConfig` (``beta`` is TRL's field: > 0 for a KL term)."""
+
+    scale_rewards: str | None = field(
+        default=None, metadata={"help": "TRL's reward scaling ('group', 'batch', 'none'); default 'none' with "
+                                        "MARA or k1 in the reward (std scaling erases their spread), else 'group'."})
+    """TRL's reward scaling: 'group' / True (divide by the group's std), 'batch', 'none' / False.
+    Default (None): 'none' with MARA or k1 in the reward, whose beta-scaled spread inside an
+    all-correct group the std division would erase (an explicit 'group' / 'batch' with them
+    raises), else TRL's 'group'."""
 
     kl: Literal["reverse", "forward", "none"] = field(
         default="reverse", metadata={"help": "KL direction whose gradient the regularizer follows."})
@@ -113,23 +124,27 @@ class MDKLGRPOConfig(GRPOConfig):
     """If set, tau is this percentile of each group's rewards (paper's creative task: 90)."""
 
     def __post_init__(self):
+        base = ShapingConfig.from_fields(self, advantage="mean")  # beta, KL placement / level, MARA, tau
+        spread = base.mara != "none" or (base.estimator == "k1" and base.kl_placement == "reward")
+        scale = {True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards)
+        if scale is None:
+            self.scale_rewards = "none" if spread else "group"
+        elif spread and scale in ("group", "batch"):
+            what = "MARA" if base.mara != "none" else "the k1 penalty in the reward"
+            raise ValueError(f"scale_rewards={scale!r} divides the shaped rewards by a std, which erases the "
+                             f"beta-scaled spread {what} creates inside an all-correct group: use "
+                             f"scale_rewards='none' (the default with {what})")
         super().__post_init__()
-        validate_config(self.lm_config)  # beta <= 0 with MARA, unknown KL placement or level, tau range
+        self.shaping  # noqa: B018  (validates the combination with TRL's advantage)
         if self.kl_placement == "loss" and self.loss_type not in _KL_LOSS_TYPES:
             raise ValueError(f"loss_type={self.loss_type!r} with a KL loss: use one of "
                              f"{sorted(_KL_LOSS_TYPES)} or kl_placement='reward'")
 
     @property
-    def lm_config(self) -> LMConfig:
-        """The shaping settings as an :class:`mdkl.lm.LMConfig` (what ``regularized_rewards`` reads)."""
-        return LMConfig(beta=self.beta, kl=self.kl, kl_placement=self.kl_placement, kl_level=self.kl_level,
-                        mara=self.mara, tau=self.tau, tau_percentile=self.tau_percentile, entropy=0.0,
-                        group_size=self.num_generations)
-
-    @property
-    def kl_estimator(self) -> tuple[str | None, str]:
-        """``(estimator, placement)`` of the KL term, e.g. ``('k3', 'loss')``; estimator None: no KL."""
-        return self.lm_config.estimator, self.kl_placement
+    def shaping(self) -> ShapingConfig:
+        """The shaping settings (:class:`mdkl.shaping.ShapingConfig`) from this config's same-named
+        fields; ``advantage`` mirrors TRL's (group mean, std-scaled with ``scale_rewards='group'``)."""
+        return ShapingConfig.from_fields(self, advantage="grpo" if self.scale_rewards == "group" else "mean")
 
 
 class MDKLGRPOTrainer(GRPOTrainer):
@@ -202,8 +217,8 @@ class MDKLGRPOTrainer(GRPOTrainer):
         shaped, kl_ref = rewards.clone(), logp_ref.clone()
         if scorable.any():  # MARA and the k1 penalty on the scorable samples, groups renumbered
             _, g = torch.unique(group[scorable], return_inverse=True)
-            r_s, lr_s = regularized_rewards(args.lm_config, rewards[scorable], logp[scorable],
-                                            logp_ref[scorable], g)
+            r_s, lr_s = shape_rewards(args.shaping, rewards[scorable].double(), logp[scorable].double(),
+                                      logp_ref[scorable].double(), g)
             shaped[scorable], kl_ref[scorable] = r_s.to(shaped.dtype), lr_s.to(kl_ref.dtype)
         self._metrics[mode]["mdkl/kl_k1"].append(k1(logp, logp_ref).mean().item())
         self._metrics[mode]["mdkl/reward"].append(rewards[scorable].mean().item())
@@ -222,8 +237,8 @@ class MDKLGRPOTrainer(GRPOTrainer):
             loss = super()._compute_loss(model, inputs)
         finally:
             self.beta, self._in_loss = beta, False
-        estimator, placement = self.args.kl_estimator
-        if beta == 0.0 or estimator is None or placement == "reward":
+        estimator = self.args.shaping.estimator
+        if beta == 0.0 or estimator is None or self.args.kl_placement == "reward":
             return loss
         lp = self._policy_logps
         mask = (inputs["completion_mask"] * inputs.get("tool_mask", 1)).to(lp.dtype)
@@ -276,9 +291,9 @@ def onetwo_reward(completions, **kwargs) -> list[float]:
 class OneTwoScriptArguments:
     """What :func:`main` needs besides :class:`MDKLGRPOConfig`."""
 
-    model: str = field(default="small", metadata={"help": "'small' (mdkl.lm's from-scratch LM), 'smollm2', "
+    model: str = field(default="small", metadata={"help": "'small' (mdkl.smalllm's from-scratch LM), 'smollm2', "
                                                           "or a folder with a causal LM and its tokenizer"})
-    """'small' (the cached from-scratch LM of :mod:`mdkl.lm`), 'smollm2', or a model folder."""
+    """'small' (the cached from-scratch LM of :mod:`mdkl.smalllm`), 'smollm2', or a model folder."""
     n_prompts: int = field(default=4096, metadata={"help": "Rows of the prompt dataset (the 1-2 prompt)."})
     """Rows of the prompt dataset (all the 1-2 prompt; ``max_steps`` bounds the run)."""
 
@@ -294,7 +309,7 @@ def main(argv=None) -> MDKLGRPOTrainer:
     script, args = HfArgumentParser((OneTwoScriptArguments, MDKLGRPOConfig)).parse_args_into_dataclasses(argv)
     with PartialState().main_process_first():  # the first process builds the cached weights
         if script.model == "small":
-            from mdkl.lm import small_lm_dir
+            from mdkl.smalllm import small_lm_dir
             path = str(small_lm_dir(progress=False))
         elif script.model == "smollm2":
             from mdkl.models import smollm2_dir

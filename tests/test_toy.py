@@ -16,20 +16,20 @@ REWARDS = np.array([1.0, 0.5, 0.0])
 REF = np.array([0.2, 0.5, 0.3])
 BETA = 0.5
 # 8 seeds x 64 samples, lr 0.05, no weight decay: ~1 s per run, mean error ~0.004 (tolerance 0.02)
-FAST = dict(beta=BETA, lr=0.05, iterations=400, batch_size=64, n_seeds=8, weight_decay=0.0,
+FAST = dict(beta=BETA, lr=0.05, steps=400, batch_size=64, n_seeds=8, weight_decay=0.0,
             log_every=100)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("estimator,placement,target_fn,other_fn", [
-    ("k2", "loss", reverse_kl_target, forward_kl_target),
-    ("k1", "reward", reverse_kl_target, forward_kl_target),
-    ("k3", "loss", forward_kl_target, reverse_kl_target),
+@pytest.mark.parametrize("kl,placement,target_fn,other_fn", [
+    ("reverse", "loss", reverse_kl_target, forward_kl_target),
+    ("reverse", "reward", reverse_kl_target, forward_kl_target),
+    ("forward", "loss", forward_kl_target, reverse_kl_target),
 ])
-def test_train_categorical_converges_to_target(estimator, placement, target_fn, other_fn):
+def test_train_categorical_converges_to_target(kl, placement, target_fn, other_fn):
     target, other = target_fn(REF, REWARDS, BETA), other_fn(REF, REWARDS, BETA)
     assert np.abs(target - other).max() > 0.05  # the two targets are distinguishable here
-    res = train_categorical(ToyConfig(estimator=estimator, placement=placement, **FAST), REWARDS, REF)
+    res = train_categorical(ToyConfig(kl=kl, kl_placement=placement, **FAST), REWARDS, REF)
     assert res.final.shape == (8, 3) and np.allclose(res.final.sum(1), 1.0)
     err = np.abs(res.mean_final - target).max()
     assert err < 0.02, (res.mean_final, target)
@@ -39,7 +39,7 @@ def test_train_categorical_converges_to_target(estimator, placement, target_fn, 
 
 
 def test_training_is_deterministic_for_a_fixed_config():
-    cfg = ToyConfig(beta=0.1, iterations=30, n_seeds=3, batch_size=8, log_every=5)
+    cfg = ToyConfig(beta=0.1, steps=30, n_seeds=3, batch_size=8, log_every=5)
     a = train_categorical(cfg, REWARDS, REF)
     b = train_categorical(cfg, REWARDS, REF)
     np.testing.assert_array_equal(a.history, b.history)
@@ -70,7 +70,7 @@ def test_parallel_rows_never_interact(mara):
     lref = torch.log(torch.tensor(REF))
     runs = []
     for n in (1, 3):
-        cfg = ToyConfig(beta=0.2, iterations=40, n_seeds=n, batch_size=8, mara=mara, tau=0.5,
+        cfg = ToyConfig(beta=0.2, steps=40, n_seeds=n, batch_size=8, mara=mara, tau=0.5,
                         log_every=10)
         runs.append(train_toy(cfg, _PerRowSampling(n, 3), lambda x: r[x], lambda x: lref[x],
                               max_reward=1.0))
@@ -78,15 +78,22 @@ def test_parallel_rows_never_interact(mara):
 
 
 def test_mara_auto_picks_the_algorithm_for_the_kl_direction():
-    assert ToyConfig(estimator="k2", placement="loss", mara="auto").mara_algorithm == "alg1"
-    assert ToyConfig(estimator="k1", placement="reward", mara="auto").mara_algorithm == "alg1"
-    assert ToyConfig(estimator="k3", placement="loss", mara="auto").mara_algorithm == "alg2"
-    assert ToyConfig(mara="alg2").mara_algorithm == "alg2"
+    assert ToyConfig(kl="reverse", kl_placement="loss", mara="auto", tau=1.0).mara_algorithm == "alg1"
+    assert ToyConfig(kl="reverse", kl_placement="reward", mara="auto", tau=1.0).mara_algorithm == "alg1"
+    assert ToyConfig(kl="forward", kl_placement="loss", mara="auto", tau=1.0).mara_algorithm == "alg2"
+    assert ToyConfig(mara="alg2", tau=1.0).mara_algorithm == "alg2"
     assert ToyConfig(mara="none").mara_algorithm == "none"
     with pytest.raises(ValueError, match="needs a KL term"):
-        ToyConfig(estimator=None, mara="auto").mara_algorithm
+        ToyConfig(kl="none", mara="auto", tau=1.0).mara_algorithm
     with pytest.raises(ValueError, match="needs a KL term"):
-        ToyConfig(beta=0.0, mara="auto").mara_algorithm
+        ToyConfig(beta=0.0, mara="auto", tau=1.0).mara_algorithm
+
+
+def test_kl_direction_of_each_placement_and_the_k1_loss_override():
+    assert ToyConfig(kl="reverse", kl_placement="loss").kl_direction == "reverse"
+    assert ToyConfig(kl="forward", kl_placement="loss").kl_direction == "forward"
+    assert ToyConfig(kl="reverse", kl_placement="loss", kl_estimator="k1").kl_direction == "none"
+    assert ToyConfig(kl="none").kl_direction == "none"
 
 
 def test_mara_training_runs_and_lifts_low_support_good_action():
@@ -94,7 +101,7 @@ def test_mara_training_runs_and_lifts_low_support_good_action():
     ratio at 12 (Rem. 4.3), MARA pulls it towards 1 (Rem. B.3)."""
     r = np.array([1.0, 1.0, 0.0])
     ref = np.array([0.6, 0.05, 0.35])
-    cfg = ToyConfig(beta=0.1, lr=0.05, iterations=300, batch_size=32, n_seeds=4, tau=1.0,
+    cfg = ToyConfig(beta=0.1, lr=0.05, steps=300, batch_size=32, n_seeds=4, tau=1.0,
                     init="reference", log_every=100)
     vanilla = train_categorical(cfg, r, ref).mean_final
     mara = train_categorical(cfg.replace(mara="auto"), r, ref).mean_final
@@ -104,29 +111,30 @@ def test_mara_training_runs_and_lifts_low_support_good_action():
 
 @pytest.mark.parametrize("changes,match", [
     (dict(mara="alg1", beta=0.0, tau=1.0), "MARA needs a KL term with beta > 0"),
-    (dict(mara="auto", estimator=None, tau=1.0), "MARA needs a KL term"),
+    (dict(mara="auto", kl="none", tau=1.0), "MARA needs a KL term"),
     (dict(mara="alg1", beta=0.1), "MARA needs a threshold tau"),
     (dict(mara="alg2", beta=0.1, tau=1.5), "choose tau <= max R"),
     (dict(beta=-0.1), "beta must be >= 0"),
     (dict(batch_size=0), "batch_size"),
     (dict(init="uniform"), "unknown init"),
-    (dict(baseline="median"), "unknown baseline"),
-    (dict(batch_size=1), "leave-one-out baseline needs batch_size >= 2"),
+    (dict(advantage="median"), "unknown advantage"),
+    (dict(batch_size=1), "'rloo' needs >= 2 samples per group"),
+    (dict(kl="forward", kl_placement="reward"), "forward\\+loss"),
 ])
 def test_bad_config(changes, match):
     with pytest.raises(ValueError, match=match):
-        train_categorical(ToyConfig(iterations=2, **changes), REWARDS, REF)
+        train_categorical(ToyConfig(steps=2, **changes), REWARDS, REF)
 
 
 def test_bad_rewards():
     with pytest.raises(ValueError, match="NaN"):
-        train_categorical(ToyConfig(iterations=2), [1.0, math.nan, 0.0], REF)
+        train_categorical(ToyConfig(steps=2), [1.0, math.nan, 0.0], REF)
     with pytest.raises(ValueError, match="same length"):
-        train_categorical(ToyConfig(iterations=2), [1.0, 0.0], REF)
+        train_categorical(ToyConfig(steps=2), [1.0, 0.0], REF)
 
 
-def test_zero_iterations_returns_initial_policy():
-    res = train_categorical(ToyConfig(iterations=0, n_seeds=2, init="reference"), REWARDS, REF)
+def test_zero_steps_returns_initial_policy():
+    res = train_categorical(ToyConfig(steps=0, n_seeds=2, init="reference"), REWARDS, REF)
     np.testing.assert_allclose(res.final, np.tile(REF, (2, 1)), rtol=1e-12)
 
 
@@ -186,7 +194,7 @@ def test_train_categorical_cached_reuses_and_keys_by_config(tmp_path, monkeypatc
     from mdkl.toy import train_categorical_cached
 
     monkeypatch.setattr(runtime, "CACHE_DIR", tmp_path)
-    cfg = ToyConfig(beta=0.5, iterations=20, n_seeds=2, batch_size=8)
+    cfg = ToyConfig(beta=0.5, steps=20, n_seeds=2, batch_size=8)
     a = train_categorical_cached("t", cfg, [0.0, 1.0], [0.5, 0.5])
     np.testing.assert_array_equal(a.final, train_categorical(cfg, [0.0, 1.0], [0.5, 0.5]).final)
     assert len(list(tmp_path.glob("t-*.pkl"))) == 1

@@ -22,7 +22,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast 
 from trl import GRPOTrainer  # noqa: E402
 
 from mdkl.kl import KL_PLACEMENTS, k1, kl_gradient_direction, kl_loss  # noqa: E402
-from mdkl.lm import token_reference_for_kl  # noqa: E402
+from mdkl.shaping import token_reference_for_kl  # noqa: E402
 from mdkl.mara import batch_percentile_tau, mara_rewards, mara_substitute  # noqa: E402
 from mdkl.trl_ext import MDKLGRPOConfig, MDKLGRPOTrainer  # noqa: E402
 
@@ -104,9 +104,10 @@ def rescore(tr):
     return torch.tensor(reward_12(comp)), torch.arange(len(comp)) // NG
 
 
-def grpo_advantages(r):
+def mean_advantages(r):
+    """TRL's advantages with scale_rewards='none' (the default with MARA or k1 in the reward)."""
     g = r.view(-1, NG)
-    return ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + 1e-4)).view(-1)
+    return (g - g.mean(1, keepdim=True)).view(-1)
 
 
 def test_mara_alg1_reverse_rewards_equal_core(model_dir, tmp_path):
@@ -121,9 +122,10 @@ def test_mara_alg1_reverse_rewards_equal_core(model_dir, tmp_path):
     assert (augmented != r).any(), "degenerate batch: Alg. 1 changed nothing"
     expected = augmented - BETA * k1(logp, ref)  # Alg. 1 + k1 in the reward
     torch.testing.assert_close(s["shaped_rewards"], expected, atol=1e-4, rtol=1e-5)
-    # and TRL formed its GRPO advantages from exactly these rewards
-    torch.testing.assert_close(tr.scored["advantages"], grpo_advantages(s["shaped_rewards"]))
-    assert tr.args.lm_config.mara_algorithm == "alg1"
+    # and TRL formed its advantages from exactly these rewards, unscaled (scale_rewards='none')
+    assert tr.args.scale_rewards == "none"
+    torch.testing.assert_close(tr.scored["advantages"], mean_advantages(s["shaped_rewards"]))
+    assert tr.args.shaping.mara_algorithm == "alg1"
     assert any("mdkl/kl_k1" in h for h in tr.state.log_history)
 
 
@@ -137,9 +139,9 @@ def test_mara_alg2_forward_substitutes_reward_and_reference(model_dir, tmp_path)
     assert (ref_sub != ref).any(), "degenerate batch: Alg. 2 substituted nothing"
     torch.testing.assert_close(s["shaped_rewards"], r_sub, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(s["kl_logp_ref"], ref_sub, atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(tr.scored["advantages"], grpo_advantages(s["shaped_rewards"]))
+    torch.testing.assert_close(tr.scored["advantages"], mean_advantages(s["shaped_rewards"]))
     torch.testing.assert_close(tr.scored["mdkl_logp_ref"], ref_sub, atol=1e-4, rtol=1e-5)
-    assert tr.args.lm_config.mara_algorithm == "alg2"
+    assert tr.args.shaping.mara_algorithm == "alg2"
 
 
 def kl_term(tr, native_beta=0.0):
@@ -188,7 +190,7 @@ def test_mara_alg2_forward_kl_term_uses_anchor_reference(model_dir, tmp_path):
 def test_kl_direction_selects_estimator(model_dir, tmp_path, kl, placement, level, key):
     tr = train(model_dir, tmp_path, steps=1, kl=kl, kl_placement=placement, kl_level=level)
     estimator = KL_PLACEMENTS[key][0]
-    assert tr.args.kl_estimator == KL_PLACEMENTS[key]
+    assert (tr.args.shaping.estimator, tr.args.kl_placement) == KL_PLACEMENTS[key]
     assert kl_gradient_direction(estimator, placement) == kl
     s = tr.last_shaping
     r, _ = rescore(tr)
@@ -221,6 +223,23 @@ def test_bad_config_errors(tmp_path):
         MDKLGRPOConfig(mara="auto", beta=0.1, tau_percentile=101.0, **base)
     MDKLGRPOConfig(beta=0.0, **base)  # plain RL without MARA is fine
     MDKLGRPOConfig(mara="alg1", beta=0.1, kl="forward", kl_placement="loss", kl_level="token", **base)
+
+
+@pytest.mark.parametrize("shaping", [dict(mara="auto", kl="forward", kl_placement="loss"),
+                                     dict(kl="reverse", kl_placement="reward")])
+def test_scale_rewards_defaults_to_none_with_mara_or_k1_in_the_reward(tmp_path, shaping):
+    """TRL's std scaling (scale_rewards 'group' / 'batch') erases the beta-scaled spread MARA and the
+    k1 penalty create inside an all-correct group: the default becomes 'none', explicit scaling raises."""
+    base = dict(output_dir=str(tmp_path), use_cpu=True, report_to=[], beta=0.1, **shaping)
+    assert MDKLGRPOConfig(**base).scale_rewards == "none"
+    for scale in ("group", "batch", True):
+        with pytest.raises(ValueError, match="scale_rewards='none'"):
+            MDKLGRPOConfig(scale_rewards=scale, **base)
+    assert MDKLGRPOConfig(**{**base, "scale_rewards": "none"}).shaping.advantage == "mean"
+    # without either, TRL's own default stays
+    plain = dict(output_dir=str(tmp_path), use_cpu=True, report_to=[], beta=0.1, kl="forward", kl_placement="loss")
+    assert MDKLGRPOConfig(**plain).scale_rewards == "group"
+    assert MDKLGRPOConfig(scale_rewards="batch", **plain).scale_rewards == "batch"
 
 
 def test_two_process_launch(model_dir, tmp_path):
