@@ -461,7 +461,7 @@ def run_rl(prior: SmilesLSTM, vocab: Vocabulary, scorer, cfg: RLConfig = RLConfi
             res = job.get()
             t2 = time.perf_counter()  # forward passes ran inside scoring
         r = torch.as_tensor(res["reward"], dtype=torch.float32)
-        r_used, _ = shape_rewards(shaping, r, lp_agent, lp_prior, torch.zeros(n, dtype=torch.long))
+        r_used, *_ = shape_rewards(shaping, r, lp_agent, lp_prior, torch.zeros(n, dtype=torch.long))
         loss = dap_loss(lp_agent, lp_prior, r_used, cfg.sigma)
         opt.zero_grad()
         loss.backward()

@@ -380,14 +380,14 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
         tok_logp = sequence_logprobs(model, p_ids, p_mask, c_ids, c_mask, prompt_repeats=G, per_token=True)
         logp, logp_ref = tok_logp.sum(-1), tok_ref.sum(-1)
         # ---- 3. rewards -> MARA per group -> KL / entropy shaping -> group advantages
-        shaped, logp_ref_kl = shape_rewards(shaping, r, logp, logp_ref, group, lengths=c_mask.sum(-1))
+        shaped, logp_ref_kl, anchored = shape_rewards(shaping, r, logp, logp_ref, group, lengths=c_mask.sum(-1))
         adv = advantages(shaping, r, shaped, group)
         # ---- 4. one policy-gradient step (KL on the sequence, or per token)
         if cfg.kl_level == "token":
             loss = policy_loss(shaping, tok_logp.double(), logp_ref_kl, adv, token_logp_ref=tok_ref,
-                               completion_mask=c_mask)
+                               completion_mask=c_mask, anchored=anchored)
         else:
-            loss = policy_loss(shaping, logp.double(), logp_ref_kl, adv)
+            loss = policy_loss(shaping, logp.double(), logp_ref_kl, adv, anchored=anchored, group=group)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -1,4 +1,4 @@
-"""The forward-KL (k3) loss of MARA's Algorithm 2 on completions made of tokens (paper §5, Alg. 2).
+"""The KL loss of MARA's Algorithm 2 on completions made of tokens (paper §5, Alg. 2; forward KL: k3).
 
 Algorithm 2 replaces, for every sample with R >= tau, the reward by R(z) *and* the reference
 probability inside the KL term by pi_ref(z), the anchor's. On a language model the KL term is
@@ -39,9 +39,9 @@ from typing import Literal
 
 import torch
 
-from mdkl.kl import k3
+from mdkl.kl import kl_estimate
 
-__all__ = ["anchored_forward_kl", "group_loo_mean"]
+__all__ = ["anchored_kl_loss", "group_loo_mean"]
 
 Level = Literal["sequence", "token"]
 
@@ -86,11 +86,13 @@ def _check_inputs(token_logp, token_logp_ref, completion_mask, seq_logp_ref_kl, 
         raise ValueError("NaN reference log-probabilities: check the reference model's forward pass")
 
 
-def anchored_forward_kl(token_logp: torch.Tensor, token_logp_ref: torch.Tensor, completion_mask: torch.Tensor,
-                        seq_logp_ref_kl: torch.Tensor, anchored: torch.Tensor, beta: float,
-                        level: Level = "sequence", *, weight_baseline: Literal["none", "loo"] = "none",
-                        group: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample forward-KL loss [B] of Algorithm 2 (paper §5) for completions of tokens.
+def anchored_kl_loss(token_logp: torch.Tensor, token_logp_ref: torch.Tensor, completion_mask: torch.Tensor,
+                     seq_logp_ref_kl: torch.Tensor, anchored: torch.Tensor, beta: float,
+                     level: Level = "sequence", *, estimator: Literal["k2", "k3"] = "k3",
+                     weight_baseline: Literal["none", "loo"] = "none",
+                     group: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample KL loss [B] of Algorithm 2 (paper §5) for completions of tokens: forward KL
+    (``estimator="k3"``, the pairing of :data:`mdkl.mara.MARA_FOR_KL`) unless told otherwise.
 
     Inputs: ``token_logp`` [B, T] policy log-probs of the completion tokens (with grad);
     ``token_logp_ref`` [B, T] the reference's; ``completion_mask`` [B, T] (1 on completion tokens);
@@ -99,7 +101,7 @@ def anchored_forward_kl(token_logp: torch.Tensor, token_logp_ref: torch.Tensor, 
     otherwise); ``anchored`` [B] bool, True where the substitution applied (R >= tau in a group
     with an anchor); ``beta`` > 0; ``level`` of the KL for the samples that are *not* anchored.
 
-    Returns ``beta * k3`` per sample: k3 of the sequence log-probs against ``seq_logp_ref_kl`` for
+    Returns ``beta * k`` per sample (``k`` = ``estimator``, k3 below): k3 of the sequence log-probs against ``seq_logp_ref_kl`` for
     anchored samples (and for all samples with ``level="sequence"``), the masked per-token k3 sum
     against ``token_logp_ref`` otherwise. The caller adds its mean to the REINFORCE loss.
     ``level="sequence"`` has the exact uniform-on-the-good-set fixed point of
@@ -121,13 +123,17 @@ def anchored_forward_kl(token_logp: torch.Tensor, token_logp_ref: torch.Tensor, 
         raise ValueError(f"sample {i} is not anchored but seq_logp_ref_kl ({float(ref_kl[i]):.6g}) differs from its "
                          f"masked token reference sum ({float(own[i]):.6g}): pass anchored = the rows "
                          f"mara_substitute changed, and the same completion_mask for both")
-    seq_k = k3(seq_logp, ref_kl)
+    if estimator not in ("k2", "k3"):
+        raise ValueError(f"estimator must be a loss estimator, 'k2' (reverse) or 'k3' (forward); got {estimator!r}")
+    seq_k = kl_estimate(seq_logp, ref_kl, estimator)
     if level == "sequence":
         kl = seq_k
     else:
-        tok_k = (k3(token_logp, token_logp_ref.to(token_logp.dtype).detach()) * m).sum(-1)
+        tok_k = (kl_estimate(token_logp, token_logp_ref.to(token_logp.dtype).detach(), estimator) * m).sum(-1)
         kl = torch.where(anchored, seq_k, tok_k)
     if weight_baseline == "loo":
+        if estimator != "k3":
+            raise ValueError("weight_baseline='loo' is a baseline for k3's importance weight w/pi: use estimator='k3'")
         if level != "sequence":
             raise ValueError("weight_baseline='loo' applies to sequence-level importance weights: use level='sequence'")
         if group is None:

@@ -12,7 +12,11 @@ the rewards with beta = 1/sigma) all configure it with a :class:`ShapingConfig` 
 2. :func:`advantages` (BoN training's 0/1 mask, or :func:`group_advantages` of the shaped rewards
    within each group: 'none', 'mean', 'rloo', 'grpo').
 3. :func:`policy_loss`: REINFORCE -mean(A log pi(y)) plus the KL estimator as a loss (k2, k3, or
-   k1 whose gradient is zero in expectation), on sequence log-probs or summed per token.
+   k1 whose gradient is zero in expectation), on sequence log-probs or summed per token. Under
+   Algorithm 2 the samples it anchored always get the KL on the *sequence*, against
+   log pi_ref(z) (:func:`mdkl.mara_kl.anchored_kl_loss`): the anchor's reference is a sequence
+   probability, and spreading it over tokens keeps the reference's preference (``notebooks/04``,
+   section 5).
 
 Placement table (one table, :func:`mdkl.kl.kl_gradient_direction`; :func:`kl_estimator_for` reads
 it backwards): ``kl='reverse'`` + ``'reward'`` = k1 detached in the reward (PPO / RLOO);
@@ -27,16 +31,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
 from mdkl.baselines import best_of_n_mask, unlikeliness_rewards
 from mdkl.kl import kl_gradient_direction, kl_loss, kl_reward_penalty
 from mdkl.mara import ANCHORS, MARA_FOR_KL, batch_percentile_tau, check_mara_has_kl, mara_rewards, mara_substitute
+from mdkl.mara_kl import anchored_kl_loss, group_loo_mean
 
-__all__ = ["ShapingConfig", "kl_estimator_for", "shape_rewards", "group_advantages", "advantages",
-           "token_reference_for_kl", "policy_loss", "ADVANTAGES"]
+__all__ = ["ShapingConfig", "Shaped", "kl_estimator_for", "shape_rewards", "group_advantages", "advantages",
+           "policy_loss", "ADVANTAGES"]
 
 #: advantage estimators of :func:`group_advantages`
 ADVANTAGES = ("none", "mean", "rloo", "grpo")
@@ -72,6 +77,11 @@ class ShapingConfig:
     kl_level: Literal["sequence", "token"] = "sequence"
     """KL loss on sequence log-probs (the paper's bandit view; the toy's only level) or summed per
     token (GRPO / TRL). k1 in the reward is the same either way."""
+    kl_weight_baseline: Literal["none", "loo"] = "none"
+    """Sequence-level k3 only: replace the constant 1 in its gradient beta (1 - w/pi) grad log pi by
+    the leave-one-out mean of w/pi = pi_ref/pi over the sample's group ('loo'). Unbiased, so the
+    fixed point is unchanged; it lowers the variance of Algorithm 2, whose weights sum to more
+    than 1 (:func:`mdkl.mara_kl.group_loo_mean`). The loss value is still k3."""
     kl_estimator: Literal["k1", "k2", "k3"] | None = None
     """Explicit estimator overriding the one (kl, kl_placement) implies (None: the table's). Its
     only use is k1 as a *loss*, whose gradient is zero in expectation (notebook 02's control row);
@@ -107,7 +117,8 @@ class ShapingConfig:
         for name, allowed in (("kl", ("reverse", "forward", "none")), ("kl_placement", ("reward", "loss")),
                               ("kl_level", ("sequence", "token")), ("mara", ("none", "alg1", "alg2", "auto")),
                               ("tau_scope", ("group", "batch")), ("anchor", ANCHORS), ("advantage", ADVANTAGES),
-                              ("kl_estimator", (None, "k1", "k2", "k3"))):
+                              ("kl_estimator", (None, "k1", "k2", "k3")),
+                              ("kl_weight_baseline", ("none", "loo"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}: use one of {allowed}")
         est = self.estimator  # validates (kl, kl_placement, kl_estimator)
@@ -115,6 +126,9 @@ class ShapingConfig:
             check_mara_has_kl(self.beta, self.kl != "none", f"kl={self.kl!r}, beta={self.beta}")
             if self.tau is None and self.tau_percentile is None:
                 raise ValueError("MARA needs a threshold tau (e.g. tau=1.0 for 0/1 rewards) or tau_percentile")
+        if self.kl_weight_baseline == "loo" and not (est == "k3" and self.kl_placement == "loss"):
+            raise ValueError("kl_weight_baseline='loo' is a baseline for k3's importance weight: use it with "
+                             "kl='forward', kl_placement='loss' (or set kl_weight_baseline='none')")
         if self.tau_percentile is not None and not 0 <= self.tau_percentile <= 100:
             raise ValueError(f"tau_percentile must be in [0, 100] (got {self.tau_percentile})")
         if not 0.0 <= self.unlikely <= 1.0:
@@ -165,9 +179,22 @@ class ShapingConfig:
         return dataclasses.replace(self, **changes)
 
 
+class Shaped(NamedTuple):
+    """What :func:`shape_rewards` returns (unpacks as ``rewards, logp_ref_kl, anchored``)."""
+
+    rewards: torch.Tensor
+    """[B] the rewards the advantage sees (after Unlikely, MARA, the k1 penalty, the entropy bonus)."""
+    logp_ref_kl: torch.Tensor
+    """[B] the sequence reference log-prob the KL loss sees: log pi_ref(z) where Algorithm 2 anchored
+    the sample, its own log pi_ref(y) elsewhere."""
+    anchored: torch.Tensor
+    """[B] bool: the samples MARA acted on (R >= tau in a group with an anchor; all False without
+    MARA). Their count is how often MARA acted."""
+
+
 def shape_rewards(cfg: ShapingConfig, rewards: torch.Tensor, logp: torch.Tensor, logp_ref: torch.Tensor,
                   group: torch.Tensor, *, lengths: torch.Tensor | None = None,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  generator: torch.Generator | None = None) -> Shaped:
     """The rewards the advantage sees, and the reference log-probs the KL *loss* sees.
 
     In order: the Unlikely transform (``cfg.unlikely`` > 0: :func:`mdkl.baselines.unlikeliness_rewards`,
@@ -177,7 +204,7 @@ def shape_rewards(cfg: ShapingConfig, rewards: torch.Tensor, logp: torch.Tensor,
     random anchors), then the k1 penalty -beta (log pi - log pi_ref) if the KL sits in the reward
     (Rem. 3.1), then the entropy bonus -eta log pi (Rem. B.1). Inputs are flat [B] with one
     ``group`` id per sample; everything is detached and computed in the promoted dtype of the
-    three inputs. Returns ``(shaped_rewards, logp_ref_for_kl)``.
+    three inputs. Returns :class:`Shaped` ``(rewards, logp_ref_kl, anchored)``.
 
     All-equal rewards in a group with ``tau_percentile``: tau equals the common reward, every
     sample is "good" and the anchor is the group's best-supported sample, so Alg. 1 gives
@@ -191,6 +218,7 @@ def shape_rewards(cfg: ShapingConfig, rewards: torch.Tensor, logp: torch.Tensor,
         ln = None if lengths is None else lengths.to(torch.float64).clamp(min=1)
         r = unlikeliness_rewards(r, lp, group, cfg.unlikely, cfg.reward_floor, ln)
     alg = cfg.mara_algorithm
+    anchored = torch.zeros(r.shape, dtype=torch.bool, device=r.device)
     if alg != "none":
         if cfg.tau_percentile is None:
             tau = cfg.tau
@@ -198,6 +226,9 @@ def shape_rewards(cfg: ShapingConfig, rewards: torch.Tensor, logp: torch.Tensor,
             tau = batch_percentile_tau(r, cfg.tau_percentile)[0]
         else:
             tau = batch_percentile_tau(r, cfg.tau_percentile, group)
+        tau_t = torch.as_tensor(tau, dtype=r.dtype, device=r.device)
+        # a good sample's group always has an anchor (the sample itself qualifies)
+        anchored = r >= (tau_t[torch.as_tensor(group, device=r.device).long()] if tau_t.ndim else tau_t)
         if alg == "alg1":
             r = mara_rewards(r, lref, cfg.beta, tau, group, anchor=cfg.anchor, generator=generator)
         else:
@@ -207,7 +238,7 @@ def shape_rewards(cfg: ShapingConfig, rewards: torch.Tensor, logp: torch.Tensor,
         r = r + kl_reward_penalty(lp, lref, cfg.beta, est)
     if cfg.entropy:
         r = r - cfg.entropy * lp
-    return r, lref
+    return Shaped(r, lref, anchored)
 
 
 def _consecutive_size(g: torch.Tensor) -> int | None:
@@ -275,30 +306,24 @@ def advantages(cfg: ShapingConfig, rewards: torch.Tensor, shaped: torch.Tensor, 
     return group_advantages(shaped, group, cfg.advantage)
 
 
-def token_reference_for_kl(token_logp_ref: torch.Tensor, completion_mask: torch.Tensor,
-                           logp_ref_kl: torch.Tensor) -> torch.Tensor:
-    """Per-token reference log-probs whose sum per sequence is ``logp_ref_kl`` (the sequence-level
-    reference after MARA's Alg. 2 substitution): the difference to the sample's own reference
-    log-prob is spread evenly over its tokens [reading: the paper does not say how Alg. 2 meets a
-    per-token k3]. Without substitution this returns ``token_logp_ref`` unchanged."""
-    m = completion_mask.to(token_logp_ref.dtype)
-    shift = (logp_ref_kl - (token_logp_ref * m).sum(-1)) / m.sum(-1).clamp(min=1)
-    return (token_logp_ref + shift[:, None]) * m
-
-
 def policy_loss(cfg: ShapingConfig, logp: torch.Tensor, logp_ref_kl: torch.Tensor, adv: torch.Tensor, *,
-                token_logp_ref: torch.Tensor | None = None,
-                completion_mask: torch.Tensor | None = None) -> torch.Tensor:
+                token_logp_ref: torch.Tensor | None = None, completion_mask: torch.Tensor | None = None,
+                anchored: torch.Tensor | None = None, group: torch.Tensor | None = None) -> torch.Tensor:
     """REINFORCE loss -mean(A log pi(y)), plus beta * mean(k) when the KL is a loss (k2 reverse, k3
     forward, or an explicit k1; reference detached).
 
     Sequence level (``cfg.kl_level == 'sequence'``): ``logp``, ``logp_ref_kl`` and ``adv`` are
     [..., B] sequence values, samples on the last axis; leading axes are independent runs (the
-    toy's seeds) and the loss has their shape (mean over samples). Token level: ``logp`` is
-    [B, C] per-token log-probs of the policy, ``token_logp_ref`` [B, C] the reference's and
-    ``completion_mask`` [B, C]; the REINFORCE term uses their sum and the KL estimator is summed
-    over tokens (GRPO / TRL style) against :func:`token_reference_for_kl`. ``logp_ref_kl`` [B] is
-    the sequence reference :func:`shape_rewards` returned (the anchor's under Algorithm 2)."""
+    toy's seeds) and the loss has their shape (mean over samples). ``logp_ref_kl`` is the
+    sequence reference :func:`shape_rewards` returned (the anchor's under Algorithm 2), so this is
+    Algorithm 2 exactly. With ``cfg.kl_weight_baseline == 'loo'`` (k3, [B] inputs) ``group`` is
+    needed.
+
+    Token level: ``logp`` is [B, C] per-token log-probs of the policy, ``token_logp_ref`` [B, C] the
+    reference's and ``completion_mask`` [B, C]; the REINFORCE term uses their sum and the KL
+    estimator is summed over tokens (GRPO / TRL style), except on the samples ``anchored`` marks
+    (Algorithm 2's substitution, from :func:`shape_rewards`), whose KL is the estimator of the
+    sequence log-prob against log pi_ref(z) (:func:`mdkl.mara_kl.anchored_kl_loss`)."""
     token = cfg.kl_level == "token"
     if token:
         if token_logp_ref is None or completion_mask is None or logp.ndim != 2:
@@ -308,11 +333,19 @@ def policy_loss(cfg: ShapingConfig, logp: torch.Tensor, logp_ref_kl: torch.Tenso
         seq = logp
     loss = -(adv.detach().to(seq.dtype) * seq).mean(-1)
     est = cfg.estimator
-    if est is not None and cfg.kl_placement == "loss":
-        if token:
-            ref_tok = token_reference_for_kl(token_logp_ref, completion_mask, logp_ref_kl)
-            k = (kl_loss(logp, ref_tok.to(logp.dtype), cfg.beta, est) * completion_mask).sum(-1)
-        else:
-            k = kl_loss(logp, logp_ref_kl.to(logp.dtype), cfg.beta, est)
-        loss = loss + k.mean(-1)
-    return loss
+    if est is None or cfg.kl_placement != "loss":
+        return loss
+    substituted = anchored is not None and bool(anchored.any()) and cfg.mara_algorithm == "alg2"
+    if token and substituted:
+        k = anchored_kl_loss(logp, token_logp_ref.to(logp.dtype), completion_mask, logp_ref_kl, anchored, cfg.beta,
+                             "token", estimator=est)
+    elif token:
+        k = (kl_loss(logp, token_logp_ref.to(logp.dtype), cfg.beta, est) * completion_mask).sum(-1)
+    else:
+        k = kl_loss(logp, logp_ref_kl.to(logp.dtype), cfg.beta, est)
+        if cfg.kl_weight_baseline == "loo":
+            if group is None or logp.ndim != 1:
+                raise ValueError("kl_weight_baseline='loo' needs sequence log-probs [B] and group [B]")
+            b = group_loo_mean(torch.exp(logp_ref_kl.to(logp.dtype) - logp.detach()), group)
+            k = k + cfg.beta * (b - 1.0) * (logp - logp.detach())  # same value; gradient beta (b - w/pi)
+    return loss + k.mean(-1)

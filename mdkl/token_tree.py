@@ -40,10 +40,11 @@ import torch
 
 from mdkl.kl import k3
 from mdkl.mara import mara_rewards, mara_substitute
-from mdkl.mara_kl import anchored_forward_kl
+from mdkl.mara_kl import anchored_kl_loss
 
 __all__ = ["TokenTree", "one_two_tree", "expected_loss", "train_exact", "TreeFit", "whole_space_anchor",
-           "forward_mara_loss", "reverse_mara_loss", "FORWARD_CANDIDATES", "good_set_max_min"]
+           "forward_mara_loss", "reverse_mara_loss", "FORWARD_CANDIDATES", "good_set_max_min",
+           "even_spread_reference"]
 
 #: forward-KL implementations of Algorithm 2 compared on the tree (see :func:`forward_mara_loss`)
 FORWARD_CANDIDATES = ("vanilla", "even_spread", "sequence", "hybrid", "departure")
@@ -91,6 +92,18 @@ class TokenTree:
     def decode(self, i: int) -> str:
         return " ".join(self.vocab[int(v)] for v in self.sequences[i])
 
+
+
+def even_spread_reference(token_logp_ref: torch.Tensor, completion_mask: torch.Tensor,
+                          logp_ref_kl: torch.Tensor) -> torch.Tensor:
+    """The naive way to meet Algorithm 2 with a per-token KL, kept to show why it fails: per-token
+    reference log-probs whose sum per sequence is ``logp_ref_kl`` (the anchor's log pi_ref(z)),
+    the difference to the sample's own log pi_ref(y) spread evenly over its tokens. With per-token
+    k3 each token's fixed point sees only a 1/T slice of the offset, so the trained ratio of two
+    good answers keeps the reference's with exponent 1 - 1/T (this module's ``even_spread``)."""
+    m = completion_mask.to(token_logp_ref.dtype)
+    shift = (logp_ref_kl - (token_logp_ref * m).sum(-1)) / m.sum(-1).clamp(min=1)
+    return (token_logp_ref + shift[:, None]) * m
 
 def _prefix_index(prefix, n_vocab: int) -> int:
     """Row of the logit table for ``prefix`` (contexts ordered by length, then lexicographically)."""
@@ -216,9 +229,9 @@ def forward_mara_loss(tree: TokenTree, name: str, beta: float, tau: float = 1.0)
     * ``"vanilla"``: no MARA, per-token k3 with the own reference (GRPO). Fixed point per context:
       pi(v|c) = beta pi_ref(v|c) / (Lambda_c - Q(c, v)); good answers keep the reference's ratio.
     * ``"even_spread"``: Algorithm 2 with the offset log pi_ref(z) - log pi_ref(y) spread evenly
-      over the T tokens (``mdkl.shaping.token_reference_for_kl``), per-token k3: exponent 1 - 1/T.
+      over the T tokens (:func:`even_spread_reference`), per-token k3: exponent 1 - 1/T.
     * ``"sequence"``: Algorithm 2 as stated, sequence-level k3 for every sample
-      (:func:`mdkl.mara_kl.anchored_forward_kl`, ``level="sequence"``): fixed point
+      (:func:`mdkl.mara_kl.anchored_kl_loss`, ``level="sequence"``): fixed point
       :func:`mdkl.mara.mara_forward_target`, uniform on the good set.
     * ``"hybrid"``: sequence-level k3 against pi_ref(z) on good samples, per-token k3 with the own
       reference below tau (``level="token"``). The bad continuations of a good prefix are then
@@ -247,9 +260,7 @@ def forward_mara_loss(tree: TokenTree, name: str, beta: float, tau: float = 1.0)
         anchored = good
     mask = torch.ones_like(tok_ref)
     if name == "even_spread":
-        from mdkl.shaping import token_reference_for_kl
-
-        tok_ref_kl = token_reference_for_kl(tok_ref, mask, lref_kl)
+        tok_ref_kl = even_spread_reference(tok_ref, mask, lref_kl)
     elif name == "departure":
         seqs = tree.sequences
         departs = seqs != seqs[z]
@@ -264,7 +275,7 @@ def forward_mara_loss(tree: TokenTree, name: str, beta: float, tau: float = 1.0)
         lp = tok.sum(-1)
         pg = -_advantage(r_sub, lp.detach().exp()) * lp
         if name in ("sequence", "hybrid"):
-            return pg + anchored_forward_kl(tok, tok_ref, mask, lref_kl, anchored, beta,
+            return pg + anchored_kl_loss(tok, tok_ref, mask, lref_kl, anchored, beta,
                                             "sequence" if name == "sequence" else "token")
         return pg + beta * k3(tok, tok_ref_kl).sum(-1)
 

@@ -204,7 +204,7 @@ def train_toy(
         if torch.isnan(r).any():
             raise ValueError("reward_fn returned NaN: rewards must be finite")
         mean_r.append(r.mean(1).numpy())
-        shaped, lref_kl = shape_rewards(shaping, r.flatten(), logp.flatten(), lref.flatten(), group,
+        shaped, lref_kl, _ = shape_rewards(shaping, r.flatten(), logp.flatten(), lref.flatten(), group,
                                         generator=gen)
         adv = advantages(shaping, r.flatten(), shaped, group).view(s, b)
         loss = policy_loss(shaping, logp, lref_kl.view(s, b), adv)  # one loss per seed

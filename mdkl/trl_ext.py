@@ -38,9 +38,11 @@ gradient into the per-token reverse KL's (``mdkl.kl``; measured exactly in
    as trl 1.16's default term, whose ratio factor gives it the reverse KL's gradient instead) or
    on sequence log-probs (``kl_level="sequence"``: the paper's objective
    over whole outputs; the sequence value is spread evenly over its tokens). Under Algorithm 2 the
-   reference inside the KL is the anchor's, ``log pi_ref(z)``; per token, the difference to the
-   sample's own reference is spread evenly over its tokens
-   (:func:`mdkl.shaping.token_reference_for_kl`, [reading], as in our trainer).
+   reference inside the KL is the anchor's, ``log pi_ref(z)``, a *sequence* probability: the
+   samples MARA anchored get the KL of their sequence log-prob against it, the others keep the
+   per-token term (:func:`mdkl.mara_kl.anchored_kl_loss`, as in our trainer). Spreading the
+   anchor's offset over the tokens instead would keep the reference's preference between good
+   answers (``notebooks/04_mara_toy.ipynb``, section 5).
 
 The per-token KL values are aggregated with TRL's own normalization for ``loss_type`` (the one
 TRL's k3 term gets), so beta weighs the KL against the policy term as in TRL, and relative to the
@@ -80,7 +82,8 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from mdkl.kl import k1, kl_loss
-from mdkl.shaping import ShapingConfig, shape_rewards, token_reference_for_kl
+from mdkl.mara_kl import anchored_kl_loss
+from mdkl.shaping import ShapingConfig, shape_rewards
 
 __all__ = ["MDKLGRPOConfig", "MDKLGRPOTrainer", "onetwo_reward", "OneTwoScriptArguments", "main"]
 
@@ -186,6 +189,7 @@ class MDKLGRPOTrainer(GRPOTrainer):
         n = out["completion_ids"].shape[0]
         i = self.accelerator.process_index
         out["mdkl_logp_ref"] = self.last_shaping.pop("mdkl_logp_ref")[i * n:(i + 1) * n]
+        out["mdkl_anchored"] = self.last_shaping["anchored"][i * n:(i + 1) * n]
         return out
 
     # -- hook 2: shape the rewards with the reference log-probs ----------------------------------
@@ -215,16 +219,19 @@ class MDKLGRPOTrainer(GRPOTrainer):
         logp = self._sequence_logps(self.model).to(rewards.dtype)
         group = torch.arange(len(rewards), device=rewards.device) // ng
         shaped, kl_ref = rewards.clone(), logp_ref.clone()
+        anchored = torch.zeros_like(scorable)
         if scorable.any():  # MARA and the k1 penalty on the scorable samples, groups renumbered
             _, g = torch.unique(group[scorable], return_inverse=True)
-            r_s, lr_s = shape_rewards(args.shaping, rewards[scorable].double(), logp[scorable].double(),
-                                      logp_ref[scorable].double(), g)
+            r_s, lr_s, a_s = shape_rewards(args.shaping, rewards[scorable].double(), logp[scorable].double(),
+                                           logp_ref[scorable].double(), g)
             shaped[scorable], kl_ref[scorable] = r_s.to(shaped.dtype), lr_s.to(kl_ref.dtype)
+            anchored[scorable] = a_s
         self._metrics[mode]["mdkl/kl_k1"].append(k1(logp, logp_ref).mean().item())
         self._metrics[mode]["mdkl/reward"].append(rewards[scorable].mean().item())
         self.last_shaping = dict(rewards=rewards, logp_ref=logp_ref, logp=logp, group=group,
                                  scorable=scorable, shaped_rewards=shaped, kl_logp_ref=kl_ref,
-                                 mdkl_logp_ref=kl_ref)
+                                 anchored=anchored, mdkl_logp_ref=kl_ref)
+        self._metrics[mode]["mdkl/mara_anchored"].append(anchored.double().mean().item())
         out = per_func.clone()
         delta = torch.where(scorable, shaped - rewards, torch.zeros_like(shaped))
         out[:, 0] = torch.where(scorable, out[:, 0].nan_to_num(0.0) + delta / weights[0], out[:, 0])
@@ -243,9 +250,15 @@ class MDKLGRPOTrainer(GRPOTrainer):
         lp = self._policy_logps
         mask = (inputs["completion_mask"] * inputs.get("tool_mask", 1)).to(lp.dtype)
         ref_kl = inputs["mdkl_logp_ref"]  # sequence reference for the KL (Alg. 2: the anchor's)
-        if self.args.kl_level == "token":  # Alg. 2's shift spread over the tokens (mdkl.lm's reading)
-            per_token = kl_loss(lp, token_reference_for_kl(inputs["ref_per_token_logps"], mask, ref_kl),
-                                beta, estimator)
+        anchored = inputs["mdkl_anchored"]
+        if self.args.kl_level == "token" and self.args.shaping.mara_algorithm == "alg2" and anchored.any():
+            # Alg. 2: anchored samples' KL on the sequence against log pi_ref(z) (mdkl.mara_kl), the rest
+            # per token; each sample's value spread over its tokens so that they sum to it
+            seq = anchored_kl_loss(lp, inputs["ref_per_token_logps"].to(lp.dtype), mask, ref_kl.to(lp.dtype),
+                                   anchored, beta, "token", estimator=estimator)
+            per_token = (seq / mask.sum(-1).clamp(min=1.0))[:, None].expand_as(lp)
+        elif self.args.kl_level == "token":  # per token against the sample's own reference (GRPO's form)
+            per_token = kl_loss(lp, inputs["ref_per_token_logps"], beta, estimator)
         else:  # one value per sequence, spread over its tokens so that they sum to it
             seq = kl_loss((lp * mask).sum(-1), ref_kl.to(lp.dtype), beta, estimator)
             per_token = (seq / mask.sum(-1).clamp(min=1.0))[:, None].expand_as(lp)

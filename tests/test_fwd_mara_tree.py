@@ -1,6 +1,6 @@
 """Forward-KL MARA (paper §5, Alg. 2) on completions of tokens, on the exact token tree
 (mdkl.token_tree): spreading the anchor's offset over the tokens is not uniform over the good
-answers; Algorithm 2 with sequence-level k3 (mdkl.mara_kl.anchored_forward_kl) is, exactly."""
+answers; Algorithm 2 with sequence-level k3 (mdkl.mara_kl.anchored_kl_loss) is, exactly."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ import torch
 from mdkl import mara
 from mdkl import token_tree as tt
 from mdkl.kl import k3
-from mdkl.mara_kl import anchored_forward_kl, group_loo_mean
+from mdkl.mara_kl import anchored_kl_loss, group_loo_mean
 
 BETA = 0.1
 #: the sequence-level fixed point is reached to ~1e-13 (gradient ~1e-17); the nearest
@@ -77,18 +77,18 @@ def _batch(tree, beta=BETA):
     return tree.token_logprobs(logits), tok_ref, lref_kl, good
 
 
-def test_anchored_forward_kl_matches_the_tree_formulas_and_ignores_padding(tree):
+def test_anchored_kl_loss_matches_the_tree_formulas_and_ignores_padding(tree):
     tok, tok_ref, lref_kl, good = _batch(tree)
-    seq = anchored_forward_kl(tok, tok_ref, torch.ones_like(tok), lref_kl, good, BETA, "sequence")
+    seq = anchored_kl_loss(tok, tok_ref, torch.ones_like(tok), lref_kl, good, BETA, "sequence")
     assert torch.allclose(seq, BETA * k3(tok.sum(-1), lref_kl), rtol=1e-12, atol=0)
-    per_tok = anchored_forward_kl(tok, tok_ref, torch.ones_like(tok), lref_kl, good, BETA, "token")
+    per_tok = anchored_kl_loss(tok, tok_ref, torch.ones_like(tok), lref_kl, good, BETA, "token")
     want = torch.where(good, BETA * k3(tok.sum(-1), lref_kl), BETA * k3(tok, tok_ref).sum(-1))
     assert torch.allclose(per_tok, want, rtol=1e-12, atol=0)
     # right padding with garbage under mask 0 changes nothing
     pad = torch.full((tok.shape[0], 3), -7.0, dtype=tok.dtype)
     m = torch.cat([torch.ones_like(tok), torch.zeros_like(pad)], 1)
     for level, ref_out in (("sequence", seq), ("token", per_tok)):
-        out = anchored_forward_kl(torch.cat([tok, pad], 1), torch.cat([tok_ref, pad - 1], 1), m, lref_kl, good, BETA, level)
+        out = anchored_kl_loss(torch.cat([tok, pad], 1), torch.cat([tok_ref, pad - 1], 1), m, lref_kl, good, BETA, level)
         assert torch.allclose(out, ref_out, rtol=1e-12, atol=0)
 
 
@@ -99,8 +99,8 @@ def test_loo_baseline_keeps_value_and_expected_gradient(tree):
     grp = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     lp = tok[idx].detach().clone().requires_grad_(True)
     args = (tok_ref[idx], torch.ones_like(lp), lref_kl[idx], good[idx], BETA)
-    plain = anchored_forward_kl(lp, *args)
-    loo = anchored_forward_kl(lp, *args, weight_baseline="loo", group=grp)
+    plain = anchored_kl_loss(lp, *args)
+    loo = anchored_kl_loss(lp, *args, weight_baseline="loo", group=grp)
     assert torch.allclose(plain, loo)  # same value
     g, = torch.autograd.grad(loo.sum(), lp)
     x = torch.exp(lref_kl[idx] - lp.detach().sum(-1))
@@ -116,7 +116,7 @@ def test_loo_baseline_is_unbiased_by_sampling(tree, fits):
     _, lref_kl = mara.mara_substitute(tree.rewards, tok_ref.sum(-1), 1.0)
     lg0 = fits["sequence"].logits
     exact = lg0.clone().requires_grad_(True)
-    tt.expected_loss(exact, tree, lambda t: anchored_forward_kl(t, tok_ref, torch.ones_like(t), lref_kl, good, BETA)).backward()
+    tt.expected_loss(exact, tree, lambda t: anchored_kl_loss(t, tok_ref, torch.ones_like(t), lref_kl, good, BETA)).backward()
     pi = tree.token_logprobs(lg0).sum(-1).exp()
     n_groups, g = 4000, 8
     idx = torch.multinomial(pi, n_groups * g, replacement=True, generator=torch.Generator().manual_seed(1))
@@ -124,7 +124,7 @@ def test_loo_baseline_is_unbiased_by_sampling(tree, fits):
     for wb in ("none", "loo"):
         lg = lg0.clone().requires_grad_(True)
         t = tree.token_logprobs(lg)[idx]
-        anchored_forward_kl(t, tok_ref[idx], torch.ones_like(t), lref_kl[idx], good[idx], BETA,
+        anchored_kl_loss(t, tok_ref[idx], torch.ones_like(t), lref_kl[idx], good[idx], BETA,
                             weight_baseline=wb, group=grp if wb == "loo" else None).mean().backward()
         assert float((lg.grad - exact.grad).norm()) < 0.01
 
@@ -133,23 +133,23 @@ def test_bad_input_raises(tree):
     tok, tok_ref, lref_kl, good = _batch(tree)
     ones = torch.ones_like(tok)
     with pytest.raises(ValueError, match="shape"):
-        anchored_forward_kl(tok, tok_ref[:, :-1], ones, lref_kl, good, BETA)
+        anchored_kl_loss(tok, tok_ref[:, :-1], ones, lref_kl, good, BETA)
     with pytest.raises(ValueError, match="shape"):
-        anchored_forward_kl(tok, tok_ref, ones, lref_kl[:-1], good, BETA)
+        anchored_kl_loss(tok, tok_ref, ones, lref_kl[:-1], good, BETA)
     with pytest.raises(ValueError, match="B, T"):
-        anchored_forward_kl(tok.sum(-1), tok_ref, ones, lref_kl, good, BETA)
+        anchored_kl_loss(tok.sum(-1), tok_ref, ones, lref_kl, good, BETA)
     with pytest.raises(ValueError, match="bool"):
-        anchored_forward_kl(tok, tok_ref, ones, lref_kl, good.double(), BETA)
+        anchored_kl_loss(tok, tok_ref, ones, lref_kl, good.double(), BETA)
     with pytest.raises(ValueError, match="beta"):
-        anchored_forward_kl(tok, tok_ref, ones, lref_kl, good, 0.0)
+        anchored_kl_loss(tok, tok_ref, ones, lref_kl, good, 0.0)
     with pytest.raises(ValueError, match="level"):
-        anchored_forward_kl(tok, tok_ref, ones, lref_kl, good, BETA, "chunk")
+        anchored_kl_loss(tok, tok_ref, ones, lref_kl, good, BETA, "chunk")
     with pytest.raises(ValueError, match="not anchored"):  # substituted reference without the anchored mask
-        anchored_forward_kl(tok, tok_ref, ones, lref_kl, torch.zeros_like(good), BETA)
+        anchored_kl_loss(tok, tok_ref, ones, lref_kl, torch.zeros_like(good), BETA)
     with pytest.raises(ValueError, match="group"):
-        anchored_forward_kl(tok, tok_ref, ones, lref_kl, good, BETA, weight_baseline="loo")
+        anchored_kl_loss(tok, tok_ref, ones, lref_kl, good, BETA, weight_baseline="loo")
     with pytest.raises(ValueError, match="level='sequence'"):
-        anchored_forward_kl(tok, tok_ref, ones, lref_kl, good, BETA, "token", weight_baseline="loo",
+        anchored_kl_loss(tok, tok_ref, ones, lref_kl, good, BETA, "token", weight_baseline="loo",
                             group=torch.zeros(tok.shape[0], dtype=torch.long))
     with pytest.raises(ValueError, match=">= 2 samples"):
         group_loo_mean(torch.ones(3), torch.tensor([0, 0, 1]))

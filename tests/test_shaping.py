@@ -9,7 +9,7 @@ import torch
 from mdkl.kl import k1, k2, k3
 from mdkl.mara import mara_rewards, mara_substitute
 from mdkl.shaping import (ShapingConfig, advantages, group_advantages, kl_estimator_for, policy_loss,
-                          shape_rewards, token_reference_for_kl)
+                          shape_rewards)
 
 
 def _groups(n, size):
@@ -95,7 +95,7 @@ def test_estimator_mapping_and_errors():
 def test_reverse_k1_sits_in_the_reward():
     r, lp, lref, grp = _batch()
     cfg = ShapingConfig(beta=0.1, kl="reverse", kl_placement="reward")
-    shaped, lref_kl = shape_rewards(cfg, r, lp, lref, grp)
+    shaped, lref_kl, _ = shape_rewards(cfg, r, lp, lref, grp)
     assert torch.allclose(shaped, r - 0.1 * k1(lp, lref))
     assert torch.equal(lref_kl, lref)
     # its loss has no KL term: only REINFORCE
@@ -108,7 +108,7 @@ def test_reverse_k1_sits_in_the_reward():
 def test_kl_losses_are_k2_and_k3(kl, placement, est):
     r, lp, lref, grp = _batch(1)
     cfg = ShapingConfig(beta=0.2, kl=kl, kl_placement=placement, kl_level="sequence")
-    shaped, lref_kl = shape_rewards(cfg, r, lp, lref, grp)
+    shaped, lref_kl, _ = shape_rewards(cfg, r, lp, lref, grp)
     assert torch.equal(shaped, r)  # nothing in the reward
     adv = group_advantages(shaped, _groups(shaped.numel(), 4))
     got = policy_loss(cfg, lp, lref_kl, adv)
@@ -125,17 +125,56 @@ def test_token_level_kl_sums_per_token_estimator():
     got = policy_loss(cfg, tlp, tref.sum(-1), adv, token_logp_ref=tref, completion_mask=mask)
     want = -(adv * tlp.sum(-1)).mean() + 0.5 * (k3(tlp, tref) * mask).sum(-1).mean()
     assert torch.allclose(got, want)
-    # Alg. 2 substitution spread over tokens keeps the sequence sums
-    target = torch.tensor([-1.0, -2.0, -0.5, -3.0], dtype=torch.float64)
-    sub = token_reference_for_kl(tref, mask, target)
-    assert torch.allclose(sub.sum(-1), target) and torch.equal(sub * (1 - mask), torch.zeros_like(sub))
-    assert torch.allclose(token_reference_for_kl(tref, mask, tref.sum(-1)), tref)
+
+
+
+def test_token_level_alg2_puts_the_anchors_reference_on_the_sequence():
+    """Under Algorithm 2 at token level, the anchored samples' KL is k3 of their sequence log-prob
+    against log pi_ref(z); the others keep the per-token k3 against their own reference."""
+    gen = torch.Generator().manual_seed(4)
+    tlp = -torch.rand(6, 3, generator=gen, dtype=torch.float64)
+    tref = -torch.rand(6, 3, generator=gen, dtype=torch.float64)
+    mask = torch.ones(6, 3, dtype=torch.long)
+    r = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    grp = torch.tensor([0, 0, 0, 1, 1, 1])
+    cfg = ShapingConfig(beta=0.3, kl="forward", kl_placement="loss", kl_level="token", mara="auto", tau=1.0,
+                        advantage="mean")
+    shaped, lref_kl, anchored = shape_rewards(cfg, r, tlp.sum(-1), tref.sum(-1), grp)
+    assert anchored.tolist() == [True, True, False, True, False, False]
+    z0 = int(torch.argmax(torch.where(grp == 0, tref.sum(-1), -torch.inf) + torch.where(r >= 1, 0, -torch.inf)))
+    assert torch.equal(lref_kl[:2], tref.sum(-1)[z0].expand(2))
+    adv = group_advantages(shaped, grp, "mean")
+    got = policy_loss(cfg, tlp, lref_kl, adv, token_logp_ref=tref, completion_mask=mask, anchored=anchored)
+    k = torch.where(anchored, k3(tlp.sum(-1), lref_kl), (k3(tlp, tref) * mask).sum(-1))
+    assert torch.allclose(got, -(adv * tlp.sum(-1)).mean() + 0.3 * k.mean())
+
+
+def test_sequence_level_loo_weight_baseline_keeps_the_value_and_moves_the_gradient():
+    gen = torch.Generator().manual_seed(5)
+    lp = (-torch.rand(8, generator=gen, dtype=torch.float64) * 3).requires_grad_()
+    lref = -torch.rand(8, generator=gen, dtype=torch.float64) * 3
+    grp, adv = torch.arange(2).repeat_interleave(4), torch.zeros(8, dtype=torch.float64)
+    plain = ShapingConfig(beta=0.5, kl="forward", kl_placement="loss")
+    loo = plain.replace(kl_weight_baseline="loo")
+    v0, v1 = policy_loss(plain, lp, lref, adv), policy_loss(loo, lp, lref, adv, group=grp)
+    assert torch.allclose(v0, v1)
+    g0, = torch.autograd.grad(v0, lp)
+    g1, = torch.autograd.grad(v1, lp)
+    w = torch.exp(lref - lp.detach())
+    b = torch.stack([torch.cat([w[grp == grp[i]][:j] for j in [list(torch.nonzero(grp == grp[i]).flatten()).index(i)]]
+                               + [w[grp == grp[i]][list(torch.nonzero(grp == grp[i]).flatten()).index(i) + 1:]]).mean()
+                     for i in range(8)])
+    assert torch.allclose(g0, 0.5 * (1 - w) / 8) and torch.allclose(g1, 0.5 * (b - w) / 8)
+    with pytest.raises(ValueError, match="kl_weight_baseline='loo' is a baseline for k3"):
+        ShapingConfig(beta=0.5, kl="reverse", kl_placement="loss", kl_weight_baseline="loo")
+    with pytest.raises(ValueError, match="needs sequence log-probs"):
+        policy_loss(loo, lp, lref, adv)
 
 
 def test_mara_alg1_is_applied_per_prompt_group():
     r, lp, lref, grp = _batch(2)
     cfg = ShapingConfig(beta=0.05, kl="reverse", kl_placement="reward", mara="auto", tau=1.0)
-    shaped, lref_kl = shape_rewards(cfg, r, lp, lref, grp)
+    shaped, lref_kl, _ = shape_rewards(cfg, r, lp, lref, grp)
     for g in range(3):  # group by group with the shared core, then the k1 penalty
         s = grp == g
         want = mara_rewards(r[s], lref[s], 0.05, 1.0) - 0.05 * k1(lp[s], lref[s])
@@ -149,7 +188,7 @@ def test_mara_alg1_is_applied_per_prompt_group():
 def test_mara_alg2_substitutes_reward_and_reference_per_group():
     r, lp, lref, grp = _batch(4)
     cfg = ShapingConfig(beta=0.05, kl="forward", kl_placement="loss", mara="auto", tau=1.0)
-    shaped, lref_kl = shape_rewards(cfg, r, lp, lref, grp)
+    shaped, lref_kl, _ = shape_rewards(cfg, r, lp, lref, grp)
     for g in range(3):
         s = grp == g
         wr, wl = mara_substitute(r[s], lref[s], 1.0)
@@ -162,7 +201,7 @@ def test_mara_group_with_no_sample_above_tau_is_unchanged():
     lref = torch.tensor([-1.0, -2, -3, -4, -1, -2, -3, -4], dtype=torch.float64)
     grp = torch.arange(2).repeat_interleave(4)
     cfg = ShapingConfig(beta=0.1, mara="alg1", tau=1.0)
-    shaped, _ = shape_rewards(cfg, r, lp, lref, grp)
+    shaped, *_ = shape_rewards(cfg, r, lp, lref, grp)
     base = r - 0.1 * (lp - lref)
     assert torch.allclose(shaped[:4], base[:4])  # documented: no anchor, nothing changes
     assert not torch.allclose(shaped[4:], base[4:])
@@ -173,18 +212,18 @@ def test_percentile_tau_per_group():
     lref = torch.tensor([-1.0, -2, -3, -4, -4, -3, -2, -1], dtype=torch.float64)
     grp = torch.arange(2).repeat_interleave(4)
     cfg = ShapingConfig(beta=0.1, kl="forward", kl_placement="loss", mara="alg2", tau_percentile=75.0)
-    shaped, lref_kl = shape_rewards(cfg, r, torch.zeros(8, dtype=torch.float64), lref, grp)
+    shaped, lref_kl, _ = shape_rewards(cfg, r, torch.zeros(8, dtype=torch.float64), lref, grp)
     # only the top sample of each group is >= its group's 75th percentile: it is its own anchor
     assert torch.allclose(shaped, r) and torch.allclose(lref_kl, lref)
     cfg = cfg.replace(tau_percentile=50.0)
-    shaped, lref_kl = shape_rewards(cfg, r, torch.zeros(8, dtype=torch.float64), lref, grp)
+    shaped, lref_kl, _ = shape_rewards(cfg, r, torch.zeros(8, dtype=torch.float64), lref, grp)
     assert shaped[2:4].tolist() == [0.3, 0.3] and shaped[6:].tolist() == [8.0, 8.0]
 
 
 def test_entropy_bonus_in_reward():
     r, lp, lref, grp = _batch(5)
     cfg = ShapingConfig(kl="none", entropy=0.3)
-    shaped, _ = shape_rewards(cfg, r, lp, lref, grp)
+    shaped, *_ = shape_rewards(cfg, r, lp, lref, grp)
     assert torch.allclose(shaped, r - 0.3 * lp)
 
 
@@ -195,11 +234,11 @@ def test_unlikely_is_the_baselines_transform_with_per_token_ranks():
     r = r * 4 + 1  # judge-like scale, floor 1
     lengths = torch.tensor([1, 2, 3, 4] * 3)
     cfg = ShapingConfig(kl="none", unlikely=0.25, reward_floor=1.0)
-    shaped, _ = shape_rewards(cfg, r, lp, lref, grp, lengths=lengths)
+    shaped, *_ = shape_rewards(cfg, r, lp, lref, grp, lengths=lengths)
     assert torch.allclose(shaped, unlikeliness_rewards(r, lp, grp, 0.25, 1.0, lengths.double()))
     # k1 in the reward is added after the transform
     cfg = cfg.replace(kl="reverse", kl_placement="reward", beta=0.1)
-    shaped2, _ = shape_rewards(cfg, r, lp, lref, grp, lengths=lengths)
+    shaped2, *_ = shape_rewards(cfg, r, lp, lref, grp, lengths=lengths)
     assert torch.allclose(shaped2, shaped - 0.1 * (lp - lref))
 
 
@@ -212,12 +251,12 @@ def test_all_equal_rewards_batch_under_percentile_tau():
     lp = torch.zeros(8, dtype=torch.float64)
     grp = torch.arange(2).repeat_interleave(g)
     rev = ShapingConfig(beta=0.1, kl="reverse", kl_placement="reward", mara="auto", tau_percentile=90.0)
-    shaped, lref_kl = shape_rewards(rev, r, lp, lref, grp)
+    shaped, lref_kl, _ = shape_rewards(rev, r, lp, lref, grp)
     z = torch.tensor([-1.0] * 4 + [-0.5] * 4, dtype=torch.float64)  # best-supported sample per group
     assert torch.allclose(shaped, 3.0 + 0.1 * (z - lref) - 0.1 * (lp - lref))
     assert torch.allclose(lref_kl, lref)
     fwd = ShapingConfig(beta=0.1, kl="forward", kl_placement="loss", mara="auto", tau_percentile=90.0)
-    shaped, lref_kl = shape_rewards(fwd, r, lp, lref, grp)
+    shaped, lref_kl, _ = shape_rewards(fwd, r, lp, lref, grp)
     assert torch.allclose(shaped, r) and torch.allclose(lref_kl, z)
     adv = group_advantages(shaped, _groups(shaped.numel(), g), "rloo")
     assert torch.equal(adv, torch.zeros(8, dtype=torch.float64))
@@ -230,12 +269,12 @@ def test_batch_scope_percentile_tau_is_one_threshold_with_anchors_per_group():
     grp = torch.arange(2).repeat_interleave(4)
     cfg = ShapingConfig(beta=0.1, kl="forward", kl_placement="loss", mara="alg2", tau_percentile=75.0,
                       tau_scope="batch")
-    shaped, lref_kl = shape_rewards(cfg, r, lp, lref, grp)
+    shaped, lref_kl, _ = shape_rewards(cfg, r, lp, lref, grp)
     # batch 75th percentile = 6.25: samples 7, 8 (group 1) are good; their anchor is the best-supported (8)
     assert shaped.tolist() == [1, 2, 3, 4, 5, 6, 8, 8] and lref_kl[6:].tolist() == [-1.0, -1.0]
     assert torch.equal(lref_kl[:6], lref[:6])
     # per-group scope: each group's top sample is alone above its tau -> nothing changes
-    shaped_g, _ = shape_rewards(cfg.replace(tau_scope="group"), r, lp, lref, grp)
+    shaped_g, *_ = shape_rewards(cfg.replace(tau_scope="group"), r, lp, lref, grp)
     assert torch.equal(shaped_g, r)
     with pytest.raises(ValueError, match="tau_scope"):
         cfg.replace(tau_scope="prompt")
@@ -254,7 +293,7 @@ def test_k1_as_a_loss_needs_the_explicit_override():
     cfg = ShapingConfig(beta=0.2, kl="reverse", kl_placement="loss", kl_estimator="k1")
     assert cfg.estimator == "k1"
     r, lp, lref, grp = _batch(6)
-    shaped, lref_kl = shape_rewards(cfg, r, lp, lref, grp)
+    shaped, lref_kl, _ = shape_rewards(cfg, r, lp, lref, grp)
     assert torch.equal(shaped, r)  # a loss, not a reward term
     adv = group_advantages(shaped, grp)
     assert torch.allclose(policy_loss(cfg, lp, lref_kl, adv), -(adv * lp).mean() + 0.2 * k1(lp, lref).mean())
@@ -278,7 +317,7 @@ def test_grpo_advantage_is_refused_with_mara_or_k1_in_the_reward(changes, fix):
     # the spread GRPO would blow up: an all-correct group under Alg. 1 differs only by beta * log-ratios
     r, lref = torch.ones(4, dtype=torch.float64), torch.tensor([-1.0, -1.1, -1.2, -1.3], dtype=torch.float64)
     cfg = ShapingConfig(beta=0.01, mara="alg1", tau=1.0, kl="reverse", kl_placement="reward", advantage="rloo")
-    shaped, _ = shape_rewards(cfg, r, lref, lref, torch.zeros(4, dtype=torch.long))
+    shaped, *_ = shape_rewards(cfg, r, lref, lref, torch.zeros(4, dtype=torch.long))
     assert (shaped.max() - shaped.min()).item() < 0.01
     assert (group_advantages(shaped, torch.zeros(4, dtype=torch.long), "grpo").abs().max() > 0.5).item()
     # allowed: GRPO with a KL loss and no MARA (Table 1's GRPO row)

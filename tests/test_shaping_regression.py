@@ -9,6 +9,11 @@ was recorded with (same torch version and CPU capability, one thread) every run 
 1e-12 (it matched bit for bit when the shaping module replaced the inline code); elsewhere torch's
 vectorized reductions may round differently, so only float rounding (relative 1e-4 for the float32
 LM, 1e-9 for the float64 toy) is allowed there.
+
+One path changed on purpose and is not compared: Algorithm 2 with a per-token k3 (forward-KL MARA at
+``kl_level="token"``) used to spread the anchor's offset evenly over the tokens, which keeps the
+reference's preference between good answers; its anchored samples now get the KL on the sequence
+(``tests/test_fwd_mara_tree.py`` proves the difference on an exact token tree).
 """
 
 import copy
@@ -50,7 +55,6 @@ TOY = {
 LM_BASE = dict(steps=3, prompts_per_step=4, group_size=4, max_new_tokens=8, eval_samples=8, eval_every=100, lr=1e-3)
 LMC = {
     "default": dict(),
-    "fwd_k3_token_mara": dict(kl="forward", kl_placement="loss", mara="auto", beta=0.05),
     "rev_k2_seq_grpo": dict(kl="reverse", kl_placement="loss", kl_level="sequence", advantage="grpo"),
     "rev_k1_alg1_pct_mean": dict(mara="alg1", tau_percentile=50.0, tau_scope="batch", advantage="mean", beta=0.05),
     "entropy_nokl": dict(kl="none", entropy=0.1),

@@ -22,7 +22,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast 
 from trl import GRPOTrainer  # noqa: E402
 
 from mdkl.kl import KL_PLACEMENTS, k1, kl_gradient_direction, kl_loss  # noqa: E402
-from mdkl.shaping import token_reference_for_kl  # noqa: E402
+from mdkl.mara_kl import anchored_kl_loss  # noqa: E402
 from mdkl.mara import batch_percentile_tau, mara_rewards, mara_substitute  # noqa: E402
 from mdkl.trl_ext import MDKLGRPOConfig, MDKLGRPOTrainer  # noqa: E402
 
@@ -158,16 +158,18 @@ def kl_term(tr, native_beta=0.0):
     return (loss - plain).item()
 
 
-def expected_kl_term(tr, estimator, level, ref_seq_kl):
+def expected_kl_term(tr, estimator, level, ref_seq_kl, anchored=None):
     """beta * KL estimator summed over the batch's tokens (per token) or sequences, divided by the
     batch's completion tokens: TRL's default loss_type='dapo' aggregation, 1 process, no accumulation."""
     inputs, lp_tok = tr.scored, tr._policy_logps.detach()
     mask = inputs["completion_mask"].float()
     if level == "sequence":
         total = kl_loss(seq_logps(tr.model, tr), ref_seq_kl, BETA, estimator).sum()
+    elif anchored is not None:  # Alg. 2: anchored samples on the sequence against log pi_ref(z)
+        total = anchored_kl_loss(lp_tok, inputs["ref_per_token_logps"], mask, ref_seq_kl, anchored, BETA,
+                                 "token", estimator=estimator).sum()
     else:
-        ref_tok = token_reference_for_kl(inputs["ref_per_token_logps"], mask, ref_seq_kl)
-        total = (kl_loss(lp_tok, ref_tok, BETA, estimator) * mask).sum()
+        total = (kl_loss(lp_tok, inputs["ref_per_token_logps"], BETA, estimator) * mask).sum()
     return (total / inputs["num_items_in_batch"]).item()
 
 
@@ -177,7 +179,9 @@ def test_mara_alg2_forward_kl_term_uses_anchor_reference(model_dir, tmp_path):
     r, group = rescore(tr)
     _, ref_sub = mara_substitute(r, seq_logps(tr.ref_model, tr), 1.0, group)
     got = kl_term(tr)
-    assert got == pytest.approx(expected_kl_term(tr, "k3", "token", ref_sub), rel=1e-3, abs=1e-7)
+    anchored = r >= 1.0
+    assert torch.equal(tr.scored["mdkl_anchored"], anchored)
+    assert got == pytest.approx(expected_kl_term(tr, "k3", "token", ref_sub, anchored), rel=1e-3, abs=1e-7)
     native = got - kl_term(tr, native_beta=BETA)  # TRL's own k3 term (sample's own reference)
     assert got != pytest.approx(native, rel=1e-3)  # the anchor's reference changed the KL term
 
