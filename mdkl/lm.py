@@ -87,7 +87,9 @@ class Task(Protocol):
         see :func:`task_rewards` and :class:`mdkl.creative.CreativeTask`)."""
 
     def metrics(self, completions: list[str]) -> dict[str, float]:
-        """Task metrics of a batch of completions (logged per step and at checkpoints)."""
+        """Task metrics of a batch of completions (logged per step and at checkpoints). A task may
+        also define ``exact_metrics(model, tokenizer) -> dict``, merged into every checkpoint row
+        (e.g. :meth:`mdkl.onetwo.OneTwoTask.exact_metrics`)."""
 
 
 def task_rewards(task: Task, completions: list[str], prompt_index) -> torch.Tensor:
@@ -282,6 +284,9 @@ def _evaluate(model, ref_lp, tokenizer, task: Task, p_ids, p_mask, n: int, max_n
            **task.metrics(texts)}
     if kls:
         out["kl"] = float(torch.cat(kls).mean())
+    exact = getattr(task, "exact_metrics", None)  # optional: metrics computed exactly, without sampling
+    if callable(exact):
+        out.update(exact(model, tokenizer))
     return out
 
 
@@ -396,9 +401,15 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
         t_total += dt
         # ---- 5. log
         rg = r.view(P, G)
+        # MARA acted on `anchored`; it changed the reward / reference log-prob of those that are not
+        # their group's anchor (the best-supported good sample)
+        top = torch.full((P,), -math.inf, dtype=logp_ref.dtype).scatter_reduce(
+            0, group, logp_ref.masked_fill(~anchored, -math.inf), "amax")
+        changed = anchored & (logp_ref < top[group])
         row = {"step": step + 1, "reward": float(r.mean()), **task.metrics(texts),
                "kl": float(kl_estimate(logp.detach().double(), logp_ref, "k1").mean()),
                "zero_var_frac": float((rg.max(1).values == rg.min(1).values).double().mean()),
+               "mara_anchored": int(anchored.sum()), "mara_changed": int(changed.sum()),
                "loss": float(loss.detach()), "grad_norm": float(gnorm),
                "completion_tokens": int(c_mask.sum()), "total_tokens": int(c_mask.sum() + G * p_mask.sum()),
                "seconds": dt}

@@ -28,7 +28,7 @@ from mdkl.metrics import binary_entropy_with_se
 
 __all__ = ["PROMPT", "PROMPTS", "ANSWER_RE", "parse_answer", "parse_answers", "rewards",
            "answer_counts", "valid_entropy", "prompt_text", "OneTwoTask", "answer_preference",
-           "INVALID", "ONE", "TWO"]
+           "valid_answer_strings", "exact_answer_split", "ENUM_WHITESPACE", "INVALID", "ONE", "TWO"]
 
 #: the task prompt [reading: the paper does not print its exact wording]
 PROMPT = ("Generate a uniformly random integer that is either 1 or 2. "
@@ -44,6 +44,8 @@ ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 #: the whole completion is one answer element
 STRICT_RE = re.compile(r"\s*<answer>(.*?)</answer>\s*", re.DOTALL)
 INVALID, ONE, TWO = 0, 1, 2
+#: whitespace enumerated around the answer element and around the digit (:func:`valid_answer_strings`)
+ENUM_WHITESPACE = ("", " ", "\n")
 
 
 def parse_answer(text, strict: bool = True) -> int:
@@ -123,6 +125,12 @@ class OneTwoTask:
         """Reward per completion (see :func:`rewards`)."""
         return rewards(self.full_answers(completions), self.strict)
 
+    def exact_metrics(self, model, tokenizer) -> dict[str, float]:
+        """Exact (teacher-forced) answer split of ``model`` over the enumerated valid strings,
+        averaged over :attr:`prompts_used` (:func:`exact_answer_split`); the trainer logs it at
+        every checkpoint."""
+        return exact_answer_split(model, tokenizer, self.prompts_used, self.answer_prefix)
+
     def metrics(self, completions) -> dict[str, float]:
         """Answer distribution and valid-answer entropy of a batch of completions:
         ``p1``, ``p2``, ``invalid`` (fractions of all samples), ``p1_valid`` (share of "1" among
@@ -159,3 +167,44 @@ def answer_preference(model, tokenizer, prompt: str = PROMPT,
         lp = sequence_logprobs(model, p_ids, p_mask, enc["input_ids"], enc["attention_mask"])
     lp1, lp2 = float(lp[0]), float(lp[1])
     return {"logp1": lp1, "logp2": lp2, "log_ratio": lp1 - lp2}
+
+
+def valid_answer_strings(answer_prefix: str = "", whitespace: tuple[str, ...] = ENUM_WHITESPACE) -> dict[int, list[str]]:
+    """The enumerated valid completions, ``{1: S_1, 2: S_2}``: every
+    ``w1 + "<answer>" + w2 + d + w3 + "</answer>" + w4`` with each w_i in ``whitespace`` (default
+    "", " ", newline: 81 strings per answer), i.e. the strings the strict parser accepts whose
+    whitespace runs are at most one character of those kinds. With an ``answer_prefix`` (it must be
+    a prefix of "<answer>"; w1 is then empty) the strings are the continuations after it. S_1 and
+    S_2 differ only in the digit, so any target uniform over valid outputs splits them 1/2."""
+    if not "<answer>".startswith(answer_prefix):
+        raise ValueError(f"answer_prefix {answer_prefix!r} must be a prefix of '<answer>'")
+    w1s = ("",) if answer_prefix else whitespace
+    out = {}
+    for code, d in ((ONE, "1"), (TWO, "2")):
+        out[code] = [(w1 + f"<answer>{w2}{d}{w3}</answer>{w4}")[len(answer_prefix) if not w1 else 0:]
+                     for w1 in w1s for w2 in whitespace for w3 in whitespace for w4 in whitespace]
+    return out
+
+
+def exact_answer_split(model, tokenizer, prompts=(PROMPT,), answer_prefix: str = "",
+                       whitespace: tuple[str, ...] = ENUM_WHITESPACE) -> dict[str, float]:
+    """Exact probabilities of answering "1" and "2" under ``model``, summed over the enumerated valid
+    strings S_1, S_2 (:func:`valid_answer_strings`, canonical tokenization, each followed by the
+    end-of-turn token: :func:`mdkl.rollout.completion_logprobs`), averaged over ``prompts``.
+
+    Returns ``p1_exact``, ``p2_exact`` (probability mass of S_1, S_2: a lower bound on P(valid "1"),
+    P(valid "2")), ``valid_exact`` (their sum), ``p1_valid_exact`` = p1 / (p1 + p2) and
+    ``valid_entropy_exact`` (nats), the split of the valid answers without sampling error."""
+    from mdkl.rollout import completion_logprobs
+
+    sets = valid_answer_strings(answer_prefix, whitespace)
+    texts = sets[ONE] + sets[TWO]
+    n1 = len(sets[ONE])
+    m1 = m2 = 0.0
+    for p in prompts:
+        pr = torch.exp(completion_logprobs(model, tokenizer, prompt_text(tokenizer, p, answer_prefix), texts))
+        m1 += float(pr[:n1].sum()) / len(prompts)
+        m2 += float(pr[n1:].sum()) / len(prompts)
+    q = m1 / (m1 + m2) if m1 + m2 > 0 else float("nan")
+    h = float(-sum(x * np.log(x) for x in (q, 1 - q) if x > 0)) if q == q else float("nan")
+    return {"p1_exact": m1, "p2_exact": m2, "valid_exact": m1 + m2, "p1_valid_exact": q, "valid_entropy_exact": h}

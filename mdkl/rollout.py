@@ -2,7 +2,8 @@
 
 :func:`tokenize_prompts` (left padded), :func:`sample_completions` (own KV-cache sampling loop with
 a seeded ``torch.Generator``; the G samples of a prompt share its encoding),
-:func:`sequence_logprobs` (sum or per-token completion log-probs) and :func:`positions` (position
+:func:`sequence_logprobs` (sum or per-token completion log-probs), :func:`completion_logprobs` (exact
+log-probs of given completion texts) and :func:`positions` (position
 ids of a padded batch). Used by the LM trainer (:mod:`mdkl.lm`) and the tasks' evaluations.
 """
 
@@ -12,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["tokenize_prompts", "positions", "sample_completions", "sequence_logprobs"]
+__all__ = ["tokenize_prompts", "positions", "sample_completions", "sequence_logprobs", "completion_logprobs"]
 
 
 def tokenize_prompts(tokenizer, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,3 +120,25 @@ def sequence_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     lp = lp * completion_mask
     return lp if per_token else lp.sum(-1)
 
+
+
+def completion_logprobs(model, tokenizer, prompt_text: str, completions: Sequence[str], *,
+                        append_eos: bool = True, batch_size: int = 128) -> torch.Tensor:
+    """Exact log pi(completion | prompt_text) of given completion texts, teacher forced (float64 [n]).
+
+    ``prompt_text`` is already chat-formatted (it is encoded once and shared by every completion).
+    Each completion is tokenized canonically (the tokenizer's own split; other token sequences that
+    decode to the same text are not counted) and followed by the eos token if ``append_eos`` (the
+    probability of saying exactly this text and stopping). Runs under inference mode."""
+    eos = (tokenizer.eos_token or "") if append_eos else ""
+    comps = list(completions)
+    p_ids, p_mask = tokenize_prompts(tokenizer, [prompt_text])
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(comps), batch_size):
+            chunk = comps[i:i + batch_size]
+            enc = tokenizer([c + eos for c in chunk], add_special_tokens=False, padding=True, return_tensors="pt",
+                            padding_side="right")
+            out.append(sequence_logprobs(model, p_ids, p_mask, enc["input_ids"], enc["attention_mask"],
+                                         prompt_repeats=len(chunk)).double())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
