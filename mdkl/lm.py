@@ -37,11 +37,10 @@ from typing import Literal, Protocol
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from mdkl.kl import kl_estimate
 from mdkl.rollout import sample_completions, sequence_logprobs, tokenize_prompts
-from mdkl.runtime import CACHE_DIR, atomic_write_bytes, cache_key, cached
+from mdkl.runtime import CACHE_DIR, atomic_write_bytes, cache_key, cached, progress_bar
 from mdkl.shaping import ShapingConfig, advantages, policy_loss, shape_rewards
 from mdkl.smalllm import SmallLMConfig, load_small_lm
 
@@ -117,7 +116,12 @@ class LMConfig:
     kl_level: Literal["sequence", "token"] = "token"
     """KL loss (k2 / k3) on sequence log-probs (the paper's bandit view) or summed per token (GRPO /
     TRL); k1 in the reward is the same either way. Sequence-level k3 weights a sample by
-    pi_ref(y)/pi(y), which is heavy tailed: measured, it diverges on the small LM (use 'token')."""
+    pi_ref(y)/pi(y), which is heavy tailed: measured, it diverges on the small LM (use 'token').
+    Under MARA's Algorithm 2 the samples it anchored get the KL on the sequence at either level
+    (their reference, pi_ref(z), is a sequence probability: :func:`mdkl.mara_kl.anchored_kl_loss`)."""
+    kl_weight_baseline: Literal["none", "loo"] = "none"
+    """Sequence-level k3 only: leave-one-out baseline for its importance weight pi_ref/pi within each
+    prompt group (unbiased; :attr:`mdkl.shaping.ShapingConfig.kl_weight_baseline`)."""
     entropy: float = 0.0
     """Entropy bonus eta: -eta log pi(y) (detached) added to the reward (Table 1's "Entropy" row)."""
     unlikely: float = 0.0
@@ -354,7 +358,7 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
         gen.set_state(st["gen"])
         history, checkpoints, start, t_total = st["history"], st["checkpoints"], st["step"], st["seconds"]
 
-    bar = tqdm(range(start, cfg.steps + 1), desc=cfg.label(), disable=not progress, leave=False)
+    bar = progress_bar(range(start, cfg.steps + 1), desc=cfg.label(), show=progress, leave=False)
     for step in bar:
         # ---- checkpoint: evaluate on fresh samples (own generator), save the state to resume from
         if (cfg.eval_samples > 0 and (step % cfg.eval_every == 0 or step == cfg.steps)
