@@ -1,0 +1,105 @@
+"""The 1-2 experiment (paper §4, Fig. 6a/6b): the paper-like small model, the grid of RL runs in
+parallel processes, and convergence measured against the exact targets.
+
+:data:`SMALL_P95` is the from-scratch model whose corpus prefers "1" like the paper's base model
+(P("1" | valid) = 0.95 in the corpus, 10% invalid answers). :func:`arm_config` builds one run of the
+grid {reverse, forward} x {vanilla, MARA} x beta x seed; :func:`run_grid` trains a list of them with
+:func:`mdkl.lm.train_cached` in ``workers`` spawned processes (one torch thread each; every run is
+seeded and cached, so the results do not depend on the scheduling). :func:`run_summary` reduces a
+run to its converged metrics: means over its last checkpoints of the exact answer split
+(:meth:`mdkl.onetwo.OneTwoTask.exact_metrics`), the binary KL of that split to the exact target's
+(:func:`split_kl`), reward, whether the run suffered a reward collapse, and how often MARA acted.
+:func:`arm_table` gives per-arm means with standard errors over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+import numpy as np
+import pandas as pd
+
+from mdkl.lm import LMConfig, LMResult, train_cached
+from mdkl.smalllm import SmallLMConfig
+
+__all__ = ["SMALL_P95", "ARMS", "arm_config", "run_grid", "split_kl", "run_summary", "arm_table"]
+
+#: the paper-like small model: corpus P("1" | valid) = 0.95, 10% invalid answers
+SMALL_P95 = SmallLMConfig(p_one=0.95, p_invalid=0.1)
+#: (KL direction, method) of the four arms
+ARMS = (("reverse", "vanilla"), ("reverse", "MARA"), ("forward", "vanilla"), ("forward", "MARA"))
+
+
+def arm_config(base: LMConfig, kl: str, method: str, beta: float, seed: int) -> LMConfig:
+    """One run of the grid: reverse KL = k1 in the reward (Alg. 1 for MARA), forward KL = k3 as a
+    loss (Alg. 2 for MARA), at ``base``'s ``kl_level``."""
+    if method not in ("vanilla", "MARA"):
+        raise ValueError(f"unknown method {method!r}: use 'vanilla' or 'MARA'")
+    return base.replace(kl=kl, kl_placement="reward" if kl == "reverse" else "loss",
+                        mara="auto" if method == "MARA" else "none", beta=beta, seed=seed)
+
+
+def _train_one(args) -> LMResult:
+    cfg, task, small = args
+    import torch
+
+    torch.set_num_threads(1)
+    return train_cached(cfg, task, small=small, progress=False)
+
+
+def run_grid(configs: list[LMConfig], task, small: SmallLMConfig = SMALL_P95, workers: int = 2,
+             progress: bool = True) -> list[LMResult]:
+    """Train every config (:func:`mdkl.lm.train_cached`), ``workers`` at a time in spawned processes
+    (1 torch thread each); results in the order of ``configs``. ``workers=1`` runs in this process."""
+    from mdkl.runtime import progress_bar
+
+    jobs = [(c, task, small) for c in configs]
+    if workers <= 1:
+        return [_train_one(j) for j in progress_bar(jobs, desc="runs", show=progress)]
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
+        return list(progress_bar(ex.map(_train_one, jobs), total=len(jobs), desc="runs", show=progress))
+
+
+def split_kl(p1: float, q1: float) -> float:
+    """KL((p1, 1 - p1) || (q1, 1 - q1)) in nats: how far an answer split p1 is from the target's q1."""
+    out = 0.0
+    for a, b in ((p1, q1), (1 - p1, 1 - q1)):
+        if a > 0:
+            out += a * (math.log(a) - math.log(b)) if b > 0 else math.inf
+    return out
+
+
+def run_summary(res: LMResult, target_p1: float, last: int = 3, collapse_below: float = 0.5) -> dict:
+    """Converged metrics of one run: means over its ``last`` checkpoints of the exact answer split
+    (``p1_valid_exact``, ``valid_entropy_exact``), the sampled reward and the exact valid mass; the
+    split's KL to the target (:func:`split_kl` of that mean vs ``target_p1``); ``reward_collapse``:
+    the training batches' mean reward over the last 10% of steps is below ``collapse_below``;
+    ``mara_changed`` / ``mara_anchored``: samples per step whose reward or reference log-prob MARA
+    changed / acted on (means over the run)."""
+    ck, h = res.checkpoints, res.history
+    tail = ck.iloc[-last:]
+    n_tail = max(1, len(h) // 10)
+    p1 = float(tail.p1_valid_exact.mean())
+    c = res.config
+    return {"kl": c.kl, "method": "MARA" if c.mara != "none" else "vanilla", "beta": c.beta, "seed": c.seed,
+            "steps": c.steps, "p1_valid": p1, "H": float(tail.valid_entropy_exact.mean()),
+            "reward": float(tail.reward.mean()), "valid_exact": float(tail.valid_exact.mean()),
+            "kl_to_target": split_kl(p1, target_p1), "target_p1": target_p1,
+            "reward_collapse": bool(h.reward.iloc[-n_tail:].mean() < collapse_below),
+            "min_batch_reward": float(h.reward.min()), "mara_anchored": float(h.mara_anchored.mean()),
+            "mara_changed": float(h.mara_changed.mean()), "seconds": res.seconds}
+
+
+def arm_table(summaries: pd.DataFrame, cols=("p1_valid", "H", "reward", "kl_to_target")) -> pd.DataFrame:
+    """Per (kl, method, beta): number of runs, mean and standard error over seeds of ``cols``, and
+    the count of reward collapses."""
+    g = summaries.groupby(["kl", "method", "beta"], sort=False)
+    out = g.size().rename("runs").to_frame()
+    for col in cols:
+        out[col] = g[col].mean()
+        out[f"{col}_se"] = g[col].std(ddof=1) / np.sqrt(g[col].count())
+    out["reward_collapses"] = g.reward_collapse.sum().astype(int)
+    out["mara_changed"] = g.mara_changed.mean()
+    return out.reset_index()
