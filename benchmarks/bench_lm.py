@@ -3,7 +3,8 @@
 Same model (the from-scratch small LM), same prompt (the 1-2 task, through the model's chat
 template), same group size G, prompts per step, completion length, learning rate, beta and
 sampling (temperature 1, no top-k/top-p), one optimizer step per sampled batch, both with a frozen
-reference model, the same torch thread count. Then our trainer alone on SmolLM2-135M-Instruct.
+reference model, the same torch thread count. Then ours vs TRL on SmolLM2-135M-Instruct (full
+fine-tuning, G = 8, one prompt per step by default, <= 16 new tokens, ``--smollm2-steps`` timed steps).
 
 Rows:
 - ``ours``: :func:`mdkl.lm.benchmark` (own KV-cache sampling loop).
@@ -33,6 +34,7 @@ tokens (total_tokens/s adds the prompt tokens). Usage::
 
     python benchmarks/bench_lm.py                 # small LM + SmolLM2, writes data/results/bench_lm.csv
     python benchmarks/bench_lm.py --no-smollm2 --reps 3 --steps 3
+    python benchmarks/bench_lm.py --reps 3 --steps 2 --smollm2-steps 2
 """
 
 from __future__ import annotations
@@ -131,39 +133,23 @@ def load1() -> float:
     return os.getloadavg()[0]
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=5, help="timed RL steps per measurement")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed RL steps before each measurement")
-    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions per arm (>= 3)")
-    ap.add_argument("--max-spread", type=float, default=0.30,
-                    help="largest (max - min) / median of an arm's steps/s for a headline ratio")
-    ap.add_argument("--smollm2-steps", type=int, default=2, help="timed steps of ours on SmolLM2")
-    ap.add_argument("--no-smollm2", action="store_true", help="skip the SmolLM2 row")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads for every row (1: least hurt by other jobs on a shared machine)")
-    a = ap.parse_args(argv)
-    if a.warmup < 1:
-        raise ValueError("--warmup must be >= 1 (the first step includes one-off setup)")
-    if a.reps < 3:
-        raise ValueError("--reps must be >= 3 (a spread needs repetitions; use 3 or more)")
-    torch.set_num_threads(a.threads)
-    load_before = load1()
-    cfg, model, tok, model_dir = lm_setup("small")  # the 1-2 defaults: G=8, 8 prompts/step, 16 new tokens
+def compare(name: str, cfg, model, tok, model_dir, variants, reps: int, steps: int, warmup: int,
+            max_spread: float):
+    """Interleaved repetitions of ``variants`` on one model (order reversed every other repetition);
+    returns (rows, warnings, max load)."""
     st = lm_settings(cfg)
-    variants = ["ours", "trl", "trl_default_gc", "trl+mdkl"]
     runs = {v: [] for v in variants}
-    max_load = load_before
-    for rep in range(a.reps):
+    load_before = max_load = load1()
+    for rep in range(reps):
         for v in (variants if rep % 2 == 0 else variants[::-1]):
             t0, l0 = time.perf_counter(), load1()
             if v == "ours":
-                r = ours_benchmark(cfg, model, tok, a.steps, a.warmup)
+                r = ours_benchmark(cfg, model, tok, steps, warmup)
             else:
-                r = trl_benchmark(model_dir, st, a.steps, a.warmup, variant=v)
+                r = trl_benchmark(model_dir, st, steps, warmup, variant=v)
             max_load = max(max_load, l0, load1())
             runs[v].append(r)
-            print(f"rep {rep} {v:15s} {r['steps_per_s']:7.3f} steps/s {r['tokens_per_s']:8.1f} tok/s "
+            print(f"{name} rep {rep} {v:15s} {r['steps_per_s']:7.3f} steps/s {r['tokens_per_s']:8.1f} tok/s "
                   f"({time.perf_counter() - t0:.0f} s, load {load1():.2f})", flush=True)
     load_after = load1()
     contended = max(load_before, load_after) > CONTENDED_LOAD
@@ -176,36 +162,71 @@ def main(argv=None):
                                                                       "total_tokens_per_s")}
         ratios = [o / t for o, t in zip(ours_sps, sps)]
         spreads = {"ours": spread(ours_sps), v: spread(sps)}
-        wide = [k for k, x in spreads.items() if x > a.max_spread]
+        wide = [k for k, x in spreads.items() if x > max_spread]
         reliable = not wide
-        notes = [f"{k} reps spread {spreads[k]:.0%} > {a.max_spread:.0%}: no headline ratio" for k in wide]
+        notes = [f"{k} reps spread {spreads[k]:.0%} > {max_spread:.0%}: no headline ratio" for k in wide]
         if contended:
             notes.append(f"contended: load {load_before:.2f} -> {load_after:.2f}")
         if wide and v != "ours":
-            warned.append(f"{v}: " + "; ".join(notes))
-        rows.append({"model": "small", "n_params": n_params, "trainer": v, **med,
+            warned.append(f"{name} {v}: " + "; ".join(notes))
+        rows.append({"model": name, "n_params": n_params, "trainer": v, **med,
                      "steps_per_s_min": min(sps), "steps_per_s_max": max(sps), "spread": spread(sps),
                      "ours_over_this_steps": statistics.median(ratios) if reliable else math.nan,
                      "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
-                     "ratio_max": max(ratios), "reliable": reliable, "reps": a.reps, "steps": a.steps,
+                     "ratio_max": max(ratios), "reliable": reliable, "reps": reps, "steps": steps,
                      "load1_before": load_before, "load1_after": load_after, "load1_max": max_load,
-                     "note": "; ".join(notes)})
+                     "group_size": st["group_size"], "prompts_per_step": st["prompts_per_step"],
+                     "max_new_tokens": st["max_new_tokens"], "note": "; ".join(notes)})
+    return rows, warned, max_load
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=5, help="timed RL steps per measurement")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed RL steps before each measurement")
+    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions per arm (>= 3)")
+    ap.add_argument("--max-spread", type=float, default=0.30,
+                    help="largest (max - min) / median of an arm's steps/s for a headline ratio")
+    ap.add_argument("--smollm2-steps", type=int, default=2, help="timed steps per SmolLM2 measurement")
+    ap.add_argument("--smollm2-prompts", type=int, default=1, help="prompts per step on SmolLM2 (x G = 8)")
+    ap.add_argument("--no-smollm2", action="store_true", help="skip the SmolLM2 rows")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for every row (1: least hurt by other jobs on a shared machine)")
+    a = ap.parse_args(argv)
+    if a.warmup < 1:
+        raise ValueError("--warmup must be >= 1 (the first step includes one-off setup)")
+    if a.reps < 3:
+        raise ValueError("--reps must be >= 3 (a spread needs repetitions; use 3 or more)")
+    torch.set_num_threads(a.threads)
+    load_before = load1()
+    cfg, model, tok, model_dir = lm_setup("small")  # the 1-2 defaults: G=8, 8 prompts/step, 16 new tokens
+    st = lm_settings(cfg)
+    rows, warned, max_load = compare("small", cfg, model, tok, model_dir,
+                                     ["ours", "trl", "trl_default_gc", "trl+mdkl"], a.reps, a.steps, a.warmup,
+                                     a.max_spread)
+    load_after = load1()
+    contended = max(load_before, load_after) > CONTENDED_LOAD
     if not a.no_smollm2:
         del model
-        scfg, sm, stok, _ = lm_setup("smollm2")
-        r = ours_benchmark(scfg, sm, stok, a.smollm2_steps, a.warmup)
-        rows.append({"model": "smollm2", "n_params": sum(p.numel() for p in sm.parameters()), "trainer": "ours",
-                     **{k: r[k] for k in ("steps_per_s", "tokens_per_s", "total_tokens_per_s")},
-                     "ours_over_this_steps": math.nan, "reliable": False, "reps": 1, "steps": a.smollm2_steps,
-                     "load1_before": load_after, "load1_after": load1(), "note": "one measurement, no ratio"})
+        from mdkl.models import smollm2_dir
+
+        # same trainer settings, sized for a 135M model on 2 cores: one prompt group per step
+        scfg = lm.LMConfig(model="smollm2", prompts_per_step=a.smollm2_prompts)
+        _, sm, stok, _ = lm_setup("smollm2")
+        srows, swarned, smax = compare("smollm2", scfg, sm, stok, smollm2_dir(), ["ours", "trl"], a.reps,
+                                       a.smollm2_steps, a.warmup, a.max_spread)
+        rows += srows
+        warned += swarned
+        max_load = max(max_load, smax)
+        load_after = load1()
+        contended = max(load_before, load_after) > CONTENDED_LOAD
     df = pd.DataFrame(rows)
     df["torch_threads"] = torch.get_num_threads()
-    df["group_size"], df["prompts_per_step"], df["max_new_tokens"] = (st["group_size"], st["prompts_per_step"],
-                                                                      st["max_new_tokens"])
     path = runtime.write_csv(df, "bench_lm")
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
         print(df.drop(columns=["note"]).to_string(index=False))
-    print(f"G={st['group_size']}, {st['prompts_per_step']} prompts/step, <= {st['max_new_tokens']} new tokens, "
+    print(f"small: G={st['group_size']}, {st['prompts_per_step']} prompts/step, <= {st['max_new_tokens']} new tokens; "
+          f"smollm2: {a.smollm2_prompts} prompt(s)/step; "
           f"{torch.get_num_threads()} torch threads, {a.reps} interleaved reps x {a.steps} steps; "
           f"load {load_before:.2f} -> {load_after:.2f} (max {max_load:.2f}); wrote {path}")
     if contended:

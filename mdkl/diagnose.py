@@ -55,7 +55,8 @@ class Diagnosis:
     ``candidates``: the candidate table (text, label, reward, logp_ref = exact sequence log-prob,
     ref = reference probability renormalized over the outcomes). ``targets``: one row per (beta,
     target) with entropy (nats, over outcomes), label_entropy (nats, the split of the labels among
-    labelled candidates), p_<label> (that split), expected reward, favoured candidate and label.
+    labelled candidates), p_<label> (that split), expected reward, favoured (the most likely
+    outcome) and its label, favoured_answer (the label with the largest share; 'tie' if equal).
     ``flips``: the Remark 4.4 pairs (higher-reward candidate, better-supported candidate, beta*).
     ``rest_mass``: reference mass outside the candidates (1 - their total).
     ``probs``: (beta, target) -> target probabilities over the outcomes (candidates, then rest).
@@ -71,7 +72,7 @@ class Diagnosis:
         """A few readable lines: per target and beta, label entropy and favoured label."""
         lines = [f"reference mass on the candidates: {1 - self.rest_mass:.4f}"]
         for (name, d) in self.targets.groupby("target", sort=False):
-            parts = [f"beta={r.beta:g}: H_label={r.label_entropy:.3f} favours {r.favoured_label!r}"
+            parts = [f"beta={r.beta:g}: H_label={r.label_entropy:.3f}, favours {r.favoured_answer!r}"
                      for r in d.itertuples()]
             lines.append(f"{name}: " + "; ".join(parts))
         lines.append(f"Remark 4.4 flip points: {len(self.flips)}"
@@ -244,7 +245,7 @@ def diagnose_logprobs(logp_ref, rewards, betas, *, labels=None, tau: float | Non
                          "entropy": float(entropy(p / p.sum())), "label_entropy": float(entropy(q)),
                          **{f"p_{l}": split[l] for l in label_order},
                          "expected_reward": float(p @ rr), "favoured": outcomes[i], "favoured_label": ll[i],
-                         "favoured_answer": label_order[int(np.argmax(q))]})
+                         "favoured_answer": "tie" if q.max() - q.min() < 1e-9 else label_order[int(np.argmax(q))]})
     flips = []
     for i, j in itertools.combinations(range(len(cands)), 2):
         if r[i] == r[j] or not (np.isfinite(lp[i]) and np.isfinite(lp[j])) or lp[i] == lp[j]:

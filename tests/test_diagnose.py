@@ -22,10 +22,10 @@ def small():
 
 
 def test_equal_rewards_keep_the_reference_split_and_mara_is_uniform():
-    lp = np.log([0.57, 0.03, 0.3])  # "1", "2", and 0.1 left for the rest
-    d = diagnose.diagnose_logprobs(lp, [1, 1, 0], [0.001, 0.03], labels=["1", "2", "x"], rest_reward=0.0,
-                                   candidates=["a", "b", "c"])
-    assert abs(d.rest_mass - 0.1) < 1e-12
+    lp = np.log([0.57, 0.03])  # "1", "2", and 0.4 left for the rest
+    d = diagnose.diagnose_logprobs(lp, [1, 1], [0.001, 0.03], labels=["1", "2"], rest_reward=0.0,
+                                   candidates=["a", "b"])
+    assert abs(d.rest_mass - 0.4) < 1e-12
     t = d.targets.set_index(["beta", "target"])
     h_ref = -(0.95 * math.log(0.95) + 0.05 * math.log(0.05))
     for b in (0.001, 0.03):
@@ -36,9 +36,9 @@ def test_equal_rewards_keep_the_reference_split_and_mara_is_uniform():
             assert row.favoured_label == "1"
         for name in ("MARA reverse", "MARA forward"):
             row = t.loc[(b, name)]
-            assert abs(row.p_1 / (row.p_1 + row.p_2) - 0.5) < 1e-9
-    ref = np.array([0.57, 0.03, 0.3, 0.1])
-    r = np.array([1, 1, 0, 0.0])
+            assert abs(row.p_1 / (row.p_1 + row.p_2) - 0.5) < 1e-9 and row.favoured_answer == "tie"
+    ref = np.array([0.57, 0.03, 0.4])
+    r = np.array([1, 1, 0.0])
     np.testing.assert_allclose(d.probs[(0.03, "vanilla reverse")], reverse_kl_target(ref, r, 0.03), atol=1e-12)
     np.testing.assert_allclose(d.probs[(0.03, "vanilla forward")], forward_kl_target(ref, r, 0.03), atol=1e-12)
     np.testing.assert_allclose(d.probs[(0.03, "MARA reverse")], mara_target(ref, r, 0.03, 1.0), atol=1e-12)
