@@ -72,7 +72,8 @@ class Diagnosis:
         """A few readable lines: per target and beta, label entropy and favoured label."""
         lines = [f"reference mass on the candidates: {1 - self.rest_mass:.4f}"]
         for (name, d) in self.targets.groupby("target", sort=False):
-            parts = [f"beta={r.beta:g}: H_label={r.label_entropy:.3f}, favours {r.favoured_answer!r}"
+            parts = [f"beta={r.beta:g}: H_label={r.label_entropy:.3f}, "
+                     + ("no answer favoured (uniform)" if r.favoured_answer == "tie" else f"favours {r.favoured_answer!r}")
                      for r in d.itertuples()]
             lines.append(f"{name}: " + "; ".join(parts))
         lines.append(f"Remark 4.4 flip points: {len(self.flips)}"
