@@ -43,9 +43,13 @@ def arm_config(base: LMConfig, kl: str, method: str, beta: float, seed: int) -> 
 
 def _train_one(args) -> LMResult:
     cfg, task, small = args
+    import warnings
+
     import torch
 
     torch.set_num_threads(1)
+    # a worker's warnings would reach the notebook's stderr: transformers' deprecation notices under peft
+    warnings.filterwarnings("ignore", category=FutureWarning)
     return train_cached(cfg, task, small=small, progress=False)
 
 
