@@ -32,8 +32,6 @@ KNOWN: dict[str, dict[str, str]] = {
     "03_probability_ratios": {"figures inline": _INLINE, "object reprs": _REPR, "html ids": _REPR},
     "04_mara_toy": {"figures inline": _INLINE, "process words": "prose rewrite pending", "object reprs": _REPR,
                     "html ids": _REPR},
-    "05_one_two_task": {"figures inline": _INLINE, "process words": "rebuilt with the 1-2 task redesign",
-                        "stderr": "progress bars from before they were hidden in executed notebooks"},
     "06_chemistry": {"figures inline": _INLINE, "process words": "rebuilt with the chemistry redesign",
                      "stderr": "progress bars from before they were hidden in executed notebooks"},
     "07_creative_qa": {"figures inline": _INLINE, "process words": "rebuilt with the creative-QA redesign",
