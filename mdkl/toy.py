@@ -28,15 +28,18 @@ from tqdm.auto import tqdm
 
 from mdkl.kl import kl_gradient_direction
 from mdkl.shaping import ShapingConfig, advantages, policy_loss, shape_rewards
+from mdkl.successors import SuccessorFields
 
 __all__ = ["ToyConfig", "ToyResult", "CategoricalPolicy", "GaussianPolicy", "train_toy",
            "train_categorical", "train_categorical_cached", "fit_density", "DensityFit"]
 
 
 @dataclass(frozen=True)
-class ToyConfig:
+class ToyConfig(SuccessorFields):
     """Configuration of one toy KL-regularized RL run (all seeds of it train in parallel). The
-    shaping fields carry the names of :class:`mdkl.shaping.ShapingConfig` (:attr:`shaping`)."""
+    shaping fields carry the names of :class:`mdkl.shaping.ShapingConfig` (:attr:`shaping`); the
+    successor methods' fields come from :class:`mdkl.successors.SuccessorFields` (the outcome of a
+    sample for ``successor='ips'`` is its action; ``'flowrl'`` trains one log Z per seed)."""
 
     beta: float = 1e-3
     """KL coefficient beta (>= 0; 0 disables the KL term)."""
@@ -191,8 +194,11 @@ def train_toy(
     """
     shaping = _validate(cfg, max_reward)
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     s, b = cfg.n_seeds, cfg.batch_size
+    # FlowRL's learned log Z: one scalar per seed, trained with the policy (FlowRL: a head on the prompt)
+    log_z = torch.nn.Parameter(torch.zeros(s, 1, dtype=torch.float64)) if shaping.successor == "flowrl" else None
+    opt = torch.optim.AdamW([*policy.parameters(), *([log_z] if log_z is not None else [])], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     group = torch.arange(s).repeat_interleave(b)
     steps, hist, mean_r = [0], [policy.snapshot()], []
     for it in tqdm(range(1, cfg.steps + 1), disable=not progress, desc="toy RL", leave=False):
@@ -205,9 +211,9 @@ def train_toy(
             raise ValueError("reward_fn returned NaN: rewards must be finite")
         mean_r.append(r.mean(1).numpy())
         shaped, lref_kl, _ = shape_rewards(shaping, r.flatten(), logp.flatten(), lref.flatten(), group,
-                                        generator=gen)
-        adv = advantages(shaping, r.flatten(), shaped, group).view(s, b)
-        loss = policy_loss(shaping, logp, lref_kl.view(s, b), adv)  # one loss per seed
+                                        generator=gen, outcomes=x.flatten() if shaping.successor == "ips" else None)
+        adv = advantages(shaping, r.flatten(), shaped, group, logp=logp.detach().flatten()).view(s, b)
+        loss = policy_loss(shaping, logp, lref_kl.view(s, b), adv, log_z=log_z)  # one loss per seed
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()
