@@ -309,7 +309,7 @@ def _kl_grad(pi, p, kl):
 def _ips_parts(logpi, r, G, alpha, eps, baseline):
     """(per-output term f_y(pi_y), constant(pi)) with grad_y = pi_y (f_y - constant)."""
     if G is None:
-        return r * np.exp(-alpha * logpi), lambda q: float(r[q > 0] @ q[q > 0] ** (1 - alpha))
+        return np.where(r != 0, r * np.exp(-alpha * logpi), 0.0), lambda q: float(r[q > 0] @ q[q > 0] ** (1 - alpha))
     if G < 2:
         raise ValueError("group_size must be >= 2 (or None for the large-group limit)")
     kappa = G / (G - 1) if baseline == "rloo" else 1.0
@@ -354,15 +354,16 @@ def ucpo_target(ref, rewards, beta: float, tau: float, kl: str = "reverse", ucpo
         m, onem = -math.expm1(x), math.exp(x)
 
         def v(lg):
-            a = np.where(good, onem * ((1 - ucpo_tau) + ucpo_tau * m / nc * np.exp(-lg)), -m)
+            lift = ucpo_tau * m / nc * np.exp(-lg) if ucpo_tau > 0 else 0.0
+            a = np.where(good, onem * ((1 - ucpo_tau) + lift), -m)
             return a - beta * (lg - lp_ref) if kl == "reverse" else a + beta * np.exp(lp_ref - lg)
         return separable_fixed_point(v, r.size)
 
     def gap(x):
         return math.log(solve(x)[~good].sum()) - x
 
-    lo, hi = -745.0, math.log1p(-1e-9)
-    if gap(lo) >= 0:  # incorrect mass below e^-745: UCPO's term, proportional to it, is zero in float64
+    lo, hi = -700.0, math.log1p(-1e-9)
+    if gap(lo) <= 0:  # incorrect mass below e^-700: UCPO's term, proportional to it, vanishes in float64
         return solve(lo)
     return solve(brentq(gap, lo, hi, xtol=1e-12))
 
@@ -410,7 +411,7 @@ def flowrl_target(ref, rewards, scale: float, group_size: int = 32, eps: float =
     def gap(x):
         return math.log(pi_of(x)[~good].sum()) - x
 
-    lo, hi = -745.0, math.log1p(-1e-12)
-    if gap(lo) >= 0:  # incorrect mass below e^-745 (float64's smallest): report that limit
+    lo, hi = -700.0, math.log1p(-1e-12)
+    if gap(lo) <= 0:  # incorrect mass below e^-700: report that limit
         return pi_of(lo)
     return pi_of(brentq(gap, lo, hi, xtol=1e-12))
