@@ -43,6 +43,7 @@ from mdkl.kl import kl_estimate
 from mdkl.rollout import sample_completions, sequence_logprobs, tokenize_prompts
 from mdkl.runtime import CACHE_DIR, atomic_write_bytes, cache_key, cached
 from mdkl.shaping import ShapingConfig, advantages, policy_loss, shape_rewards
+from mdkl.successors import SuccessorFields, outcome_ids
 from mdkl.smalllm import SmallLMConfig, load_small_lm
 
 __all__ = ["Task", "task_rewards", "LMConfig", "LMResult", "validate_config", "train", "train_cached",
@@ -101,8 +102,11 @@ def task_rewards(task: Task, completions: list[str], prompt_index) -> torch.Tens
 
 
 @dataclass(frozen=True)
-class LMConfig:
-    """One RL run on a language model (defaults: the paper's 1-2 setting, sized for 2 cores)."""
+class LMConfig(SuccessorFields):
+    """One RL run on a language model (defaults: the paper's 1-2 setting, sized for 2 cores). The
+    successor methods' fields (``successor``, ``gamma_p``, ...) come from
+    :class:`mdkl.successors.SuccessorFields`; a completion's outcome for ``successor='ips'`` is its
+    decoded text (the answer, under the 1-2 task's strict format)."""
 
     model: str = "small"
     """Model name for :func:`load_model` / :func:`train_cached`: 'small' or 'smollm2'."""
@@ -198,7 +202,7 @@ class LMConfig:
 
     def label(self) -> str:
         """Short run label, e.g. 'reverse MARA beta=0.01 seed=0'."""
-        m = "MARA" if self.mara != "none" else "vanilla"
+        m = "MARA" if self.mara != "none" else (self.successor if self.successor != "none" else "vanilla")
         return f"{self.kl} {m} beta={self.beta:g} seed={self.seed}"
 
 
@@ -206,6 +210,10 @@ def validate_config(cfg: LMConfig) -> ShapingConfig:
     """Raise ``ValueError`` naming the fix for inconsistent settings (beta <= 0 with MARA, GRPO
     advantages with MARA, ...); returns the run's :class:`mdkl.shaping.ShapingConfig`."""
     shaping = cfg.shaping
+    if shaping.successor == "flowrl":
+        raise ValueError("successor='flowrl' needs a learned log Z that this trainer does not own yet (FlowRL: a "
+                         "linear head on the prompt's mean hidden state; one scalar for a single-prompt task): "
+                         "use the toy trainer, or another successor")
     if cfg.group_size < 2:
         raise ValueError("group_size must be >= 2 (advantages are computed within each prompt's group)")
     if cfg.prompts_per_step < 1 or cfg.max_new_tokens < 1 or cfg.steps < 0 or cfg.eval_every < 1:
@@ -385,8 +393,10 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
         tok_logp = sequence_logprobs(model, p_ids, p_mask, c_ids, c_mask, prompt_repeats=G, per_token=True)
         logp, logp_ref = tok_logp.sum(-1), tok_ref.sum(-1)
         # ---- 3. rewards -> MARA per group -> KL / entropy shaping -> group advantages
-        shaped, logp_ref_kl, anchored = shape_rewards(shaping, r, logp, logp_ref, group, lengths=c_mask.sum(-1))
-        adv = advantages(shaping, r, shaped, group)
+        shaped, logp_ref_kl, anchored = shape_rewards(
+            shaping, r, logp, logp_ref, group, lengths=c_mask.sum(-1),
+            outcomes=outcome_ids(texts) if shaping.successor == "ips" else None)
+        adv = advantages(shaping, r, shaped, group, logp=logp.detach(), lengths=c_mask.sum(-1))
         # ---- 4. one policy-gradient step (KL on the sequence, or per token)
         if cfg.kl_level == "token":
             loss = policy_loss(shaping, tok_logp.double(), logp_ref_kl, adv, token_logp_ref=tok_ref,

@@ -152,3 +152,22 @@ def test_toy_trains_every_method():
                dict(successor="flowrl", kl="none", advantage="grpo")):
         res = train_categorical(ToyConfig(beta=0.5, steps=30, n_seeds=2, **kw), R4, REF4)
         assert np.isfinite(res.final).all() and res.final.shape == (2, 3)
+
+
+def test_lm_trainer_runs_the_reward_and_advantage_methods():
+    """LMConfig carries the same fields; IPS (outcome = the decoded completion), DS and UCPO train a
+    few steps on the tiny model; FlowRL is refused until the LM trainer owns a log Z."""
+    import copy
+
+    from mdkl import lm, onetwo, smalllm
+    tiny = smalllm.SmallLMConfig(n_docs=400, steps=40, hidden_size=32, n_layers=2, n_heads=2, intermediate_size=64,
+                                  vocab_size=300, batch_size=16, max_len=64)
+    model, tok = smalllm.load_small_lm(tiny, progress=False)
+    task = onetwo.OneTwoTask(prompts_used=onetwo.PROMPTS)
+    base = lm.LMConfig(steps=2, eval_every=2, eval_samples=8, prompts_per_step=2, group_size=4, max_new_tokens=10,
+                       lr=1e-3, beta=0.02, kl="reverse", kl_placement="loss")
+    for s in ("diff_smooth", "ips", "ucpo"):
+        res = lm.train(base.replace(successor=s), task, copy.deepcopy(model), tok, progress=False)
+        assert np.isfinite(res.history.loss).all() and s in base.replace(successor=s).label()
+    with pytest.raises(ValueError, match="log Z"):
+        lm.validate_config(base.replace(successor="flowrl", kl="none", advantage="grpo"))
