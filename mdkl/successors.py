@@ -232,7 +232,7 @@ def diff_smooth_target(ref, rewards, beta: float, tau: float, gamma_p: float | N
 
 
 def separable_fixed_point(v: Callable[[np.ndarray], np.ndarray], n: int, lo: float = -1e5,
-                          iters: int = 200) -> np.ndarray:
+                          iters: int = 110) -> np.ndarray:
     """The distribution pi with v(log pi) constant over outputs, for v acting elementwise and
     decreasing in each log pi(y): the stationarity condition pi_y (v_y - E_pi v) = 0 of a softmax
     policy's expected update when each output's term depends on its own probability (and on
