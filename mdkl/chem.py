@@ -398,7 +398,7 @@ class RLConfig:
 def dap_loss(logp_agent: torch.Tensor, logp_prior: torch.Tensor, rewards: torch.Tensor,
              sigma: float) -> torch.Tensor:
     """REINVENT's augmented-likelihood loss, mean over the batch of
-    (log pi_prior(y) + sigma R(y) - log pi_theta(y))^2 (spec §4 Chemistry). Its minimizer is
+    (log pi_prior(y) + sigma R(y) - log pi_theta(y))^2 (the paper's chemistry task, Table 2). Its minimizer is
     pi_theta ∝ pi_prior exp(sigma R): reverse-KL-regularized RL with beta = 1/sigma (Rem. 3.1)."""
     target = logp_prior.detach() + sigma * torch.as_tensor(rewards, dtype=logp_agent.dtype)
     return ((target - logp_agent) ** 2).mean()

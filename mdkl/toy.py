@@ -11,8 +11,9 @@ Two pieces:
 - :func:`fit_density`: distribution matching (Fig. 1a/b), minimizing the exact reverse or
   forward KL to a target density on a quadrature grid.
 
-Defaults of :class:`ToyConfig` follow the spec's reading of the authors' toy code: logits
-initialised at 0, batches of 32, AdamW lr 5e-3, 1000 steps, KL as a loss (k2).
+Defaults of :class:`ToyConfig` follow our reading of the authors' earlier toy code (the paper
+states no toy training settings): logits initialised at 0, batches of 32, AdamW lr 5e-3, 1000
+steps, KL as a loss (k2).
 """
 
 from __future__ import annotations
