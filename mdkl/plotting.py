@@ -82,13 +82,22 @@ def legend_right(ax, **kwargs):
     return ax.legend(**kw)
 
 
-def legend_below(fig, axes=None, ncol: int | None = None, **kwargs):
-    """One legend for ``fig``, centred below its axes (never over the data).
+def legend_below(fig_or_ax, axes=None, ncol: int | None = None, **kwargs):
+    """A legend centred below a figure or below one axes (never over the data).
 
-    Collects the labelled artists of ``axes`` (default: every axes of the figure) in order, keeping
-    the first artist of each label, so panels that repeat a curve add it once. Call after
-    ``fig.tight_layout()``; :func:`savefig` and the inline display both keep it (tight bounding box).
+    Given a figure: one legend collecting the labelled artists of ``axes`` (default: every axes of
+    the figure) in order, keeping the first artist of each label, so panels that repeat a curve add
+    it once; call after ``fig.tight_layout()``. Given an axes: that axes' own legend, under its
+    x label. :func:`savefig` and the inline display both keep it (tight bounding box).
     """
+    if not hasattr(fig_or_ax, "axes") or hasattr(fig_or_ax, "get_legend_handles_labels"):
+        ax = fig_or_ax
+        n = len(ax.get_legend_handles_labels()[1])
+        kw = dict(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False,
+                  ncol=ncol if ncol is not None else min(n, 2))
+        kw.update(kwargs)
+        return ax.legend(**kw)
+    fig = fig_or_ax
     handles, labels = [], []
     for ax in fig.axes if axes is None else axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
