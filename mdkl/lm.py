@@ -115,7 +115,12 @@ class LMConfig:
     kl_level: Literal["sequence", "token"] = "token"
     """KL loss (k2 / k3) on sequence log-probs (the paper's bandit view) or summed per token (GRPO /
     TRL); k1 in the reward is the same either way. Sequence-level k3 weights a sample by
-    pi_ref(y)/pi(y), which is heavy tailed: measured, it diverges on the small LM (use 'token')."""
+    pi_ref(y)/pi(y), which is heavy tailed: measured, it diverges on the small LM (use 'token').
+    Under MARA's Algorithm 2 the samples it anchored get the KL on the sequence at either level
+    (their reference, pi_ref(z), is a sequence probability: :func:`mdkl.mara_kl.anchored_kl_loss`)."""
+    kl_weight_baseline: Literal["none", "loo"] = "none"
+    """Sequence-level k3 only: leave-one-out baseline for its importance weight pi_ref/pi within each
+    prompt group (unbiased; :attr:`mdkl.shaping.ShapingConfig.kl_weight_baseline`)."""
     entropy: float = 0.0
     """Entropy bonus eta: -eta log pi(y) (detached) added to the reward (Table 1's "Entropy" row)."""
     unlikely: float = 0.0
