@@ -25,9 +25,9 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mdkl.kl import kl_gradient_direction
+from mdkl.runtime import progress_bar
 from mdkl.shaping import ShapingConfig, advantages, policy_loss, shape_rewards
 
 __all__ = ["ToyConfig", "ToyResult", "CategoricalPolicy", "GaussianPolicy", "train_toy",
@@ -196,7 +196,7 @@ def train_toy(
     s, b = cfg.n_seeds, cfg.batch_size
     group = torch.arange(s).repeat_interleave(b)
     steps, hist, mean_r = [0], [policy.snapshot()], []
-    for it in tqdm(range(1, cfg.steps + 1), disable=not progress, desc="toy RL", leave=False):
+    for it in progress_bar(range(1, cfg.steps + 1), show=progress, desc="toy RL", leave=False):
         x = policy.sample(b, gen)
         logp = policy.log_prob(x)
         with torch.no_grad():
