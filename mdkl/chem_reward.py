@@ -37,12 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mdkl.chem_smiles import load_moses, mol_from_smiles, quiet_rdkit
 from mdkl.runtime import installed_package_dir
 
-__all__ = ["RewardConfig", "COMPONENTS", "mol_from_smiles", "canonical", "drd2_features",
+__all__ = ["RewardConfig", "COMPONENTS", "drd2_features",
            "drd2_proba", "libsvm_binary_proba", "potency", "qed", "n_hbd", "sa_score", "sa_desirability", "amide_solved",
-           "amide_leaves", "amide_stock", "aggregate_reward", "score_batch", "score_smiles", "Scorer",
-           "moses_path", "load_moses"]
+           "amide_leaves", "amide_stock", "aggregate_reward", "score_batch", "score_smiles", "Scorer"]
 
 TASKS = ("synth", "amide")
 COMPONENTS = ("drd2", "qed", "hbd_ok", "synth")
@@ -85,61 +85,8 @@ class RewardConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# data files inside wheels
+# components
 # ----------------------------------------------------------------------------------------------
-def moses_path(split: str = "train") -> Path:
-    """Path of MOSES ``<split>.csv.gz`` inside the molsets wheel (``import moses`` is broken)."""
-    if split not in ("train", "test", "test_scaffolds"):
-        raise ValueError(f"split={split!r}: use train, test or test_scaffolds")
-    return installed_package_dir("moses", "molsets==0.3.1") / "dataset" / "data" / f"{split}.csv.gz"
-
-
-def load_moses(n: int | None = None, seed: int = 0, split: str = "train") -> list[str]:
-    """``n`` MOSES SMILES drawn without replacement with ``seed`` (all of them if ``n`` is None)."""
-    import pandas as pd
-
-    smiles = pd.read_csv(moses_path(split))["SMILES"].to_numpy()
-    if n is None or n >= len(smiles):
-        return smiles.tolist()
-    if n <= 0:
-        raise ValueError(f"n={n}: ask for a positive number of molecules")
-    idx = np.random.default_rng(seed).choice(len(smiles), size=n, replace=False)
-    return smiles[np.sort(idx)].tolist()
-
-
-# ----------------------------------------------------------------------------------------------
-# RDKit helpers and components
-# ----------------------------------------------------------------------------------------------
-def _quiet_rdkit() -> None:
-    from rdkit import RDLogger
-
-    RDLogger.DisableLog("rdApp.*")
-
-
-def mol_from_smiles(smiles):
-    """RDKit molecule or None for empty / non-string / unparsable / unsanitizable SMILES."""
-    from rdkit import Chem
-
-    if not isinstance(smiles, str) or not smiles.strip():
-        return None
-    _quiet_rdkit()
-    try:
-        mol = Chem.MolFromSmiles(smiles)
-    except Exception:  # noqa: BLE001 - RDKit raises rarely, but never crash a run on a string
-        return None
-    if mol is None or mol.GetNumAtoms() == 0:
-        return None
-    return mol
-
-
-def canonical(smiles) -> str | None:
-    """Canonical SMILES, or None if invalid."""
-    from rdkit import Chem
-
-    mol = mol_from_smiles(smiles)
-    return None if mol is None else Chem.MolToSmiles(mol)
-
-
 _DRD2 = None
 _SA = None
 
@@ -159,7 +106,7 @@ def drd2_features(mols) -> np.ndarray:
     """PMO's DRD2 features: Morgan radius 3 feature-invariant counts folded ``idx % 2048``."""
     from rdkit.Chem import AllChem
 
-    _quiet_rdkit()
+    quiet_rdkit()
     x = np.zeros((len(mols), 2048), dtype=np.float64)
     for i, m in enumerate(mols):
         fp = AllChem.GetMorganFingerprint(m, 3, useCounts=True, useFeatures=True)
@@ -440,7 +387,7 @@ def score_smiles(smiles: list[str], cfg: RewardConfig, stock=None) -> np.ndarray
 def _init_worker(stock) -> None:
     global _STOCK
     _STOCK = stock
-    _quiet_rdkit()
+    quiet_rdkit()
     warnings.simplefilter("ignore")
     try:  # one BLAS thread per worker: the pool already uses every core
         from threadpoolctl import threadpool_limits
