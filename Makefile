@@ -36,7 +36,7 @@ ONEDNN_MAX_CPU_ISA ?= AVX2
 export ATEN_CPU_CAPABILITY MKL_CBWR ONEDNN_MAX_CPU_ISA
 endif
 
-.PHONY: all help env test unit nbval lab publish bench chem-prior clean-cache clean $(notdir $(basename $(NOTEBOOKS)))
+.PHONY: all help env test unit nbval lab publish bench chem-prior chem-calibrate clean-cache clean $(notdir $(basename $(NOTEBOOKS)))
 
 help: ## show this help
 	@echo "mdkl make targets (PROFILE=quick|cpu|paper, default cpu):"
@@ -74,6 +74,12 @@ chem-prior: $(ENV_STAMP) ## train (or reuse) the chemistry prior of PROFILE (run
 	$(PY) -m mdkl.chem prior --profile $(PROFILE)
 
 executed/$(PROFILE)/06_chemistry.ipynb: | chem-prior
+
+# Calibration of the reward analogue on REINVENT-only runs (after the prior; cached runs; writes
+# data/chem_reward_<profile>.json, the frozen reward configuration; quick reuses cpu's). Not yet a
+# prerequisite of notebook 06 nor part of `make all`.
+chem-calibrate: chem-prior ## calibrate the chemistry reward analogue on the prior of PROFILE (REINVENT only)
+	$(PY) -m mdkl.chem_calibration --profile $(PROFILE)
 
 test: $(ENV_STAMP) ## unit tests (pytest) + notebook validation (nbval, quick profile)
 	MDKL_PROFILE=quick $(PY) -m pytest tests $(NOTEBOOKS) -q -rs --durations=15 \
