@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mdkl.kl import kl_gradient_direction
+from mdkl.runtime import resolve_device
 from mdkl.shaping import ShapingConfig, advantages, policy_loss, shape_rewards
 
 __all__ = ["ToyConfig", "ToyResult", "CategoricalPolicy", "GaussianPolicy", "train_toy",
@@ -78,6 +79,10 @@ class ToyConfig:
     """Independent runs trained in parallel."""
     log_every: int = 10
     """Record the policy every this many steps."""
+    device: str = "auto"
+    """Where the policy, the samples and the optimizer state live: 'auto' (CUDA when available,
+    else CPU), 'cpu', 'cuda' (:func:`mdkl.runtime.resolve_device`). The sampling generator is a
+    ``torch.Generator`` on that device: CPU and CUDA draw different random streams from one seed."""
 
     @property
     def shaping(self) -> ShapingConfig:
@@ -138,7 +143,7 @@ class CategoricalPolicy(torch.nn.Module):
         return torch.log_softmax(self.logits, -1).gather(1, x)
 
     def snapshot(self) -> np.ndarray:
-        return torch.softmax(self.logits.detach(), -1).numpy()
+        return torch.softmax(self.logits.detach(), -1).cpu().numpy()
 
 
 class GaussianPolicy(torch.nn.Module):
@@ -151,7 +156,7 @@ class GaussianPolicy(torch.nn.Module):
 
     def sample(self, batch: int, gen: torch.Generator) -> torch.Tensor:
         with torch.no_grad():
-            eps = torch.randn(self.mean.shape[0], batch, generator=gen, dtype=torch.float64)
+            eps = torch.randn(self.mean.shape[0], batch, generator=gen, dtype=torch.float64, device=self.mean.device)
             return self.mean + self.log_std.exp() * eps
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,7 +164,7 @@ class GaussianPolicy(torch.nn.Module):
         return -0.5 * z**2 - self.log_std - 0.5 * np.log(2 * np.pi)
 
     def snapshot(self) -> np.ndarray:
-        return torch.cat([self.mean, self.log_std.exp()], 1).detach().numpy()
+        return torch.cat([self.mean, self.log_std.exp()], 1).detach().cpu().numpy()
 
 
 def _validate(cfg: ToyConfig, max_reward: float | None) -> ShapingConfig:
@@ -184,26 +189,30 @@ def train_toy(
     """REINFORCE on ``E[R] - beta * KL`` (+ entropy, + MARA) for ``cfg.steps`` steps.
 
     ``reward_fn`` and ``ref_log_prob`` map a [n_seeds, batch] tensor of samples to rewards and
-    reference log-probabilities. Per step: sample a batch per seed, then the shared shaping path
+    reference log-probabilities. ``policy`` is moved to ``cfg.device`` (in place), where the samples
+    are drawn; ``reward_fn`` / ``ref_log_prob`` receive them there (their outputs are moved there
+    too). Results come back to the CPU. Per step: sample a batch per seed, then the shared shaping path
     with each seed's batch as one group (:func:`mdkl.shaping.shape_rewards`: MARA, k1 penalty in
     the reward, entropy bonus; :func:`mdkl.shaping.advantages`; :func:`mdkl.shaping.policy_loss`:
     REINFORCE + the estimator as a loss), and one AdamW step.
     """
     shaping = _validate(cfg, max_reward)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    policy.to(device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     s, b = cfg.n_seeds, cfg.batch_size
-    group = torch.arange(s).repeat_interleave(b)
+    group = torch.arange(s, device=device).repeat_interleave(b)
     steps, hist, mean_r = [0], [policy.snapshot()], []
     for it in tqdm(range(1, cfg.steps + 1), disable=not progress, desc="toy RL", leave=False):
         x = policy.sample(b, gen)
         logp = policy.log_prob(x)
         with torch.no_grad():
-            r = torch.as_tensor(reward_fn(x), dtype=torch.float64)
-            lref = torch.as_tensor(ref_log_prob(x), dtype=torch.float64)
+            r = torch.as_tensor(reward_fn(x), dtype=torch.float64, device=device)
+            lref = torch.as_tensor(ref_log_prob(x), dtype=torch.float64, device=device)
         if torch.isnan(r).any():
             raise ValueError("reward_fn returned NaN: rewards must be finite")
-        mean_r.append(r.mean(1).numpy())
+        mean_r.append(r.mean(1).cpu().numpy())
         shaped, lref_kl, _ = shape_rewards(shaping, r.flatten(), logp.flatten(), lref.flatten(), group,
                                         generator=gen)
         adv = advantages(shaping, r.flatten(), shaped, group).view(s, b)
@@ -237,6 +246,8 @@ def train_categorical(cfg: ToyConfig, rewards, ref, *, progress: bool = False) -
     elif cfg.init != "zeros":
         raise ValueError(f"unknown init {cfg.init!r}: use 'zeros' or 'reference'")
     policy = CategoricalPolicy(cfg.n_seeds, r.numel(), init)
+    device = resolve_device(cfg.device)
+    r, log_ref = r.to(device), log_ref.to(device)
     return train_toy(cfg, policy, lambda x: r[x], lambda x: log_ref[x],
                      max_reward=float(r.max()), progress=progress)
 
