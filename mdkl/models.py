@@ -67,9 +67,10 @@ def load_smollm2(dtype=None, device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    device = resolve_device(device)  # an unavailable device fails before the weights load
     d = smollm2_dir()
     tok = AutoTokenizer.from_pretrained(str(d))
-    model = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype or torch.float32).to(resolve_device(device))
+    model = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype or torch.float32).to(device)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok

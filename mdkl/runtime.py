@@ -224,8 +224,8 @@ def device_key(name: "str | Any" = "auto") -> str:
 def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = {"__dataclass__": type(obj).__name__, **_jsonable(dataclasses.asdict(obj))}
-        if "device" in out:  # key on the device the run resolves to, not on the string 'auto'
-            out["__device__"] = device_key(getattr(obj, "device"))
+        if "device" in out:  # key on the device the run resolves to ('cpu' / 'cuda'), never on 'auto'
+            out["device"] = device_key(getattr(obj, "device"))
         return out
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
@@ -472,7 +472,9 @@ def cached(
     module imports, transitively (:func:`module_dependencies`, read from the source with ``ast``),
     and for a function defined outside mdkl its own source and the mdkl modules it names. So an
     edit to any of those files recomputes, and an edit to a module the run never imports (e.g.
-    ``mdkl.plotting`` for an LM run) keeps the cached result. ``force=True`` recomputes and
+    ``mdkl.plotting`` for an LM run) keeps the cached result. A dataclass's ``device`` field enters
+    the key as the device type it resolves to (:func:`device_key`): 'auto' on a CPU machine shares
+    results with 'cpu', a GPU run never reuses a CPU result. ``force=True`` recomputes and
     overwrites. The file is written atomically: a run killed mid-way leaves the previous state (or
     nothing), never a truncated pickle.
     """
