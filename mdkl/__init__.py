@@ -9,6 +9,8 @@ Modules (each says what it is for in its own docstring):
 - ``mdkl.mara``     Mode Anchored Reward Augmentation (Algorithms 1 and 2, Rem. B.3)
 - ``mdkl.mara_kl``  the forward-KL (k3) loss of MARA's Algorithm 2 on completions made of tokens
 - ``mdkl.shaping``  the one shaping path of every trainer: rewards (MARA, KL, entropy), advantages, loss
+- ``mdkl.successors`` the reward / advantage / loss transforms proposed after MARA against the same
+  collapse (Differential Smoothing, inverse-probability scaling, UCPO, FlowRL) and their exact targets
 - ``mdkl.metrics``  entropy, coverage (Def. 3.5), Pareto front and other evaluation metrics
 - ``mdkl.exact``    the objectives as differentiable torch functions and exact-gradient ascent
 - ``mdkl.token_tree`` an exact tabular autoregressive policy over enumerable token sequences (MARA checks)

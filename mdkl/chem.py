@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from mdkl.chem_reward import canonical, load_moses
-from mdkl.runtime import cached, cached_dir, fixed_threads, resolve_device
+from mdkl.runtime import cached, cached_dir, fixed_threads, progress_bar, resolve_device
 from mdkl.shaping import ShapingConfig, shape_rewards
 
 __all__ = ["SMILES_REGEX", "tokenize", "Vocabulary", "PriorConfig", "SmilesLSTM", "train_prior",
@@ -231,8 +231,6 @@ def minibatches(lengths, batch_size: int, gen: torch.Generator, bucket: int = 0)
 
 
 def _train_prior(cfg: PriorConfig, out: Path, progress: bool = True) -> None:
-    from tqdm.auto import tqdm
-
     device = resolve_device(cfg.device)
     with fixed_threads(cfg.threads):
         t0 = time.perf_counter()
@@ -248,7 +246,7 @@ def _train_prior(cfg: PriorConfig, out: Path, progress: bool = True) -> None:
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda k: prior_lr_factor(k, total, cfg.warmup, cfg.final_lr))
         losses = []
-        bar = tqdm(total=total, desc="prior", disable=not progress, mininterval=5)
+        bar = progress_bar(total=total, desc="prior", show=progress, mininterval=5)
         for _ in range(cfg.epochs):
             for idx in minibatches(lengths, cfg.batch_size, g, cfg.bucket):
                 x = _pad([data[i] for i in idx]).to(device)
@@ -414,7 +412,7 @@ class RLConfig:
 def dap_loss(logp_agent: torch.Tensor, logp_prior: torch.Tensor, rewards: torch.Tensor,
              sigma: float) -> torch.Tensor:
     """REINVENT's augmented-likelihood loss, mean over the batch of
-    (log pi_prior(y) + sigma R(y) - log pi_theta(y))^2 (spec §4 Chemistry). Its minimizer is
+    (log pi_prior(y) + sigma R(y) - log pi_theta(y))^2 (the paper's chemistry task, Table 2). Its minimizer is
     pi_theta ∝ pi_prior exp(sigma R): reverse-KL-regularized RL with beta = 1/sigma (Rem. 3.1)."""
     target = logp_prior.detach() + sigma * torch.as_tensor(rewards, dtype=logp_agent.dtype)
     return ((target - logp_agent) ** 2).mean()
@@ -442,7 +440,6 @@ def run_rl(prior: SmilesLSTM, vocab: Vocabulary, scorer, cfg: RLConfig = RLConfi
     import copy
 
     import pandas as pd
-    from tqdm.auto import tqdm
 
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -461,7 +458,7 @@ def run_rl(prior: SmilesLSTM, vocab: Vocabulary, scorer, cfg: RLConfig = RLConfi
     anchors = {"batches": 0, "batches_with_anchor": 0, "batches_with_2plus": 0, "augmented": 0}
     calls, step = 0, 0
     shaping = cfg.shaping
-    bar = tqdm(total=cfg.reward_calls, desc="RL", disable=not progress, mininterval=5)
+    bar = progress_bar(total=cfg.reward_calls, desc="RL", show=progress, mininterval=5)
     while calls < cfg.reward_calls:
         n = min(cfg.batch_size, cfg.reward_calls - calls)
         t0 = time.perf_counter()

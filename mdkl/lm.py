@@ -38,12 +38,12 @@ from typing import Literal, Protocol
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from mdkl.kl import kl_estimate
 from mdkl.rollout import sample_completions, sequence_logprobs, tokenize_prompts
-from mdkl.runtime import CACHE_DIR, atomic_write_bytes, cache_key, cached, resolve_device
+from mdkl.runtime import CACHE_DIR, atomic_write_bytes, cache_key, cached, progress_bar, resolve_device
 from mdkl.shaping import ShapingConfig, advantages, policy_loss, shape_rewards
+from mdkl.successors import SuccessorFields, outcome_ids
 from mdkl.smalllm import SmallLMConfig, load_small_lm
 
 __all__ = ["Task", "task_rewards", "LMConfig", "LMResult", "validate_config", "autocast_dtype", "train", "train_cached",
@@ -102,8 +102,11 @@ def task_rewards(task: Task, completions: list[str], prompt_index) -> torch.Tens
 
 
 @dataclass(frozen=True)
-class LMConfig:
-    """One RL run on a language model (defaults: the paper's 1-2 setting, sized for 2 cores)."""
+class LMConfig(SuccessorFields):
+    """One RL run on a language model (defaults: the paper's 1-2 setting, sized for 2 cores). The
+    successor methods' fields (``successor``, ``gamma_p``, ...) come from
+    :class:`mdkl.successors.SuccessorFields`; a completion's outcome for ``successor='ips'`` is its
+    decoded text (the answer, under the 1-2 task's strict format)."""
 
     model: str = "small"
     """Model name for :func:`load_model` / :func:`train_cached`: 'small' or 'smollm2'."""
@@ -116,7 +119,12 @@ class LMConfig:
     kl_level: Literal["sequence", "token"] = "token"
     """KL loss (k2 / k3) on sequence log-probs (the paper's bandit view) or summed per token (GRPO /
     TRL); k1 in the reward is the same either way. Sequence-level k3 weights a sample by
-    pi_ref(y)/pi(y), which is heavy tailed: measured, it diverges on the small LM (use 'token')."""
+    pi_ref(y)/pi(y), which is heavy tailed: measured, it diverges on the small LM (use 'token').
+    Under MARA's Algorithm 2 the samples it anchored get the KL on the sequence at either level
+    (their reference, pi_ref(z), is a sequence probability: :func:`mdkl.mara_kl.anchored_kl_loss`)."""
+    kl_weight_baseline: Literal["none", "loo"] = "none"
+    """Sequence-level k3 only: leave-one-out baseline for its importance weight pi_ref/pi within each
+    prompt group (unbiased; :attr:`mdkl.shaping.ShapingConfig.kl_weight_baseline`)."""
     entropy: float = 0.0
     """Entropy bonus eta: -eta log pi(y) (detached) added to the reward (Table 1's "Entropy" row)."""
     unlikely: float = 0.0
@@ -203,7 +211,7 @@ class LMConfig:
 
     def label(self) -> str:
         """Short run label, e.g. 'reverse MARA beta=0.01 seed=0'."""
-        m = "MARA" if self.mara != "none" else "vanilla"
+        m = "MARA" if self.mara != "none" else (self.successor if self.successor != "none" else "vanilla")
         return f"{self.kl} {m} beta={self.beta:g} seed={self.seed}"
 
 
@@ -211,6 +219,10 @@ def validate_config(cfg: LMConfig) -> ShapingConfig:
     """Raise ``ValueError`` naming the fix for inconsistent settings (beta <= 0 with MARA, GRPO
     advantages with MARA, ...); returns the run's :class:`mdkl.shaping.ShapingConfig`."""
     shaping = cfg.shaping
+    if shaping.successor == "flowrl":
+        raise ValueError("successor='flowrl' needs a learned log Z that this trainer does not own yet (FlowRL: a "
+                         "linear head on the prompt's mean hidden state; one scalar for a single-prompt task): "
+                         "use the toy trainer, or another successor")
     if cfg.group_size < 2:
         raise ValueError("group_size must be >= 2 (advantages are computed within each prompt's group)")
     if cfg.prompts_per_step < 1 or cfg.max_new_tokens < 1 or cfg.steps < 0 or cfg.eval_every < 1:
@@ -384,7 +396,7 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
         gen.set_state(st["gen"].cpu())  # a generator's state is a CPU tensor, whatever its device
         history, checkpoints, start, t_total = st["history"], st["checkpoints"], st["step"], st["seconds"]
 
-    bar = tqdm(range(start, cfg.steps + 1), desc=cfg.label(), disable=not progress, leave=False)
+    bar = progress_bar(range(start, cfg.steps + 1), desc=cfg.label(), show=progress, leave=False)
     for step in bar:
         # ---- checkpoint: evaluate on fresh samples (own generator), save the state to resume from
         if (cfg.eval_samples > 0 and (step % cfg.eval_every == 0 or step == cfg.steps)
@@ -418,8 +430,10 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
             tok_logp = sequence_logprobs(model, p_ids, p_mask, c_ids, c_mask, prompt_repeats=G, per_token=True)
         logp, logp_ref = tok_logp.sum(-1), tok_ref.sum(-1)
         # ---- 3. rewards -> MARA per group -> KL / entropy shaping -> group advantages
-        shaped, logp_ref_kl, anchored = shape_rewards(shaping, r, logp, logp_ref, group, lengths=c_mask.sum(-1))
-        adv = advantages(shaping, r, shaped, group)
+        shaped, logp_ref_kl, anchored = shape_rewards(
+            shaping, r, logp, logp_ref, group, lengths=c_mask.sum(-1),
+            outcomes=outcome_ids(texts).to(device) if shaping.successor == "ips" else None)
+        adv = advantages(shaping, r, shaped, group, logp=logp.detach(), lengths=c_mask.sum(-1))
         # ---- 4. one policy-gradient step (KL on the sequence, or per token)
         if cfg.kl_level == "token":
             loss = policy_loss(shaping, tok_logp.double(), logp_ref_kl, adv, token_logp_ref=tok_ref,

@@ -50,7 +50,7 @@ def as_float_tensor(x) -> torch.Tensor:
 
 
 def _check_mara_beta(beta: float) -> float:
-    """beta > 0 for MARA, with an error that says what to do instead (spec §3: inert at beta = 0)."""
+    """beta > 0 for MARA, with an error that says what to do instead (paper §5: the augmentation scales with beta, inert at beta = 0)."""
     try:
         return check_beta(beta, "beta (MARA)")
     except ValueError as e:
@@ -61,7 +61,7 @@ def _check_mara_beta(beta: float) -> float:
 
 def check_mara_has_kl(beta: float, kl_term: bool, what: str = "") -> None:
     """Raise the error trainers give when MARA is configured without a KL term (``kl_term`` False)
-    or with beta <= 0 (spec §3: MARA is inert at beta = 0). ``what`` names the offending setting."""
+    or with beta <= 0 (paper §5, Alg. 1: MARA is inert at beta = 0). ``what`` names the offending setting."""
     if kl_term and beta > 0:
         return
     got = f" (got {what})" if what else f" (got beta={beta})"

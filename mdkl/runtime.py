@@ -527,6 +527,21 @@ def write_csv(df: "Any", name: str) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
+# progress bars
+# ----------------------------------------------------------------------------------------------
+def progress_bar(iterable=None, *, show: bool = True, **kwargs):
+    """A ``tqdm.auto`` progress bar, hidden when ``show`` is False or ``$TQDM_DISABLE`` is set.
+
+    The Makefile runs papermill with ``TQDM_DISABLE=1``, so executed notebooks carry no progress
+    bars, while a person running a cell or a command sees them. (tqdm itself lets an explicit
+    ``disable=False`` override the variable, hence this one place that combines both.)"""
+    from tqdm.auto import tqdm
+
+    env = os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
+    return tqdm(iterable, disable=(not show) or env, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
 # claims checked by nbval
 # ----------------------------------------------------------------------------------------------
 def claim(statement: str, holds: bool, detail: str = "") -> bool:

@@ -18,9 +18,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from mdkl.runtime import atomic_write_bytes, cached_dir, resolve_device
+from mdkl.runtime import atomic_write_bytes, cached_dir, progress_bar, resolve_device
 
 __all__ = ["SmallLMConfig", "generate_corpus", "build_tokenizer", "pretrain_small_lm", "small_lm_dir",
            "load_small_lm", "SPECIAL_TOKENS", "ROLE_TOKENS", "CHAT_TEMPLATE"]
@@ -159,7 +158,7 @@ def _pretrain_small_lm(cfg: SmallLMConfig, out: Path, progress: bool = True) -> 
     gen = torch.Generator().manual_seed(cfg.seed)
     model.train()
     losses = []
-    for _ in tqdm(range(cfg.steps), desc="pretrain small LM", disable=not progress, leave=False):
+    for _ in progress_bar(range(cfg.steps), desc="pretrain small LM", show=progress, leave=False):
         b = torch.randint(ids.shape[0], (cfg.batch_size,), generator=gen)
         x, m = ids[b], mask[b]
         t = int(m.sum(1).max())

@@ -11,8 +11,9 @@ Two pieces:
 - :func:`fit_density`: distribution matching (Fig. 1a/b), minimizing the exact reverse or
   forward KL to a target density on a quadrature grid.
 
-Defaults of :class:`ToyConfig` follow the spec's reading of the authors' toy code: logits
-initialised at 0, batches of 32, AdamW lr 5e-3, 1000 steps, KL as a loss (k2).
+Defaults of :class:`ToyConfig` follow our reading of the authors' earlier toy code (the paper
+states no toy training settings): logits initialised at 0, batches of 32, AdamW lr 5e-3, 1000
+steps, KL as a loss (k2).
 """
 
 from __future__ import annotations
@@ -24,20 +25,22 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mdkl.kl import kl_gradient_direction
-from mdkl.runtime import resolve_device
+from mdkl.runtime import progress_bar, resolve_device
 from mdkl.shaping import ShapingConfig, advantages, policy_loss, shape_rewards
+from mdkl.successors import SuccessorFields
 
 __all__ = ["ToyConfig", "ToyResult", "CategoricalPolicy", "GaussianPolicy", "train_toy",
            "train_categorical", "train_categorical_cached", "fit_density", "DensityFit"]
 
 
 @dataclass(frozen=True)
-class ToyConfig:
+class ToyConfig(SuccessorFields):
     """Configuration of one toy KL-regularized RL run (all seeds of it train in parallel). The
-    shaping fields carry the names of :class:`mdkl.shaping.ShapingConfig` (:attr:`shaping`)."""
+    shaping fields carry the names of :class:`mdkl.shaping.ShapingConfig` (:attr:`shaping`); the
+    successor methods' fields come from :class:`mdkl.successors.SuccessorFields` (the outcome of a
+    sample for ``successor='ips'`` is its action; ``'flowrl'`` trains one log Z per seed)."""
 
     beta: float = 1e-3
     """KL coefficient beta (>= 0; 0 disables the KL term)."""
@@ -200,11 +203,15 @@ def train_toy(
     device = resolve_device(cfg.device)
     policy.to(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     s, b = cfg.n_seeds, cfg.batch_size
+    # FlowRL's learned log Z: one scalar per seed, trained with the policy (FlowRL: a head on the prompt)
+    log_z = (torch.nn.Parameter(torch.zeros(s, 1, dtype=torch.float64, device=device))
+             if shaping.successor == "flowrl" else None)
+    opt = torch.optim.AdamW([*policy.parameters(), *([log_z] if log_z is not None else [])], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     group = torch.arange(s, device=device).repeat_interleave(b)
     steps, hist, mean_r = [0], [policy.snapshot()], []
-    for it in tqdm(range(1, cfg.steps + 1), disable=not progress, desc="toy RL", leave=False):
+    for it in progress_bar(range(1, cfg.steps + 1), show=progress, desc="toy RL", leave=False):
         x = policy.sample(b, gen)
         logp = policy.log_prob(x)
         with torch.no_grad():
@@ -214,9 +221,9 @@ def train_toy(
             raise ValueError("reward_fn returned NaN: rewards must be finite")
         mean_r.append(r.mean(1).cpu().numpy())
         shaped, lref_kl, _ = shape_rewards(shaping, r.flatten(), logp.flatten(), lref.flatten(), group,
-                                        generator=gen)
-        adv = advantages(shaping, r.flatten(), shaped, group).view(s, b)
-        loss = policy_loss(shaping, logp, lref_kl.view(s, b), adv)  # one loss per seed
+                                        generator=gen, outcomes=x.flatten() if shaping.successor == "ips" else None)
+        adv = advantages(shaping, r.flatten(), shaped, group, logp=logp.detach().flatten()).view(s, b)
+        loss = policy_loss(shaping, logp, lref_kl.view(s, b), adv, log_z=log_z)  # one loss per seed
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()

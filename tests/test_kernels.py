@@ -57,3 +57,4 @@ def test_fixed_threads_sets_and_restores():
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="threads must be an integer >= 1"):
         runtime.fixed_threads(0)
+

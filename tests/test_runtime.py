@@ -394,3 +394,11 @@ def test_seed_everything_is_reproducible():
     a = (np.random.rand(), torch.rand(1).item(), g1.random())
     g2 = runtime.seed_everything(5)
     assert (np.random.rand(), torch.rand(1).item(), g2.random()) == a
+
+
+def test_progress_bar_hides_under_tqdm_disable(monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert runtime.progress_bar(range(3), show=True).disable
+    monkeypatch.delenv("TQDM_DISABLE")
+    assert not runtime.progress_bar(range(3), show=True).disable
+    assert runtime.progress_bar(range(3), show=False).disable
