@@ -226,6 +226,7 @@ def test_gpu_check_without_gpu_says_so_and_exits_0(tmp_path):
     assert not (tmp_path / "gpu_check.json").exists()  # no table that could pass for a GPU result
 
 
+@pytest.mark.slow  # ~1.5 min: the toy, small-LM and chemistry checks end to end
 def test_gpu_check_dry_run_on_the_cpu_passes(tmp_path):
     out = _gpu_check("--device", "cpu", "--quick", "--only", "toy,small_lm,chem", tmp_path=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
