@@ -24,7 +24,7 @@ import torch
 
 from mdkl.chem_prior import (SmilesLSTM, Vocabulary, log_likelihood, prior_config, prior_sizes, sample,
                              train_prior, training_set_canonical)
-from mdkl.runtime import progress_bar
+from mdkl.runtime import progress_bar, resolve_device
 from mdkl.shaping import ShapingConfig, shape_rewards
 
 __all__ = ["RL_SIZES", "profile_sizes", "RLConfig", "dap_loss", "in_batch_duplicates", "run_rl"]
@@ -34,7 +34,7 @@ __all__ = ["RL_SIZES", "profile_sizes", "RLConfig", "dap_loss", "in_batch_duplic
 RL_SIZES = {
     "quick": dict(reward_calls=1_000, seeds=2),
     "cpu": dict(reward_calls=10_000, seeds=3),
-    "paper": dict(reward_calls=10_000, seeds=5),
+    "paper": dict(reward_calls=10_000, seeds=10),
 }
 
 
@@ -79,6 +79,12 @@ class RLConfig:
     """maximum sampled length in tokens."""
     seed: int = 0
     """seed of sampling."""
+    device: str = "auto"
+    """Where the LSTM agent, the frozen prior copy, the samples and the optimizer state lives: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda'
+    (:func:`mdkl.runtime.resolve_device`). The
+    agent samples with a ``torch.Generator`` on that device (CPU and CUDA draw different streams from
+    one seed); the scorer stays in its CPU worker processes, overlapping with the LSTM's forward
+    passes as on the CPU."""
 
     def __post_init__(self):
         if self.sigma <= 0:
@@ -159,12 +165,14 @@ def run_rl(prior: SmilesLSTM, vocab: Vocabulary, scorer, cfg: RLConfig = RLConfi
 
     import pandas as pd
 
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    agent = copy.deepcopy(prior).train()
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    agent = copy.deepcopy(prior).to(device).train()
     for p in agent.parameters():
         p.requires_grad_(True)
-    prior = prior.eval()  # used under no_grad only: never updated
+    # used under no_grad only, never updated; the caller's module is left where it is
+    prior = (prior if next(prior.parameters()).device == device else copy.deepcopy(prior).to(device)).eval()
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.lr)
     scorer.reset()
     submit = getattr(scorer, "submit", None)
@@ -192,14 +200,16 @@ def run_rl(prior: SmilesLSTM, vocab: Vocabulary, scorer, cfg: RLConfig = RLConfi
         if job is not None:
             res = job.get()
             t2 = time.perf_counter()  # forward passes ran inside scoring
-        r = torch.as_tensor(res["reward"], dtype=torch.float32)
+        r = torch.as_tensor(res["reward"], dtype=torch.float32, device=device)
         dup = in_batch_duplicates(res["canonical"])
-        r_in = r.masked_fill(torch.as_tensor(dup), 0.0) if cfg.duplicates == "zero" else r
-        r_used, *_ = shape_rewards(shaping, r_in, lp_agent, lp_prior, torch.zeros(n, dtype=torch.long))
+        r_in = r.masked_fill(torch.as_tensor(dup, device=device), 0.0) if cfg.duplicates == "zero" else r
+        r_used, *_ = shape_rewards(shaping, r_in, lp_agent, lp_prior, torch.zeros(n, dtype=torch.long, device=device))
         loss = dap_loss(lp_agent, lp_prior, r_used, cfg.sigma)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # asynchronous kernels: charge the update to its stage
         t3 = time.perf_counter()
         timing["sampling"] += t1 - t0
         timing["scoring"] += t2 - t1
