@@ -211,3 +211,19 @@ def test_calibrate_runs_every_point_and_chooses(tiny):
         cc.choose(table.iloc[:0], grid)
     with pytest.raises(ValueError, match="empty run log"):
         cc.unique_hit_rates(table.iloc[:0])
+
+
+def test_a_run_keyed_by_a_compute_that_names_its_scorer_depends_on_the_rewards():
+    # notebook 06 keys each run by its compute function; the rewards come in through the scorer it names
+    from mdkl import chem
+    from mdkl.chem_reward import Scorer
+
+    def get_scorer(task):
+        return Scorer(RewardConfig(task))
+
+    def compute():
+        return chem.run_rl(None, None, get_scorer("synth"), RLConfig())
+
+    deps = runtime.module_dependencies(compute)
+    assert {"mdkl.chem", "mdkl.chem_prior", "mdkl.chem_reward", "mdkl.shaping"} <= set(deps)
+    assert "mdkl.chem_calibration" not in deps and "mdkl.chem_stats" not in deps
