@@ -6,7 +6,7 @@ MARA acts at a given group size, batch and tau scope.
   :data:`MATCHED_CONTROL`: MARA (rev) against RLOO (k1 in the reward), MARA (fwd) against
   RLOO + k3 (the same k3 loss, the same RLOO advantage). :data:`PAPER_TABLE1`: the paper's numbers.
 * :func:`regularizer`, :func:`effective_beta`, :func:`matched_beta`, :func:`target_tilt`,
-  :func:`row_table`: each row's regularizer and its beta in reward units. GRPO divides each
+  :func:`group_reward_sd`, :func:`row_table`: each row's regularizer and its beta in reward units. GRPO divides each
   group's advantages by the group's reward sd (:func:`mdkl.shaping.group_advantages`), so its
   KL term weighs beta * sd in reward units where RLOO's weighs beta.
 * :func:`mara_changed_count`, :func:`prompt_reward_spreads`, :func:`expected_mara_activity`: how
@@ -27,7 +27,7 @@ from mdkl.baselines import UNLIKELY_BETA_RANK
 from mdkl.shaping import ShapingConfig
 
 __all__ = ["TABLE1_ROWS", "MATCHED_CONTROL", "PAPER_TABLE1", "PAPER_N_PROMPTS", "regularizer", "effective_beta",
-           "matched_beta", "target_tilt", "row_table", "mara_changed_count", "prompt_reward_spreads",
+           "matched_beta", "target_tilt", "group_reward_sd", "row_table", "mara_changed_count", "prompt_reward_spreads",
            "expected_mara_activity"]
 
 #: the trained rows of Table 1 as changes to one shared LMConfig (Base and Ensemble are not trained)
@@ -136,12 +136,24 @@ def target_tilt(beta: float, reward_sd: float) -> float:
     return float(reward_sd / beta)
 
 
+def group_reward_sd(history: pd.DataFrame) -> float:
+    """Mean over steps of a training history's ``reward_group_sd`` (the raw rewards' within-group
+    sd, logged by :func:`mdkl.lm.train`): the scale GRPO divides its advantages by."""
+    if "reward_group_sd" not in getattr(history, "columns", ()):
+        raise ValueError("the history has no reward_group_sd column (trained before the trainer logged it): "
+                         "re-run the row, or measure the within-prompt sd with prompt_reward_spreads")
+    v = history["reward_group_sd"].to_numpy(np.float64)
+    if v.size == 0 or not np.isfinite(v).all():
+        raise ValueError("reward_group_sd is empty or not finite: the run logged no valid step")
+    return float(v.mean())
+
+
 def row_table(configs: Mapping[str, object], group_sd: float | Mapping[str, float]) -> pd.DataFrame:
     """One line per row: ``advantage``, ``regularizer`` (:func:`regularizer`), ``beta``,
     ``effective_beta`` (reward units, :func:`effective_beta`), ``beta_per_sd`` (effective beta
     over the within-group reward sd: the KL's weight against the spread the advantage sees; equal
     across matched rows) and ``control`` (:data:`MATCHED_CONTROL`). ``group_sd``: one sd for all rows
-    or one per row (a history's ``reward_group_sd`` mean)."""
+    or one per row (:func:`group_reward_sd` of its history)."""
     rows = []
     for name, cfg in configs.items():
         sd = group_sd[name] if isinstance(group_sd, Mapping) else group_sd
@@ -207,7 +219,8 @@ def expected_mara_activity(prompt_mean, prompt_sd, group_size: int, prompts_per_
         raise ValueError(f"prompt_mean and prompt_sd need one value per prompt (got {mu.size} and {sd.size})")
     if not (np.isfinite(mu).all() and np.isfinite(sd).all()) or (sd < 0).any():
         raise ValueError("prompt means and sds must be finite and sds >= 0: measure them with prompt_reward_spreads")
-    if int(group_size) != group_size or group_size < 2 or int(prompts_per_step) != prompts_per_step or prompts_per_step < 1:
+    if (int(group_size) != group_size or group_size < 2
+            or int(prompts_per_step) != prompts_per_step or prompts_per_step < 1):
         raise ValueError(f"group_size must be an integer >= 2 and prompts_per_step >= 1 "
                          f"(got {group_size}, {prompts_per_step})")
     if not 0 <= tau_percentile <= 100:

@@ -59,6 +59,9 @@ def test_row_table_states_regularizer_beta_and_control():
     assert t.loc["MARA (rev)", "control"] == "RLOO" and t.loc["BoN training", "advantage"] == "bon"
     assert t.loc["GRPO", "regularizer"] == "k3 loss per token (forward KL)"
     assert cd.row_table({"none": BASE.replace(kl="none")}, 0.3).loc["none", "beta"] == 0.0
+    assert cd.group_reward_sd(pd.DataFrame({"reward_group_sd": [0.2, 0.4]})) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="re-run the row"):
+        cd.group_reward_sd(pd.DataFrame({"reward": [5.0]}))
 
 
 # ---------------------------------------------------------------------------------------------

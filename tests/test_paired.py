@@ -106,4 +106,5 @@ def test_compare_and_print(capsys):
     weak = paired.compare(rng.normal(0.0, 1.0, 12), paper_effect=0.3)
     assert weak.mde > 0.3 and weak.verdict in ("not tested (underpowered)", "holds")
     out = paired.print_verdict("B beats A on out-dist reward", strong)
-    assert out == "holds" and capsys.readouterr().out.startswith("[holds] B beats A on out-dist reward\n    measured: +")
+    printed = capsys.readouterr().out
+    assert out == "holds" and printed.startswith("[holds] B beats A on out-dist reward\n    measured: +")
