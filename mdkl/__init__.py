@@ -3,7 +3,7 @@ Collapse" (GX-Chen et al., arXiv 2510.20817).
 
 Modules (each says what it is for in its own docstring):
 
-- ``mdkl.runtime``  paths, profiles (quick / cpu / paper), seeding, the atomic on-disk cache, claims
+- ``mdkl.runtime``  paths, profiles (quick / cpu / paper), devices, seeding, the atomic on-disk cache, claims
 - ``mdkl.targets``  optimal targets of the regularized objectives (Rem. 3.1, 3.3, B.1) and ratios (§4)
 - ``mdkl.kl``       the k1 / k2 / k3 KL estimators and which divergence each placement optimizes
 - ``mdkl.mara``     Mode Anchored Reward Augmentation (Algorithms 1 and 2, Rem. B.3)
@@ -30,6 +30,7 @@ Modules (each says what it is for in its own docstring):
 - ``mdkl.chem_reward`` offline analogues of the chemistry rewards (DRD2, QED, HBD, SA, amide routes)
 - ``mdkl.chem_metrics`` Table 2's metrics of a chemistry run (yield, OB100, IntDiv1, #Circles, scaffolds)
 - ``mdkl.plotting`` one figure style, figures written as PNG and PDF under ``figures/``
+- ``mdkl.gpu_check`` ``make gpu-check``: every trainer on the GPU against the CPU, throughput, memory
 """
 
 import os as _os

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from mdkl.chem_reward import canonical, load_moses
-from mdkl.runtime import cached, cached_dir, fixed_threads, progress_bar
+from mdkl.runtime import cached, cached_dir, fixed_threads, progress_bar, resolve_device
 from mdkl.shaping import ShapingConfig, shape_rewards
 
 __all__ = ["SMILES_REGEX", "tokenize", "Vocabulary", "PriorConfig", "SmilesLSTM", "train_prior",
@@ -142,6 +142,11 @@ class PriorConfig:
     threads: int = 2
     """torch intra-op threads while training (fixed: the same prior from the command-line step and
     from a notebook that set another thread count; 2 = the cores of the reference machine)."""
+    device: str = "auto"
+    """Where the LSTM, its minibatches and its optimizer state lives: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda'
+    (:func:`mdkl.runtime.resolve_device`). Initialization and
+    minibatch order are drawn on the CPU, so they are the same on every device; the weights are
+    saved as CPU tensors."""
 
 
 class SmilesLSTM(nn.Module):
@@ -171,7 +176,7 @@ def log_likelihood(model: SmilesLSTM, seqs: torch.Tensor) -> torch.Tensor:
     """Sum over tokens of log pi(token | prefix) for padded id sequences starting with ``^``
     (padding after ``$`` ignored). Shape (batch,)."""
     if seqs.shape[0] == 0:
-        return torch.zeros(0)
+        return torch.zeros(0, device=seqs.device)
     logits, _ = model(seqs[:, :-1])
     tgt = seqs[:, 1:]
     lp = torch.log_softmax(logits, -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
@@ -181,13 +186,15 @@ def log_likelihood(model: SmilesLSTM, seqs: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def sample(model: SmilesLSTM, n: int, gen: torch.Generator, max_len: int = 128) -> torch.Tensor:
     """``n`` id sequences ``[^, ..., $, pad...]`` sampled autoregressively (shape n x <= max_len+1).
-    Sequences that hit ``max_len`` are cut without an end token (decoded, they are usually invalid)."""
+    Sequences that hit ``max_len`` are cut without an end token (decoded, they are usually invalid).
+    Runs on the model's device; ``gen`` must be a generator on that device."""
+    device = next(model.parameters()).device
     if n <= 0:
-        return torch.zeros(0, 2, dtype=torch.long)
-    out = torch.zeros(n, max_len + 1, dtype=torch.long)  # preallocated: no per-step concatenation
+        return torch.zeros(0, 2, dtype=torch.long, device=device)
+    out = torch.zeros(n, max_len + 1, dtype=torch.long, device=device)  # preallocated: no per-step concatenation
     out[:, 0] = 1
     x = out[:, :1]
-    done = torch.zeros(n, dtype=torch.bool)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
     state = None
     t = 0
     for t in range(1, max_len + 1):
@@ -224,6 +231,7 @@ def minibatches(lengths, batch_size: int, gen: torch.Generator, bucket: int = 0)
 
 
 def _train_prior(cfg: PriorConfig, out: Path, progress: bool = True) -> None:
+    device = resolve_device(cfg.device)
     with fixed_threads(cfg.threads):
         t0 = time.perf_counter()
         smiles = load_moses(cfg.n_train, cfg.seed)
@@ -232,7 +240,7 @@ def _train_prior(cfg: PriorConfig, out: Path, progress: bool = True) -> None:
         lengths = [len(d) for d in data]
         g = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        model = SmilesLSTM(len(vocab), cfg.embedding, cfg.hidden, cfg.layers, cfg.dropout)
+        model = SmilesLSTM(len(vocab), cfg.embedding, cfg.hidden, cfg.layers, cfg.dropout).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         total = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -241,7 +249,7 @@ def _train_prior(cfg: PriorConfig, out: Path, progress: bool = True) -> None:
         bar = progress_bar(total=total, desc="prior", show=progress, mininterval=5)
         for _ in range(cfg.epochs):
             for idx in minibatches(lengths, cfg.batch_size, g, cfg.bucket):
-                x = _pad([data[i] for i in idx])
+                x = _pad([data[i] for i in idx]).to(device)
                 ntok = (x[:, 1:] != 0).sum()
                 loss = -log_likelihood(model, x).sum() / ntok
                 opt.zero_grad()
@@ -252,11 +260,12 @@ def _train_prior(cfg: PriorConfig, out: Path, progress: bool = True) -> None:
                 losses.append(loss.item())
                 bar.update()
         bar.close()
-        torch.save(model.state_dict(), out / "model.pt")
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out / "model.pt")
         (out / "vocab.json").write_text(vocab.to_json())
         (out / "config.json").write_text(json.dumps(asdict(cfg)))
         (out / "stats.json").write_text(json.dumps({"train_seconds": time.perf_counter() - t0,
-                                                    "torch_threads": torch.get_num_threads()}))
+                                                    "torch_threads": torch.get_num_threads(),
+                                                    "device": device.type}))
         np.save(out / "losses.npy", np.asarray(losses))
 
 
@@ -272,7 +281,7 @@ def load_prior(path: Path) -> tuple[SmilesLSTM, Vocabulary, PriorConfig]:
     cfg = PriorConfig(**json.loads((path / "config.json").read_text()))
     vocab = Vocabulary.from_json((path / "vocab.json").read_text())
     model = SmilesLSTM(len(vocab), cfg.embedding, cfg.hidden, cfg.layers, cfg.dropout)
-    model.load_state_dict(torch.load(path / "model.pt", weights_only=True))
+    model.load_state_dict(torch.load(path / "model.pt", weights_only=True, map_location="cpu"))
     return model.eval(), vocab, cfg
 
 
@@ -281,7 +290,7 @@ def load_prior(path: Path) -> tuple[SmilesLSTM, Vocabulary, PriorConfig]:
 PROFILE_SIZES = {
     "quick": dict(n_train=40_000, epochs=1, reward_calls=1_000, seeds=2, n_quality=1_000),
     "cpu": dict(n_train=1_000_000, epochs=1, reward_calls=10_000, seeds=3, n_quality=10_000),
-    "paper": dict(n_train=1_584_663, epochs=10, reward_calls=10_000, seeds=5, n_quality=10_000),
+    "paper": dict(n_train=1_584_663, epochs=10, reward_calls=10_000, seeds=10, n_quality=10_000),
 }
 #: The small profiles' prior: a 1x256 LSTM, batch 64, lr 4e-3 with a 2% warmup and a linear decay
 #: to 2%, length-bucketed minibatches (recipe search measured in notebook 06, section 1). REINVENT's
@@ -326,14 +335,15 @@ def training_set_canonical(cfg: PriorConfig, force: bool = False) -> list[str | 
 def prior_quality(model, vocab, n: int, train_smiles, seed: int = 0, batch: int = 500,
                   max_len: int = 128) -> dict:
     """Validity (RDKit-parsable), uniqueness (unique canonical / valid) and novelty (unique
-    canonical not in ``train_smiles``, given canonical) of ``n`` samples, plus their log-likelihoods."""
-    g = torch.Generator().manual_seed(seed)
+    canonical not in ``train_smiles``, given canonical) of ``n`` samples, plus their log-likelihoods.
+    Samples on the model's device (with a generator there)."""
+    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     smis, lls = [], []
     for k in range(0, n, batch):
         seqs = sample(model, min(batch, n - k), g, max_len)
         with torch.no_grad():
             lls.append(log_likelihood(model, seqs))
-        smis += [vocab.decode(s[1:]) for s in seqs]
+        smis += [vocab.decode(s[1:]) for s in seqs.tolist()]
     can = [canonical(s) for s in smis]
     valid = [c for c in can if c is not None]
     uniq = set(valid)
@@ -341,7 +351,7 @@ def prior_quality(model, vocab, n: int, train_smiles, seed: int = 0, batch: int 
     return {"n": n, "validity": len(valid) / max(n, 1),
             "uniqueness": len(uniq) / max(len(valid), 1),
             "novelty": len(uniq - train) / max(len(uniq), 1),
-            "smiles": smis, "log_likelihood": torch.cat(lls).numpy()}
+            "smiles": smis, "log_likelihood": torch.cat(lls).cpu().numpy()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,6 +381,12 @@ class RLConfig:
     """maximum sampled length in tokens."""
     seed: int = 0
     """seed of sampling."""
+    device: str = "auto"
+    """Where the LSTM agent, the frozen prior copy, the samples and the optimizer state lives: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda'
+    (:func:`mdkl.runtime.resolve_device`). The
+    agent samples with a ``torch.Generator`` on that device (CPU and CUDA draw different streams from
+    one seed); the scorer stays in its CPU worker processes, overlapping with the LSTM's forward
+    passes as on the CPU."""
 
     def __post_init__(self):
         if self.sigma <= 0:
@@ -425,12 +441,14 @@ def run_rl(prior: SmilesLSTM, vocab: Vocabulary, scorer, cfg: RLConfig = RLConfi
 
     import pandas as pd
 
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    agent = copy.deepcopy(prior).train()
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    agent = copy.deepcopy(prior).to(device).train()
     for p in agent.parameters():
         p.requires_grad_(True)
-    prior = prior.eval()  # used under no_grad only: never updated
+    # used under no_grad only, never updated; the caller's module is left where it is
+    prior = (prior if next(prior.parameters()).device == device else copy.deepcopy(prior).to(device)).eval()
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.lr)
     scorer.reset()
     submit = getattr(scorer, "submit", None)
@@ -457,12 +475,14 @@ def run_rl(prior: SmilesLSTM, vocab: Vocabulary, scorer, cfg: RLConfig = RLConfi
         if job is not None:
             res = job.get()
             t2 = time.perf_counter()  # forward passes ran inside scoring
-        r = torch.as_tensor(res["reward"], dtype=torch.float32)
-        r_used, *_ = shape_rewards(shaping, r, lp_agent, lp_prior, torch.zeros(n, dtype=torch.long))
+        r = torch.as_tensor(res["reward"], dtype=torch.float32, device=device)
+        r_used, *_ = shape_rewards(shaping, r, lp_agent, lp_prior, torch.zeros(n, dtype=torch.long, device=device))
         loss = dap_loss(lp_agent, lp_prior, r_used, cfg.sigma)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # asynchronous kernels: charge the update to its stage
         t3 = time.perf_counter()
         timing["sampling"] += t1 - t0
         timing["scoring"] += t2 - t1

@@ -168,7 +168,7 @@ def mara_anchor(rewards, logp_ref, tau, group=None, *, anchor: str = "support",
     _check_anchor(anchor)
     r, lr, g, tau_t = _prepare(rewards, logp_ref, group, tau)
     if r.shape[0] == 0:
-        return torch.empty(0, dtype=torch.long)
+        return torch.empty(0, dtype=torch.long, device=r.device)
     good = r >= tau_t
     if anchor == "support":
         return group_first_argmax(lr, good, g)
@@ -176,7 +176,9 @@ def mara_anchor(rewards, logp_ref, tau, group=None, *, anchor: str = "support",
         best_r = group_first_argmax(r, good, g)
         top = good & (best_r >= 0) & (r == r[best_r.clamp(min=0)])
         return group_first_argmax(lr, top, g)
-    keys = torch.rand(r.shape[0], generator=generator, dtype=r.dtype).to(r.device)
+    # drawn on the generator's device (a trainer's generator lives where its samples do)
+    keys = torch.rand(r.shape[0], generator=generator, dtype=r.dtype,
+                      device=r.device if generator is None else generator.device).to(r.device)
     return group_first_argmax(keys, good, g)
 
 

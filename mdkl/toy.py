@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mdkl.kl import kl_gradient_direction
-from mdkl.runtime import progress_bar
+from mdkl.runtime import progress_bar, resolve_device
 from mdkl.shaping import ShapingConfig, advantages, policy_loss, shape_rewards
 from mdkl.successors import SuccessorFields
 
@@ -82,6 +82,10 @@ class ToyConfig(SuccessorFields):
     """Independent runs trained in parallel."""
     log_every: int = 10
     """Record the policy every this many steps."""
+    device: str = "auto"
+    """Where the policy, the samples and the optimizer state live: 'auto' (CUDA when available,
+    else CPU), 'cpu', 'cuda' (:func:`mdkl.runtime.resolve_device`). The sampling generator is a
+    ``torch.Generator`` on that device: CPU and CUDA draw different random streams from one seed."""
 
     @property
     def shaping(self) -> ShapingConfig:
@@ -142,7 +146,7 @@ class CategoricalPolicy(torch.nn.Module):
         return torch.log_softmax(self.logits, -1).gather(1, x)
 
     def snapshot(self) -> np.ndarray:
-        return torch.softmax(self.logits.detach(), -1).numpy()
+        return torch.softmax(self.logits.detach(), -1).cpu().numpy()
 
 
 class GaussianPolicy(torch.nn.Module):
@@ -155,7 +159,7 @@ class GaussianPolicy(torch.nn.Module):
 
     def sample(self, batch: int, gen: torch.Generator) -> torch.Tensor:
         with torch.no_grad():
-            eps = torch.randn(self.mean.shape[0], batch, generator=gen, dtype=torch.float64)
+            eps = torch.randn(self.mean.shape[0], batch, generator=gen, dtype=torch.float64, device=self.mean.device)
             return self.mean + self.log_std.exp() * eps
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,7 +167,7 @@ class GaussianPolicy(torch.nn.Module):
         return -0.5 * z**2 - self.log_std - 0.5 * np.log(2 * np.pi)
 
     def snapshot(self) -> np.ndarray:
-        return torch.cat([self.mean, self.log_std.exp()], 1).detach().numpy()
+        return torch.cat([self.mean, self.log_std.exp()], 1).detach().cpu().numpy()
 
 
 def _validate(cfg: ToyConfig, max_reward: float | None) -> ShapingConfig:
@@ -188,29 +192,34 @@ def train_toy(
     """REINFORCE on ``E[R] - beta * KL`` (+ entropy, + MARA) for ``cfg.steps`` steps.
 
     ``reward_fn`` and ``ref_log_prob`` map a [n_seeds, batch] tensor of samples to rewards and
-    reference log-probabilities. Per step: sample a batch per seed, then the shared shaping path
+    reference log-probabilities. ``policy`` is moved to ``cfg.device`` (in place), where the samples
+    are drawn; ``reward_fn`` / ``ref_log_prob`` receive them there (their outputs are moved there
+    too). Results come back to the CPU. Per step: sample a batch per seed, then the shared shaping path
     with each seed's batch as one group (:func:`mdkl.shaping.shape_rewards`: MARA, k1 penalty in
     the reward, entropy bonus; :func:`mdkl.shaping.advantages`; :func:`mdkl.shaping.policy_loss`:
     REINFORCE + the estimator as a loss), and one AdamW step.
     """
     shaping = _validate(cfg, max_reward)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    policy.to(device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
     s, b = cfg.n_seeds, cfg.batch_size
     # FlowRL's learned log Z: one scalar per seed, trained with the policy (FlowRL: a head on the prompt)
-    log_z = torch.nn.Parameter(torch.zeros(s, 1, dtype=torch.float64)) if shaping.successor == "flowrl" else None
+    log_z = (torch.nn.Parameter(torch.zeros(s, 1, dtype=torch.float64, device=device))
+             if shaping.successor == "flowrl" else None)
     opt = torch.optim.AdamW([*policy.parameters(), *([log_z] if log_z is not None else [])], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
-    group = torch.arange(s).repeat_interleave(b)
+    group = torch.arange(s, device=device).repeat_interleave(b)
     steps, hist, mean_r = [0], [policy.snapshot()], []
     for it in progress_bar(range(1, cfg.steps + 1), show=progress, desc="toy RL", leave=False):
         x = policy.sample(b, gen)
         logp = policy.log_prob(x)
         with torch.no_grad():
-            r = torch.as_tensor(reward_fn(x), dtype=torch.float64)
-            lref = torch.as_tensor(ref_log_prob(x), dtype=torch.float64)
+            r = torch.as_tensor(reward_fn(x), dtype=torch.float64, device=device)
+            lref = torch.as_tensor(ref_log_prob(x), dtype=torch.float64, device=device)
         if torch.isnan(r).any():
             raise ValueError("reward_fn returned NaN: rewards must be finite")
-        mean_r.append(r.mean(1).numpy())
+        mean_r.append(r.mean(1).cpu().numpy())
         shaped, lref_kl, _ = shape_rewards(shaping, r.flatten(), logp.flatten(), lref.flatten(), group,
                                         generator=gen, outcomes=x.flatten() if shaping.successor == "ips" else None)
         adv = advantages(shaping, r.flatten(), shaped, group, logp=logp.detach().flatten()).view(s, b)
@@ -244,6 +253,8 @@ def train_categorical(cfg: ToyConfig, rewards, ref, *, progress: bool = False) -
     elif cfg.init != "zeros":
         raise ValueError(f"unknown init {cfg.init!r}: use 'zeros' or 'reference'")
     policy = CategoricalPolicy(cfg.n_seeds, r.numel(), init)
+    device = resolve_device(cfg.device)
+    r, log_ref = r.to(device), log_ref.to(device)
     return train_toy(cfg, policy, lambda x: r[x], lambda x: log_ref[x],
                      max_reward=float(r.max()), progress=progress)
 
