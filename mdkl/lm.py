@@ -454,7 +454,7 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
         rg = r.view(P, G)
         # MARA acted on `anchored`; it changed the reward / reference log-prob of those that are not
         # their group's anchor (the best-supported good sample)
-        top = torch.full((P,), -math.inf, dtype=logp_ref.dtype).scatter_reduce(
+        top = torch.full((P,), -math.inf, dtype=logp_ref.dtype, device=logp_ref.device).scatter_reduce(
             0, group, logp_ref.masked_fill(~anchored, -math.inf), "amax")
         changed = anchored & (logp_ref < top[group])
         row = {"step": step + 1, "reward": float(r.mean()), **task.metrics(texts),
