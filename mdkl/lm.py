@@ -265,8 +265,10 @@ class LMResult:
 
     ``history``: one row per RL step (step, reward, task metrics of the training batch such as
     p1 / p2 / invalid / valid_entropy, kl = mean k1 estimate of KL(pi || pi_ref) on the sequence
-    level, zero_var_frac = share of prompt groups whose raw rewards are all equal, loss,
-    completion_tokens, seconds). ``checkpoints``: one row per evaluation (step 0, every
+    level, zero_var_frac = share of prompt groups whose raw rewards are all equal, mara_anchored /
+    mara_changed = samples MARA acted on / whose reward or reference log-prob it changed (all but
+    each group's anchor; 0 without MARA), reward_group_sd = mean within-group sd of the raw rewards
+    (the scale GRPO divides by), loss, completion_tokens, seconds). ``checkpoints``: one row per evaluation (step 0, every
     ``eval_every`` steps, the last step) on ``eval_samples`` fresh samples: reward, task metrics
     with sampling errors, kl. ``seconds``: wall time of the training loop.
     """
@@ -450,11 +452,18 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
         t_total += dt
         # ---- 5. log
         rg = r.view(P, G)
+        # MARA acted on `anchored`; it changed the reward / reference log-prob of those that are not
+        # their group's anchor (the best-supported good sample)
+        top = torch.full((P,), -math.inf, dtype=logp_ref.dtype, device=logp_ref.device).scatter_reduce(
+            0, group, logp_ref.masked_fill(~anchored, -math.inf), "amax")
+        changed = anchored & (logp_ref < top[group])
         row = {"step": step + 1, "reward": float(r.mean()), **task.metrics(texts),
                "kl": float(kl_estimate(logp.detach().double(), logp_ref, "k1").mean()),
                "zero_var_frac": float((rg.max(1).values == rg.min(1).values).double().mean()),
+               "mara_anchored": int(anchored.sum()), "mara_changed": int(changed.sum()),
                "loss": float(loss.detach()), "grad_norm": float(gnorm),
                "completion_tokens": int(c_mask.sum()), "total_tokens": int(c_mask.sum() + G * p_mask.sum()),
+               "reward_group_sd": float(rg.std(1).mean()),  # the raw rewards' within-prompt sd (GRPO's scale)
                "seconds": dt}
         history.append(row)
         if progress:
