@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PreRegistration", "log_yield_ratios", "t_power", "min_detectable_shift", "paired_power",
+from mdkl.paired import min_detectable_shift, t_power
+
+__all__ = ["PreRegistration", "log_yield_ratios", "paired_power",
            "seeds_for_power", "min_detectable_effect", "welch_min_detectable_effect", "paired_log_ratio_test",
            "noninferiority", "mara_activity_verdict"]
 
@@ -78,28 +80,6 @@ def log_yield_ratios(y_treat, y_base, pseudo: float = 0.0) -> np.ndarray:
     return np.log((a + pseudo) / (b + pseudo))
 
 
-def t_power(shift: float, se: float, df: float, alpha: float = 0.05) -> float:
-    """Power of a one-sided t-test at level ``alpha`` when the true mean difference is ``shift``
-    and its standard error ``se`` (noncentral t with ``df`` degrees of freedom)."""
-    from scipy import stats
-
-    if se <= 0 or df <= 0:
-        raise ValueError(f"se={se}, df={df}: need a positive standard error and degrees of freedom (>= 2 samples)")
-    return float(stats.nct.sf(stats.t.ppf(1 - alpha, df), df, shift / se))
-
-
-def min_detectable_shift(se: float, df: float, alpha: float = 0.05, power: float = 0.8) -> float:
-    """Smallest true mean difference a one-sided t-test (standard error ``se``, ``df`` degrees of
-    freedom) detects with probability ``power`` at level ``alpha``."""
-    from scipy import optimize
-
-    t_power(1.0, se, df, alpha)  # validates
-    hi = se
-    while t_power(hi, se, df, alpha) < power:
-        hi *= 2
-    return float(optimize.brentq(lambda d: t_power(d, se, df, alpha) - power, 0.0, hi, xtol=1e-12))
-
-
 def _check_sd_n(sd: float, n: int) -> None:
     if not (sd > 0 and math.isfinite(sd)) or n < 2:
         raise ValueError(f"sd={sd}, n={n}: need a positive, finite sd (measure it from >= 2 runs) and n >= 2")
@@ -115,7 +95,7 @@ def paired_power(effect: float, sd: float, n: int, alpha: float = 0.05) -> float
 def seeds_for_power(sd: float, effect: float = 0.25, alpha: float = 0.05, power: float = 0.8,
                     minimum: int = 5, maximum: int = 1000) -> int:
     """Seeds (pairs) the paired test needs: the smallest n >= ``minimum`` with
-    :func:`paired_power` >= ``power`` (exact noncentral t; the normal approximation
+    :func:`paired_power` >= ``power`` (exact noncentral t, :func:`mdkl.paired.t_power`; the normal approximation
     n ~ ((z_{1-alpha} + z_{power}) sd / log(1 + effect))^2 is a little smaller). Raises past ``maximum``."""
     _check_sd_n(sd, 2)
     for n in range(max(2, minimum), maximum + 1):

@@ -19,9 +19,10 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import optimize, stats
 
-__all__ = ["paired_differences", "PairedEstimate", "paired_bootstrap", "minimum_detectable_effect",
+__all__ = ["paired_differences", "PairedEstimate", "paired_bootstrap", "t_power", "min_detectable_shift",
+           "minimum_detectable_effect",
            "standardized_effect", "paper_effect", "verdict", "Comparison", "compare", "print_verdict", "VERDICTS"]
 
 #: the four verdicts, in the order :func:`verdict` checks them
@@ -107,21 +108,41 @@ def paired_bootstrap(diff, level: float = 0.90, n_boot: int = 2000, seed: int = 
     return PairedEstimate(float(d.mean()), float(lo), float(hi), float(means.std(ddof=1)), sd, n, s)
 
 
+def t_power(shift: float, se: float, df: float, alpha: float = 0.05) -> float:
+    """Power of a one-sided t-test at level ``alpha`` when the true mean difference is ``shift``
+    and its standard error ``se`` (noncentral t with ``df`` degrees of freedom)."""
+    if se <= 0 or df <= 0:
+        raise ValueError(f"se={se}, df={df}: need a positive standard error and degrees of freedom (>= 2 samples)")
+    return float(stats.nct.sf(stats.t.ppf(1 - alpha, df), df, shift / se))
+
+
+def min_detectable_shift(se: float, df: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest true mean difference a one-sided t-test (standard error ``se``, ``df`` degrees of
+    freedom) detects with probability ``power`` at level ``alpha``."""
+    t_power(1.0, se, df, alpha)  # validates
+    hi = se
+    while t_power(hi, se, df, alpha) < power:
+        hi *= 2
+    return float(optimize.brentq(lambda d: t_power(d, se, df, alpha) - power, 0.0, hi, xtol=1e-12))
+
+
 def minimum_detectable_effect(sd_diff: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
     """Smallest true mean difference a one-sided paired t-test at level ``alpha`` detects with
     probability ``power``, from the sd of the per-unit differences and ``n`` units (prompts x
-    seeds when seeds are independent replicates): (t_{1-alpha, n-1} + t_{power, n-1}) sd / sqrt(n)
-    (the usual approximation of the noncentral t; -> 2.486 sd / sqrt(n) for large n at the
-    defaults). Seed-to-seed variation shared by all prompts is not in ``sd_diff``: with several
-    seeds take the sd from :func:`paired_bootstrap`'s ``se`` (``se * sqrt(n)``) to include it."""
+    seeds when seeds are independent replicates): :func:`min_detectable_shift` with standard error
+    sd / sqrt(n) and n - 1 degrees of freedom (exact noncentral t; the familiar approximation
+    (t_{1-alpha} + t_{power}) sd / sqrt(n) is a little larger, i.e. conservative; both -> 2.486 sd / sqrt(n) for large
+    n at the defaults). Seed-to-seed variation shared by all prompts is not in ``sd_diff``: with
+    several seeds take the sd from :func:`paired_bootstrap`'s ``se`` (``se * sqrt(n)``) to include it."""
     if not (math.isfinite(sd_diff) and sd_diff >= 0):
         raise ValueError(f"sd_diff must be finite and >= 0 (got {sd_diff})")
     if int(n) != n or n < 2:
         raise ValueError(f"n must be an integer >= 2 (got {n}): one unit has no spread to test against")
     if not (0 < alpha < 0.5 and 0 < power < 1):
         raise ValueError(f"alpha must be in (0, 0.5) and power in (0, 1) (got {alpha}, {power})")
-    df = int(n) - 1
-    return float((stats.t.ppf(1 - alpha, df) + stats.t.ppf(power, df)) * sd_diff / math.sqrt(n))
+    if sd_diff == 0:
+        return 0.0
+    return min_detectable_shift(sd_diff / math.sqrt(n), int(n) - 1, alpha, power)
 
 
 def standardized_effect(diff: float, sem_a: float, sem_b: float, n: int) -> float:

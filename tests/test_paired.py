@@ -51,15 +51,19 @@ def test_paired_bootstrap_resamples_seeds_too():
         paired.paired_bootstrap([0.1, np.nan])
 
 
-def test_minimum_detectable_effect_by_hand():
-    # t-table values: t_{0.95, 11} = 1.7959, t_{0.80, 11} = 0.8755
-    assert paired.minimum_detectable_effect(0.3, 12) == pytest.approx((1.7959 + 0.8755) * 0.3 / math.sqrt(12),
-                                                                      rel=1e-4)
+def test_minimum_detectable_effect_is_the_exact_noncentral_t():
+    from scipy import stats
+
+    for sd, n, alpha, power in ((0.3, 12, 0.05, 0.8), (2.0, 30, 0.025, 0.9)):
+        mde = paired.minimum_detectable_effect(sd, n, alpha, power)
+        ncp = mde / (sd / math.sqrt(n))
+        assert stats.nct.sf(stats.t.ppf(1 - alpha, n - 1), n - 1, ncp) == pytest.approx(power, abs=1e-9)
+    # t-table values: t_{0.95, 11} = 1.7959, t_{0.80, 11} = 0.8755 (the textbook approximation, a bit larger)
+    approx = (1.7959 + 0.8755) * 0.3 / math.sqrt(12)
+    assert 0.98 * approx < paired.minimum_detectable_effect(0.3, 12) < approx
     # large n: the normal quantiles 1.6449 + 0.8416
     assert paired.minimum_detectable_effect(1.0, 10**6) == pytest.approx(2.4865e-3, rel=1e-3)
-    # t_{0.975, 29} = 2.0452, t_{0.90, 29} = 1.3114
-    assert paired.minimum_detectable_effect(2.0, 30, alpha=0.025, power=0.9) == pytest.approx(
-        (2.0452 + 1.3114) * 2 / math.sqrt(30), rel=1e-4)
+    assert paired.minimum_detectable_effect(0.0, 10) == 0.0
     with pytest.raises(ValueError, match="n must be"):
         paired.minimum_detectable_effect(0.3, 1)
     with pytest.raises(ValueError, match="sd_diff"):
