@@ -36,7 +36,7 @@ ONEDNN_MAX_CPU_ISA ?= AVX2
 export ATEN_CPU_CAPABILITY MKL_CBWR ONEDNN_MAX_CPU_ISA
 endif
 
-.PHONY: all help env test unit nbval lab publish bench chem-prior clean-cache clean $(notdir $(basename $(NOTEBOOKS)))
+.PHONY: all help env test unit nbval lab publish bench gpu-check chem-prior chem-calibrate clean-cache clean $(notdir $(basename $(NOTEBOOKS)))
 
 help: ## show this help
 	@echo "mdkl make targets (PROFILE=quick|cpu|paper, default cpu):"
@@ -75,6 +75,12 @@ chem-prior: $(ENV_STAMP) ## train (or reuse) the chemistry prior of PROFILE (run
 
 executed/$(PROFILE)/06_chemistry.ipynb: | chem-prior
 
+# Calibration of the reward analogue on REINVENT-only runs (after the prior; cached runs; writes
+# data/chem_reward_<profile>.json, the frozen reward configuration; quick reuses cpu's). Not yet a
+# prerequisite of notebook 06 nor part of `make all`.
+chem-calibrate: chem-prior ## calibrate the chemistry reward analogue on the prior of PROFILE (REINVENT only)
+	$(PY) -m mdkl.chem_calibration --profile $(PROFILE)
+
 test: $(ENV_STAMP) ## unit tests (pytest) + notebook validation (nbval, quick profile)
 	MDKL_PROFILE=quick $(PY) -m pytest tests $(NOTEBOOKS) -q -rs --durations=15 \
 	  --nbval-lax --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg \
@@ -93,6 +99,13 @@ publish: ## after `make all` (cpu): copy executed notebooks back into notebooks/
 
 bench: $(ENV_STAMP) ## run the benchmark scripts under benchmarks/
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+# One short script: each trainer's training step on the GPU against the CPU (same inputs, stated
+# tolerances), throughput and peak GPU memory, the TRL extension under accelerate on one GPU.
+# Without a GPU it says so and exits 0. GPU_CHECK_ARGS, e.g. --quick or --only toy,small_lm.
+GPU_CHECK_ARGS ?=
+gpu-check: $(ENV_STAMP) ## check every trainer on the GPU against the CPU (writes data/results/gpu_check.json)
+	TQDM_DISABLE=1 $(PY) -m mdkl.gpu_check $(GPU_CHECK_ARGS)
 
 lab: $(ENV_STAMP) ## JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mdkl import chem, chem_reward  # noqa: E402
+from mdkl import chem, chem_prior, chem_reward, chem_smiles  # noqa: E402
 from mdkl.chem_reward import RewardConfig, Scorer  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     t = time.perf_counter()
-    prior, vocab, _ = chem.load_prior(chem.train_prior(chem.prior_config(args.profile)))
+    prior, vocab, _ = chem_prior.load_prior(chem_prior.train_prior(chem_prior.prior_config(args.profile)))
     print(f"prior ready in {time.perf_counter() - t:.1f} s ({sum(p.numel() for p in prior.parameters())/1e6:.2f}M params)")
     t = time.perf_counter()
     with Scorer(RewardConfig(args.task)) as sc:
@@ -72,7 +72,7 @@ def main() -> None:
     print(f"  distinct SMILES strings scored: {n_unique} of {args.reward_calls} calls (identical strings: memoized per run, still counted)")
     print(f"(b) the run's batches scored alone: {score_alone:.1f} s = {score_alone / wall:.0%} of the loop's wall time "
           f"({args.reward_calls / score_alone:.0f} calls/s)")
-    mols = [m for m in (chem_reward.mol_from_smiles(s) for s in log["canonical"].dropna().unique()[:512]) if m is not None]
+    mols = [m for m in (chem_smiles.mol_from_smiles(s) for s in log["canonical"].dropna().unique()[:512]) if m is not None]
     x = chem_reward.drd2_features(mols)
     model = chem_reward._drd2_model()
     t = time.perf_counter()

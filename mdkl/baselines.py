@@ -1,4 +1,4 @@
-"""Diversity baselines of Table 1 (spec §4, LLM task 2): the reward / data / weight transforms that
+"""Diversity baselines of the paper's Table 1 (creative question answering): the reward / data / weight transforms that
 turn the shared REINFORCE trainer (:mod:`mdkl.lm`) into the "Unlikely", "BoN training" and
 "Ensemble" rows. ("Entropy" is the trainer's own entropy bonus, ``LMConfig.entropy``.)
 

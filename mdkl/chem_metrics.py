@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 
-from mdkl.chem_reward import mol_from_smiles
+from mdkl.chem_smiles import mol_from_smiles
 
 __all__ = ["morgan_fps", "tanimoto_matrix", "yield_", "ob100", "int_div1", "n_circles", "n_scaffolds",
            "summarize_run", "welch_greater"]

@@ -37,14 +37,15 @@ from pathlib import Path
 
 import numpy as np
 
+from mdkl.chem_smiles import load_moses, mol_from_smiles, quiet_rdkit
 from mdkl.runtime import installed_package_dir
 
-__all__ = ["RewardConfig", "COMPONENTS", "mol_from_smiles", "canonical", "drd2_features",
+__all__ = ["RewardConfig", "COMPONENTS", "drd2_features",
            "drd2_proba", "libsvm_binary_proba", "potency", "qed", "n_hbd", "sa_score", "sa_desirability", "amide_solved",
-           "amide_leaves", "amide_stock", "aggregate_reward", "score_batch", "score_smiles", "Scorer",
-           "moses_path", "load_moses"]
+           "amide_leaves", "amide_stock", "aggregate_reward", "score_batch", "score_smiles", "Scorer"]
 
 TASKS = ("synth", "amide")
+POTENCY_TRANSFORMS = ("log_linear", "sigmoid")
 COMPONENTS = ("drd2", "qed", "hbd_ok", "synth")
 
 
@@ -55,8 +56,16 @@ class RewardConfig:
     task: str = "synth"
     """'synth' (SA-score synthesizability, SYNTH analogue) or 'amide' (ALL-AMIDE analogue)."""
     potency_floor: float = -4.0
-    """log10 P(DRD2 active) mapped to potency 0; the potency term is linear in log10 P from there
-    to 1 at P = 1 (a log-affinity scale, like a docking score, and dense for the prior's samples)."""
+    """log10 P(DRD2 active) mapped to potency 0 ('log_linear'), or the sigmoid's ``low`` ('sigmoid')."""
+    potency_ceiling: float = 0.0
+    """log10 P at which the potency term reaches 1 ('log_linear': linear in log10 P from the floor,
+    so 0 saturates only at P = 1), or the sigmoid's ``high`` ('sigmoid'). <= 0."""
+    potency_transform: str = "log_linear"
+    """'log_linear' (clipped line in log10 P, a log-affinity scale like a docking score) or
+    'sigmoid' (REINVENT's sigmoid transform of log10 P between floor and ceiling: saturates, as
+    the reverse sigmoid of a docking score does)."""
+    potency_k: float = 0.5
+    """steepness of the 'sigmoid' transform (REINVENT's ``k``; unused by 'log_linear')."""
     max_hbd: int = 3
     """H-bond donors allowed (paper: fewer than 4)."""
     sa_good: float = 3.5
@@ -72,74 +81,30 @@ class RewardConfig:
     14 is the median size of the MOSES-leaf stock. Vendor catalogues list most small acids and
     amines, while 50k MOSES molecules only supply the specific ones they contain (without this
     rule ~2% of the SYNTH-analogue hits had an amide route vs 27% with it). 0 turns the rule off."""
+    version: str = ""
+    """version of the calibrated reward configuration these values come from
+    (:class:`mdkl.chem_calibration.RewardCalibration`; '' for the uncalibrated defaults). Part of
+    every run's cache key through this config."""
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r}: use one of {TASKS}")
-        if not self.potency_floor < 0:
-            raise ValueError(f"potency_floor must be < 0 (log10 of a probability), got {self.potency_floor}")
-        if not self.sa_good < self.sa_bad:
-            raise ValueError(f"need sa_good < sa_bad (got {self.sa_good}, {self.sa_bad})")
-        if self.stock_max_heavy_atoms < 0:
-            raise ValueError(f"stock_max_heavy_atoms must be >= 0 (0: off), got {self.stock_max_heavy_atoms}")
+        if not self.potency_floor < self.potency_ceiling <= 0:
+            raise ValueError(f"need potency_floor < potency_ceiling <= 0 (log10 of probabilities), got "
+                             f"{self.potency_floor}, {self.potency_ceiling}")
+        if self.potency_transform not in POTENCY_TRANSFORMS or not 0 < self.potency_k <= 10:
+            raise ValueError(f"potency_transform={self.potency_transform!r}, potency_k={self.potency_k}: use one of "
+                             f"{POTENCY_TRANSFORMS} and 0 < k <= 10 (REINVENT's default k: 0.5)")
+        if not 1 <= self.sa_good < self.sa_bad <= 10:
+            raise ValueError(f"need 1 <= sa_good < sa_bad <= 10 (the SA score's range; got {self.sa_good}, {self.sa_bad})")
+        if not 0 <= self.stock_max_heavy_atoms <= 100 or self.max_hbd < 0 or self.stock_molecules < 1:
+            raise ValueError(f"stock_max_heavy_atoms={self.stock_max_heavy_atoms} (0: off, at most 100), "
+                             f"max_hbd={self.max_hbd} (>= 0), stock_molecules={self.stock_molecules} (>= 1)")
 
 
 # ----------------------------------------------------------------------------------------------
-# data files inside wheels
+# components
 # ----------------------------------------------------------------------------------------------
-def moses_path(split: str = "train") -> Path:
-    """Path of MOSES ``<split>.csv.gz`` inside the molsets wheel (``import moses`` is broken)."""
-    if split not in ("train", "test", "test_scaffolds"):
-        raise ValueError(f"split={split!r}: use train, test or test_scaffolds")
-    return installed_package_dir("moses", "molsets==0.3.1") / "dataset" / "data" / f"{split}.csv.gz"
-
-
-def load_moses(n: int | None = None, seed: int = 0, split: str = "train") -> list[str]:
-    """``n`` MOSES SMILES drawn without replacement with ``seed`` (all of them if ``n`` is None)."""
-    import pandas as pd
-
-    smiles = pd.read_csv(moses_path(split))["SMILES"].to_numpy()
-    if n is None or n >= len(smiles):
-        return smiles.tolist()
-    if n <= 0:
-        raise ValueError(f"n={n}: ask for a positive number of molecules")
-    idx = np.random.default_rng(seed).choice(len(smiles), size=n, replace=False)
-    return smiles[np.sort(idx)].tolist()
-
-
-# ----------------------------------------------------------------------------------------------
-# RDKit helpers and components
-# ----------------------------------------------------------------------------------------------
-def _quiet_rdkit() -> None:
-    from rdkit import RDLogger
-
-    RDLogger.DisableLog("rdApp.*")
-
-
-def mol_from_smiles(smiles):
-    """RDKit molecule or None for empty / non-string / unparsable / unsanitizable SMILES."""
-    from rdkit import Chem
-
-    if not isinstance(smiles, str) or not smiles.strip():
-        return None
-    _quiet_rdkit()
-    try:
-        mol = Chem.MolFromSmiles(smiles)
-    except Exception:  # noqa: BLE001 - RDKit raises rarely, but never crash a run on a string
-        return None
-    if mol is None or mol.GetNumAtoms() == 0:
-        return None
-    return mol
-
-
-def canonical(smiles) -> str | None:
-    """Canonical SMILES, or None if invalid."""
-    from rdkit import Chem
-
-    mol = mol_from_smiles(smiles)
-    return None if mol is None else Chem.MolToSmiles(mol)
-
-
 _DRD2 = None
 _SA = None
 
@@ -159,7 +124,7 @@ def drd2_features(mols) -> np.ndarray:
     """PMO's DRD2 features: Morgan radius 3 feature-invariant counts folded ``idx % 2048``."""
     from rdkit.Chem import AllChem
 
-    _quiet_rdkit()
+    quiet_rdkit()
     x = np.zeros((len(mols), 2048), dtype=np.float64)
     for i, m in enumerate(mols):
         fp = AllChem.GetMorganFingerprint(m, 3, useCounts=True, useFeatures=True)
@@ -228,13 +193,27 @@ def drd2_proba(mols) -> np.ndarray:
     return _svc_proba(_drd2_model(), drd2_features(mols))
 
 
-def potency(p, floor: float = -4.0):
-    """Potency term from P(active): clip((log10 P - floor) / -floor, 0, 1); 1 at P = 1, 0 at
-    P <= 10**floor (NaN stays NaN). The log scale mirrors a docking score (a log affinity)."""
+def potency(p, floor: float = -4.0, ceiling: float = 0.0, transform: str = "log_linear", k: float = 0.5):
+    """Potency term from P(active), on x = log10 P (a log scale, like a docking score's log
+    affinity); NaN stays NaN.
+
+    - 'log_linear': clip((x - floor) / (ceiling - floor), 0, 1): 0 at P <= 10**floor, 1 at
+      P >= 10**ceiling (ceiling 0: only at P = 1),
+    - 'sigmoid': REINVENT's sigmoid transform 1 / (1 + 10**(10 k (mid - x) / (ceiling - floor))),
+      mid = (floor + ceiling) / 2: 0.5 at mid, ~0.997 at the ceiling for k = 0.5 (saturating).
+    """
+    if not floor < ceiling or transform not in POTENCY_TRANSFORMS:
+        raise ValueError(f"potency: need floor < ceiling and transform in {POTENCY_TRANSFORMS} "
+                         f"(got {floor}, {ceiling}, {transform!r})")
     p = np.asarray(p, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         lp = np.log10(np.clip(p, 1e-300, None))
-    return np.where(np.isnan(p), np.nan, np.clip((lp - floor) / -floor, 0.0, 1.0))
+    if transform == "log_linear":
+        out = np.clip((lp - floor) / (ceiling - floor), 0.0, 1.0)
+    else:
+        with np.errstate(over="ignore"):
+            out = 1.0 / (1.0 + 10.0 ** (10.0 * k * ((floor + ceiling) / 2 - lp) / (ceiling - floor)))
+    return np.where(np.isnan(p), np.nan, out)
 
 
 def qed(mol) -> float:
@@ -391,6 +370,10 @@ def aggregate_reward(components: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 _STOCK: frozenset | None = None
 
 
+def _potency_of(p, cfg: RewardConfig) -> np.ndarray:
+    return potency(p, cfg.potency_floor, cfg.potency_ceiling, cfg.potency_transform, cfg.potency_k)
+
+
 def score_batch(smiles: list, cfg: RewardConfig, stock=None) -> tuple[list, np.ndarray]:
     """Canonical SMILES (None if invalid) and component matrix (len(smiles) x 4: drd2, qed,
     hbd_ok, synth) of any SMILES strings, each parsed once. A component that fails on a molecule,
@@ -407,11 +390,11 @@ def score_batch(smiles: list, cfg: RewardConfig, stock=None) -> tuple[list, np.n
     if not ok:
         return can, out
     try:
-        out[ok, 0] = potency(drd2_proba([mols[i] for i in ok]), cfg.potency_floor)
+        out[ok, 0] = _potency_of(drd2_proba([mols[i] for i in ok]), cfg)
     except Exception:  # noqa: BLE001 - fall back to one at a time, NaN where it fails
         for i in ok:
             try:
-                out[i, 0] = potency(drd2_proba([mols[i]]), cfg.potency_floor)[0]
+                out[i, 0] = _potency_of(drd2_proba([mols[i]]), cfg)[0]
             except Exception:  # noqa: BLE001
                 pass
     memo: dict = {}
@@ -440,7 +423,7 @@ def score_smiles(smiles: list[str], cfg: RewardConfig, stock=None) -> np.ndarray
 def _init_worker(stock) -> None:
     global _STOCK
     _STOCK = stock
-    _quiet_rdkit()
+    quiet_rdkit()
     warnings.simplefilter("ignore")
     try:  # one BLAS thread per worker: the pool already uses every core
         from threadpoolctl import threadpool_limits

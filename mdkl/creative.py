@@ -81,7 +81,10 @@ def load_prompts(split: str = "train", n: int | None = None, path: Path | str | 
     if missing:
         raise ValueError(f"{p} lacks columns {sorted(missing)}: expected id,split,category,prompt")
     if split not in set(df["split"]):
-        raise ValueError(f"split {split!r} not in {p} (has {sorted(set(df['split']))}): use 'train' or 'test'")
+        has = sorted(set(df["split"]))
+        fix = (f"add rows with split={split!r} to {p.name} (Table 1 evaluates on held-out test prompts)"
+               if split in ("train", "test") else "use 'train' or 'test'")
+        raise ValueError(f"split {split!r} not in {p} (has {has}): {fix}")
     df = df[df["split"] == split].reset_index(drop=True)
     if n is not None:
         if n < 1:
@@ -112,7 +115,7 @@ def expected_rating(scale_logits: torch.Tensor) -> torch.Tensor:
     """Expected rating sum_k k p_k of the judge's next-token distribution restricted (renormalised)
     to the scale tokens; ``scale_logits`` [N, K] are the logits of "1".."K". Always in [1, K]."""
     p = torch.softmax(scale_logits.double(), -1)
-    return p @ torch.arange(1, scale_logits.shape[-1] + 1, dtype=torch.float64)
+    return p @ torch.arange(1, scale_logits.shape[-1] + 1, dtype=torch.float64, device=p.device)
 
 
 class Judge:
@@ -123,15 +126,18 @@ class Judge:
     encoded once per distinct request; answers to it reuse its KV cache (exact). Only the last
     position's hidden state goes through the LM head. ``score`` returns the expected rating,
     ``details`` also the mass the full next-token distribution puts on the scale (diagnostic).
+    The judge runs on its model's device (:func:`get_judge` puts it on the configured one); ratings
+    come back to the CPU.
     """
 
     def __init__(self, model, tokenizer, batch: int = 64, max_answer_chars: int = 400):
         self.model, self.tok, self.batch, self.max_answer_chars = model.eval(), tokenizer, batch, max_answer_chars
+        self.device = next(model.parameters()).device
         ids = [tokenizer.convert_tokens_to_ids(s) for s in SCALE]
         for s, i in zip(SCALE, ids):
             if tokenizer.decode([i]) != s:
                 raise ValueError(f"rating token {s!r} is not a single token of this tokenizer")
-        self.scale_ids = torch.tensor(ids)
+        self.scale_ids = torch.tensor(ids, device=self.device)
         marker = "\x00ANSWER\x00"
         full = tokenizer.apply_chat_template(
             [{"role": "system", "content": JUDGE_SYSTEM},
@@ -149,29 +155,31 @@ class Judge:
         from mdkl.rollout import positions
 
         head, q_tmpl = self._prefix.split("{q}")
-        h_ids = self.tok(head, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        dev = self.device
+        h_ids = self.tok(head, add_special_tokens=False, return_tensors="pt")["input_ids"].to(dev)
         q = self.tok([x + q_tmpl for x in questions], add_special_tokens=False, padding=True, return_tensors="pt",
-                     padding_side="left")
-        s = self.tok(suffixes, add_special_tokens=False, padding=True, return_tensors="pt", padding_side="right")
+                     padding_side="left").to(dev)
+        s = self.tok(suffixes, add_special_tokens=False, padding=True, return_tensors="pt",
+                     padding_side="right").to(dev)
         base = self.model.get_decoder()
         n0, nq = h_ids.shape[1], len(questions)
         past = base(input_ids=h_ids, use_cache=True).past_key_values
         past.batch_repeat_interleave(nq)
-        mask = torch.cat([torch.ones(nq, n0, dtype=q["attention_mask"].dtype), q["attention_mask"]], 1)
+        mask = torch.cat([torch.ones(nq, n0, dtype=q["attention_mask"].dtype, device=dev), q["attention_mask"]], 1)
         base(input_ids=q["input_ids"], attention_mask=mask, position_ids=n0 + positions(q["attention_mask"]),
              past_key_values=past, use_cache=True)
         if repeats > 1:
             past.batch_repeat_interleave(repeats)
             mask = mask.repeat_interleave(repeats, 0)
         s_mask = s["attention_mask"]
-        pos = mask.sum(-1, keepdim=True) + torch.arange(s_mask.shape[1])
+        pos = mask.sum(-1, keepdim=True) + torch.arange(s_mask.shape[1], device=dev)
         h = base(input_ids=s["input_ids"], attention_mask=torch.cat([mask, s_mask], 1), position_ids=pos,
                  past_key_values=past, use_cache=True).last_hidden_state
-        last = h[torch.arange(h.shape[0]), s_mask.sum(-1) - 1]
+        last = h[torch.arange(h.shape[0], device=dev), s_mask.sum(-1) - 1]
         logits = self.model.lm_head(last).float()
         scale = logits[:, self.scale_ids]
         mass = torch.exp(torch.logsumexp(scale, -1) - torch.logsumexp(logits, -1))
-        return expected_rating(scale), mass.double()
+        return expected_rating(scale).cpu(), mass.double().cpu()
 
     def details(self, questions: Sequence[str], answers: Sequence[str]) -> pd.DataFrame:
         """``rating`` (expected, in [1, 9]; 1 for empty answers) and ``scale_mass`` (NaN for empty
@@ -208,12 +216,19 @@ class Judge:
         return self.details(questions, answers)["rating"].to_numpy()
 
 
-@lru_cache(maxsize=1)
-def get_judge() -> Judge:
-    """The judge on a frozen SmolLM2-135M-Instruct copy, loaded once per process."""
+def get_judge(device: str = "auto") -> Judge:
+    """The judge on a frozen SmolLM2-135M-Instruct copy on ``device`` ('auto': CUDA when
+    available, else CPU; :func:`mdkl.runtime.resolve_device`), loaded once per process and device."""
+    from mdkl.runtime import resolve_device
+
+    return _judge_on(str(resolve_device(device)))
+
+
+@lru_cache(maxsize=2)
+def _judge_on(device: str) -> Judge:
     from mdkl.models import load_smollm2
 
-    model, tok = load_smollm2()
+    model, tok = load_smollm2(device=device)
     model.requires_grad_(False)
     return Judge(model, tok)
 
@@ -250,12 +265,21 @@ class EmbeddingScorer:
         return out
 
 
-@lru_cache(maxsize=1)
-def get_scorer() -> EmbeddingScorer:
-    """The out-of-distribution scorer on :func:`mdkl.models.embed`, loaded once per process."""
+def get_scorer(device: str = "auto") -> EmbeddingScorer:
+    """The out-of-distribution scorer on :func:`mdkl.models.embed` (MiniLM on ``device``, 'auto':
+    CUDA when available, else CPU), built once per process and device."""
+    from mdkl.runtime import resolve_device
+
+    return _scorer_on(str(resolve_device(device)))
+
+
+@lru_cache(maxsize=2)
+def _scorer_on(device: str) -> EmbeddingScorer:
+    from functools import partial
+
     from mdkl.models import embed
 
-    return EmbeddingScorer(embed)
+    return EmbeddingScorer(partial(embed, device=device))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,6 +299,9 @@ class CreativeTask:
     """Prompt file (None: :data:`PROMPTS_CSV`)."""
     name: str = "creative"
     """Short name (cache keys, tables)."""
+    device: str = "auto"
+    """Where the judge runs: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda'
+    (:func:`get_judge`); its ratings come back to the CPU."""
 
     def questions(self) -> list[str]:
         """Requests (before the chat template and the instruction), in prompt order (the file is
@@ -297,7 +324,7 @@ class CreativeTask:
         idx = [int(i) for i in prompt_index]
         if len(idx) != len(completions):
             raise ValueError(f"{len(idx)} prompt indices for {len(completions)} completions")
-        return torch.tensor(get_judge().score([qs[i] for i in idx], list(completions)))
+        return torch.tensor(get_judge(self.device).score([qs[i] for i in idx], list(completions)))
 
     def metrics(self, completions) -> dict[str, float]:
         """Cheap batch statistics: mean length (characters), share of empty answers, share of
@@ -315,18 +342,20 @@ class CreativeTask:
 def sample_for_eval(model, tokenizer, task: CreativeTask, k: int, max_new_tokens: int, *, seed: int = 0,
                     temperature: float = 1.0, batch_prompts: int = 8) -> pd.DataFrame:
     """``k`` samples per prompt of ``task`` (KV-cached, seeded): DataFrame ``prompt_id, question,
-    sample, text`` (``k`` consecutive rows per prompt)."""
+    sample, text`` (``k`` consecutive rows per prompt). Samples on the model's device, with a
+    generator there."""
     from mdkl.rollout import sample_completions, tokenize_prompts
 
     qs = task.questions()
-    ids, mask = tokenize_prompts(tokenizer, task.prompts(tokenizer))
-    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    ids, mask = (t.to(device) for t in tokenize_prompts(tokenizer, task.prompts(tokenizer)))
+    gen = torch.Generator(device=device).manual_seed(seed)
     texts = []
     for s in range(0, len(qs), batch_prompts):
         c, _ = sample_completions(model, ids[s:s + batch_prompts], mask[s:s + batch_prompts], max_new_tokens,
                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                   temperature=temperature, generator=gen, prompt_repeats=k)
-        texts += tokenizer.batch_decode(c, skip_special_tokens=True)
+        texts += tokenizer.batch_decode(c.cpu(), skip_special_tokens=True)
     return pd.DataFrame({"prompt_id": np.repeat(np.arange(len(qs)), k), "question": np.repeat(qs, k),
                          "sample": np.tile(np.arange(k), len(qs)), "text": texts})
 

@@ -23,6 +23,7 @@ tau is fixed (``tau``) or each group's ``tau_percentile``-th reward percentile.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import inspect
@@ -40,11 +41,12 @@ import torch
 
 from mdkl.kl import kl_estimate
 from mdkl.rollout import sample_completions, sequence_logprobs, tokenize_prompts
-from mdkl.runtime import CACHE_DIR, atomic_write_bytes, cache_key, cached, progress_bar
+from mdkl.runtime import CACHE_DIR, atomic_write_bytes, cache_key, cached, progress_bar, resolve_device
 from mdkl.shaping import ShapingConfig, advantages, policy_loss, shape_rewards
+from mdkl.successors import SuccessorFields, outcome_ids
 from mdkl.smalllm import SmallLMConfig, load_small_lm
 
-__all__ = ["Task", "task_rewards", "LMConfig", "LMResult", "validate_config", "train", "train_cached",
+__all__ = ["Task", "task_rewards", "LMConfig", "LMResult", "validate_config", "autocast_dtype", "train", "train_cached",
            "evaluate", "benchmark", "load_model", "load_trained", "count_parameters"]
 
 
@@ -102,8 +104,11 @@ def task_rewards(task: Task, completions: list[str], prompt_index) -> torch.Tens
 
 
 @dataclass(frozen=True)
-class LMConfig:
-    """One RL run on a language model (defaults: the paper's 1-2 setting, sized for 2 cores)."""
+class LMConfig(SuccessorFields):
+    """One RL run on a language model (defaults: the paper's 1-2 setting, sized for 2 cores). The
+    successor methods' fields (``successor``, ``gamma_p``, ...) come from
+    :class:`mdkl.successors.SuccessorFields`; a completion's outcome for ``successor='ips'`` is its
+    decoded text (the answer, under the 1-2 task's strict format)."""
 
     model: str = "small"
     """Model name for :func:`load_model` / :func:`train_cached`: 'small' or 'smollm2'."""
@@ -177,6 +182,15 @@ class LMConfig:
     """Modules that get LoRA adapters."""
     seed: int = 0
     """Seed of prompt choice, sampling and evaluation."""
+    device: str = "auto"
+    """Where the policy, the frozen reference, the sampled tensors and the optimizer state live:
+    'auto' (CUDA when available, else CPU), 'cpu', 'cuda' (:func:`mdkl.runtime.resolve_device`).
+    Sampling uses a ``torch.Generator`` on that device: CPU and CUDA draw different streams from
+    one seed. Logged values come back to the CPU."""
+    autocast: Literal["none", "bf16", "auto"] = "none"
+    """bf16 autocast of the forward passes (sampling, policy and reference log-probs; log-probs
+    and the loss stay float32 / float64): 'bf16' needs a CUDA device, 'auto' = bf16 on CUDA and
+    none on the CPU, 'none' = full float32 (comparable with the CPU)."""
 
     @property
     def shaping(self) -> ShapingConfig:
@@ -199,7 +213,7 @@ class LMConfig:
 
     def label(self) -> str:
         """Short run label, e.g. 'reverse MARA beta=0.01 seed=0'."""
-        m = "MARA" if self.mara != "none" else "vanilla"
+        m = "MARA" if self.mara != "none" else (self.successor if self.successor != "none" else "vanilla")
         return f"{self.kl} {m} beta={self.beta:g} seed={self.seed}"
 
 
@@ -207,6 +221,10 @@ def validate_config(cfg: LMConfig) -> ShapingConfig:
     """Raise ``ValueError`` naming the fix for inconsistent settings (beta <= 0 with MARA, GRPO
     advantages with MARA, ...); returns the run's :class:`mdkl.shaping.ShapingConfig`."""
     shaping = cfg.shaping
+    if shaping.successor == "flowrl":
+        raise ValueError("successor='flowrl' needs a learned log Z that this trainer does not own yet (FlowRL: a "
+                         "linear head on the prompt's mean hidden state; one scalar for a single-prompt task): "
+                         "use the toy trainer, or another successor")
     if cfg.group_size < 2:
         raise ValueError("group_size must be >= 2 (advantages are computed within each prompt's group)")
     if cfg.prompts_per_step < 1 or cfg.max_new_tokens < 1 or cfg.steps < 0 or cfg.eval_every < 1:
@@ -219,7 +237,25 @@ def validate_config(cfg: LMConfig) -> ShapingConfig:
                             ("best_of_n", cfg.best_of_n), ("entropy", cfg.entropy > 0)) if on]
     if len(used) > 1:
         raise ValueError(f"{' and '.join(used)} are separate Table 1 rows: enable one of them per run")
+    autocast_dtype(cfg)  # device and autocast: fail here, not inside a forward pass
     return shaping
+
+
+def autocast_dtype(cfg: LMConfig) -> torch.dtype | None:
+    """The autocast dtype of ``cfg`` on its resolved device (``None``: no autocast); raises a
+    ``ValueError`` naming the fix for an unavailable device or 'bf16' on the CPU."""
+    device = resolve_device(cfg.device)
+    if cfg.autocast not in ("none", "bf16", "auto"):
+        raise ValueError(f"unknown autocast {cfg.autocast!r}: use 'none', 'bf16' or 'auto'")
+    if cfg.autocast == "bf16" and device.type != "cuda":
+        raise ValueError("autocast='bf16' needs a CUDA device (bf16 on the CPU is slow and changes every "
+                         "result): use autocast='auto' (bf16 on CUDA only) or 'none'")
+    return torch.bfloat16 if cfg.autocast != "none" and device.type == "cuda" else None
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op context when ``dtype`` is None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,8 +267,10 @@ class LMResult:
 
     ``history``: one row per RL step (step, reward, task metrics of the training batch such as
     p1 / p2 / invalid / valid_entropy, kl = mean k1 estimate of KL(pi || pi_ref) on the sequence
-    level, zero_var_frac = share of prompt groups whose raw rewards are all equal, loss,
-    completion_tokens, seconds). ``checkpoints``: one row per evaluation (step 0, every
+    level, zero_var_frac = share of prompt groups whose raw rewards are all equal, mara_anchored /
+    mara_changed = samples MARA acted on / whose reward or reference log-prob it changed (all but
+    each group's anchor; 0 without MARA), reward_group_sd = mean within-group sd of the raw rewards
+    (the scale GRPO divides by), loss, completion_tokens, seconds). ``checkpoints``: one row per evaluation (step 0, every
     ``eval_every`` steps, the last step) on ``eval_samples`` fresh samples: reward, task metrics
     with sampling errors, kl. ``seconds``: wall time of the training loop.
     """
@@ -266,7 +304,7 @@ def _ref_logprobs_fn(model, ref_model, lora: bool):
 
 def _evaluate(model, ref_lp, tokenizer, task: Task, p_ids, p_mask, n: int, max_new_tokens: int,
               seed: int, temperature: float, batch: int) -> dict[str, float]:
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=p_ids.device).manual_seed(seed)
     texts, kls = [], []
     k = p_ids.shape[0]
     per = -(-n // k)  # samples per prompt (prompts used equally; n rounded up to a multiple of k)
@@ -277,7 +315,7 @@ def _evaluate(model, ref_lp, tokenizer, task: Task, p_ids, p_mask, n: int, max_n
             c_ids, c_mask = sample_completions(model, ids, m, max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                                                pad_token_id=tokenizer.pad_token_id, temperature=temperature,
                                                generator=gen, prompt_repeats=b)
-            texts += tokenizer.batch_decode(c_ids, skip_special_tokens=True)
+            texts += tokenizer.batch_decode(c_ids.cpu(), skip_special_tokens=True)
             if ref_lp is not None:
                 with torch.inference_mode():
                     lp = sequence_logprobs(model, ids, m, c_ids, c_mask, prompt_repeats=b)
@@ -298,8 +336,10 @@ def evaluate(model, tokenizer, task: Task, n: int, max_new_tokens: int, *, seed:
              temperature: float = 1.0, ref_model=None, batch: int = 256) -> dict[str, float]:
     """Sample ``n`` completions (prompts cycled) and return reward mean (and its standard error),
     task metrics and, if ``ref_model`` is given, ``kl`` = the mean k1 estimate of
-    KL(pi || pi_ref). Seeded by ``seed``, independent of any training generator."""
-    p_ids, p_mask = tokenize_prompts(tokenizer, task.prompts(tokenizer))
+    KL(pi || pi_ref). Seeded by ``seed``, independent of any training generator. Runs on the
+    model's device (``ref_model`` must be on the same one), with a generator there."""
+    device = next(model.parameters()).device
+    p_ids, p_mask = (t.to(device) for t in tokenize_prompts(tokenizer, task.prompts(tokenizer)))
     ref_lp = None if ref_model is None else _ref_logprobs_fn(model, ref_model, False)
     return _evaluate(model, ref_lp, tokenizer, task, p_ids, p_mask, n, max_new_tokens, seed, temperature, batch)
 
@@ -325,37 +365,42 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
     the base model with adapters disabled). ``state_path``: if given, the full training state
     (weights, optimizer, RNG, logs) is saved there atomically at every checkpoint and a run that
     finds it resumes from it (bit-identical to an uninterrupted run). Seeded by ``cfg.seed``.
+
+    ``model`` (and ``ref_model``) are moved to ``cfg.device`` in place; the prompts, samples,
+    generator and optimizer state live there; with ``cfg.autocast`` the forward passes run in bf16.
     """
     shaping = validate_config(cfg)
-    torch.manual_seed(cfg.seed)  # LoRA initialisation
+    device, amp = resolve_device(cfg.device), autocast_dtype(cfg)
+    model.to(device)
+    torch.manual_seed(cfg.seed)  # LoRA initialisation (peft initialises on the CPU, then moves)
     lora = cfg.lora_r > 0
     if lora:
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                                 target_modules=list(cfg.lora_targets)))
+                                                 target_modules=list(cfg.lora_targets))).to(device)
     elif ref_model is None:
         ref_model = copy.deepcopy(model)
     if ref_model is not None:
-        ref_model.eval().requires_grad_(False)
+        ref_model.to(device).eval().requires_grad_(False)
     model.eval()  # no dropout: the sampled log-probs are exactly the ones differentiated
     ref_lp = _ref_logprobs_fn(model, ref_model, lora)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    all_ids, all_mask = tokenize_prompts(tokenizer, task.prompts(tokenizer))
+    all_ids, all_mask = (t.to(device) for t in tokenize_prompts(tokenizer, task.prompts(tokenizer)))
     P, G = cfg.prompts_per_step, cfg.group_size
-    group = torch.arange(P).repeat_interleave(G)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    group = torch.arange(P, device=device).repeat_interleave(G)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
     history, checkpoints, start, t_total = [], [], 0, 0.0
     if state_path is not None and Path(state_path).exists():  # resume
-        st = torch.load(state_path, weights_only=False)
+        st = torch.load(state_path, weights_only=False, map_location=device)
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         with torch.no_grad():
             for n, v in st["params"].items():
                 trainable[n].copy_(v)
         opt.load_state_dict(st["opt"])
-        gen.set_state(st["gen"])
+        gen.set_state(st["gen"].cpu())  # a generator's state is a CPU tensor, whatever its device
         history, checkpoints, start, t_total = st["history"], st["checkpoints"], st["step"], st["seconds"]
 
     bar = progress_bar(range(start, cfg.steps + 1), desc=cfg.label(), show=progress, leave=False)
@@ -363,8 +408,9 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
         # ---- checkpoint: evaluate on fresh samples (own generator), save the state to resume from
         if (cfg.eval_samples > 0 and (step % cfg.eval_every == 0 or step == cfg.steps)
                 and not (checkpoints and checkpoints[-1]["step"] == step)):
-            ev = _evaluate(model, ref_lp, tokenizer, task, all_ids, all_mask, cfg.eval_samples,
-                           cfg.max_new_tokens, cfg.seed * 1_000_003 + step, cfg.temperature, 256)
+            with _autocast(device, amp):
+                ev = _evaluate(model, ref_lp, tokenizer, task, all_ids, all_mask, cfg.eval_samples,
+                               cfg.max_new_tokens, cfg.seed * 1_000_003 + step, cfg.temperature, 256)
             checkpoints.append({"step": step, **ev})
             if state_path is not None and step < cfg.steps:
                 _save_state(Path(state_path), {
@@ -375,22 +421,26 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
             break
         t0 = time.perf_counter()
         # ---- 1. rollouts: P prompts x G completions, sampled with the KV cache
-        rows = torch.randint(all_ids.shape[0], (P,), generator=gen)
+        rows = torch.randint(all_ids.shape[0], (P,), generator=gen, device=device)
         p_ids, p_mask = all_ids[rows], all_mask[rows]  # P unique prompt rows, each sampled G times
-        c_ids, c_mask = sample_completions(model, p_ids, p_mask, cfg.max_new_tokens, eos_token_id=eos,
-                                           pad_token_id=pad, temperature=cfg.temperature, generator=gen,
-                                           prompt_repeats=G)
-        texts = tokenizer.batch_decode(c_ids, skip_special_tokens=True)
-        r = task_rewards(task, texts, rows.repeat_interleave(G)).double()
+        with _autocast(device, amp):
+            c_ids, c_mask = sample_completions(model, p_ids, p_mask, cfg.max_new_tokens, eos_token_id=eos,
+                                               pad_token_id=pad, temperature=cfg.temperature, generator=gen,
+                                               prompt_repeats=G)
+        texts = tokenizer.batch_decode(c_ids.cpu(), skip_special_tokens=True)
+        r = task_rewards(task, texts, rows.cpu().repeat_interleave(G)).double().to(device)
         if not torch.isfinite(r).all():
             raise ValueError(f"task {task.name!r} returned non-finite rewards: map failed outputs to a finite value")
         # ---- 2. sequence log-probs: reference (inference mode) and policy (with grad)
-        tok_ref = ref_lp(p_ids, p_mask, c_ids, c_mask, prompt_repeats=G, per_token=True).double()
-        tok_logp = sequence_logprobs(model, p_ids, p_mask, c_ids, c_mask, prompt_repeats=G, per_token=True)
+        with _autocast(device, amp):
+            tok_ref = ref_lp(p_ids, p_mask, c_ids, c_mask, prompt_repeats=G, per_token=True).double()
+            tok_logp = sequence_logprobs(model, p_ids, p_mask, c_ids, c_mask, prompt_repeats=G, per_token=True)
         logp, logp_ref = tok_logp.sum(-1), tok_ref.sum(-1)
         # ---- 3. rewards -> MARA per group -> KL / entropy shaping -> group advantages
-        shaped, logp_ref_kl, anchored = shape_rewards(shaping, r, logp, logp_ref, group, lengths=c_mask.sum(-1))
-        adv = advantages(shaping, r, shaped, group)
+        shaped, logp_ref_kl, anchored = shape_rewards(
+            shaping, r, logp, logp_ref, group, lengths=c_mask.sum(-1),
+            outcomes=outcome_ids(texts).to(device) if shaping.successor == "ips" else None)
+        adv = advantages(shaping, r, shaped, group, logp=logp.detach(), lengths=c_mask.sum(-1))
         # ---- 4. one policy-gradient step (KL on the sequence, or per token)
         if cfg.kl_level == "token":
             loss = policy_loss(shaping, tok_logp.double(), logp_ref_kl, adv, token_logp_ref=tok_ref,
@@ -401,13 +451,15 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the step's kernels are asynchronous: time them all
         dt = time.perf_counter() - t0
         t_total += dt
         # ---- 5. log
         rg = r.view(P, G)
         # MARA acted on `anchored`; it changed the reward / reference log-prob of those that are not
         # their group's anchor (the best-supported good sample)
-        top = torch.full((P,), -math.inf, dtype=logp_ref.dtype).scatter_reduce(
+        top = torch.full((P,), -math.inf, dtype=logp_ref.dtype, device=logp_ref.device).scatter_reduce(
             0, group, logp_ref.masked_fill(~anchored, -math.inf), "amax")
         changed = anchored & (logp_ref < top[group])
         row = {"step": step + 1, "reward": float(r.mean()), **task.metrics(texts),
@@ -416,6 +468,7 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
                "mara_anchored": int(anchored.sum()), "mara_changed": int(changed.sum()),
                "loss": float(loss.detach()), "grad_norm": float(gnorm),
                "completion_tokens": int(c_mask.sum()), "total_tokens": int(c_mask.sum() + G * p_mask.sum()),
+               "reward_group_sd": float(rg.std(1).mean()),  # the raw rewards' within-prompt sd (GRPO's scale)
                "seconds": dt}
         history.append(row)
         if progress:
@@ -423,14 +476,16 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
     bar.close()
     extra = {}
     if cfg.keep_weights:
-        extra["trainable_state"] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        extra["trainable_state"] = {n: p.detach().to("cpu", copy=True)
+                                    for n, p in model.named_parameters() if p.requires_grad}
     return LMResult(cfg, pd.DataFrame(history), pd.DataFrame(checkpoints), t_total,
                     count_parameters(model), count_parameters(model, trainable_only=True), extra)
 
 
 
 def _task_key(task: Task) -> object:
-    return dataclasses.asdict(task) if dataclasses.is_dataclass(task) else repr(task)
+    # the dataclass itself: runtime's key records the device its judge resolves to, if it has one
+    return task if dataclasses.is_dataclass(task) else repr(task)
 
 
 def train_cached(cfg: LMConfig, task: Task, *, force: bool = False, progress: bool = True,
@@ -470,7 +525,7 @@ def benchmark(cfg: LMConfig, task: Task, model, tokenizer, *, steps: int = 5, wa
     return {"steps_per_s": len(h) / sec, "tokens_per_s": float(h["completion_tokens"].sum()) / sec,
             "total_tokens_per_s": float(h["total_tokens"].sum()) / sec, "seconds_per_step": sec / len(h),
             "batch": cfg.prompts_per_step * cfg.group_size, "n_params": res.n_params,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "device": resolve_device(cfg.device).type}
 
 
 def load_trained(result: LMResult, small: SmallLMConfig = SmallLMConfig()):

@@ -50,7 +50,7 @@ def as_float_tensor(x) -> torch.Tensor:
 
 
 def _check_mara_beta(beta: float) -> float:
-    """beta > 0 for MARA, with an error that says what to do instead (spec §3: inert at beta = 0)."""
+    """beta > 0 for MARA, with an error that says what to do instead (paper §5: the augmentation scales with beta, inert at beta = 0)."""
     try:
         return check_beta(beta, "beta (MARA)")
     except ValueError as e:
@@ -61,7 +61,7 @@ def _check_mara_beta(beta: float) -> float:
 
 def check_mara_has_kl(beta: float, kl_term: bool, what: str = "") -> None:
     """Raise the error trainers give when MARA is configured without a KL term (``kl_term`` False)
-    or with beta <= 0 (spec §3: MARA is inert at beta = 0). ``what`` names the offending setting."""
+    or with beta <= 0 (paper §5, Alg. 1: MARA is inert at beta = 0). ``what`` names the offending setting."""
     if kl_term and beta > 0:
         return
     got = f" (got {what})" if what else f" (got beta={beta})"
@@ -168,7 +168,7 @@ def mara_anchor(rewards, logp_ref, tau, group=None, *, anchor: str = "support",
     _check_anchor(anchor)
     r, lr, g, tau_t = _prepare(rewards, logp_ref, group, tau)
     if r.shape[0] == 0:
-        return torch.empty(0, dtype=torch.long)
+        return torch.empty(0, dtype=torch.long, device=r.device)
     good = r >= tau_t
     if anchor == "support":
         return group_first_argmax(lr, good, g)
@@ -176,7 +176,9 @@ def mara_anchor(rewards, logp_ref, tau, group=None, *, anchor: str = "support",
         best_r = group_first_argmax(r, good, g)
         top = good & (best_r >= 0) & (r == r[best_r.clamp(min=0)])
         return group_first_argmax(lr, top, g)
-    keys = torch.rand(r.shape[0], generator=generator, dtype=r.dtype).to(r.device)
+    # drawn on the generator's device (a trainer's generator lives where its samples do)
+    keys = torch.rand(r.shape[0], generator=generator, dtype=r.dtype,
+                      device=r.device if generator is None else generator.device).to(r.device)
     return group_first_argmax(keys, good, g)
 
 

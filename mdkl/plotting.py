@@ -1,7 +1,9 @@
 """One figure style for every notebook, and :func:`savefig` writing PNG + PDF under ``figures/``.
 
 Colours are fixed per concept so figures read alike across notebooks: reverse vs forward KL,
-vanilla vs MARA, reference vs target vs trained policy.
+vanilla vs MARA, reference vs target vs trained policy (:data:`COLORS`); categories that are no
+such concept (variants of one method, settings of a sweep) take :data:`EXTRA` in order. Legends sit
+outside the axes (:func:`legend_right`, :func:`legend_below`), never over data.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import matplotlib.pyplot as plt
 
 from mdkl.runtime import figures_dir
 
-__all__ = ["COLORS", "set_style", "savefig", "bar_policy"]
+__all__ = ["COLORS", "EXTRA", "set_style", "savefig", "bar_policy", "legend_right", "legend_below"]
 
 COLORS = {
     "reference": "#9e9e9e",
@@ -25,6 +27,9 @@ COLORS = {
     "reward": "#ff7f0e",
     "policy": "#1f77b4",
 }
+
+#: colours for categories without a fixed concept in :data:`COLORS`, used in this order
+EXTRA = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
 
 def set_style() -> None:
@@ -68,3 +73,38 @@ def bar_policy(ax, probs, *, label=None, color=None, offset=0.0, width=0.8, alph
     ax.set_xlabel("action")
     ax.set_ylabel("probability")
     return ax
+
+
+def legend_right(ax, **kwargs):
+    """Legend of ``ax`` just outside its right edge, top-aligned (never over the data)."""
+    kw = dict(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+    kw.update(kwargs)
+    return ax.legend(**kw)
+
+
+def legend_below(fig_or_ax, axes=None, ncol: int | None = None, **kwargs):
+    """A legend centred below a figure or below one axes (never over the data).
+
+    Given a figure: one legend collecting the labelled artists of ``axes`` (default: every axes of
+    the figure) in order, keeping the first artist of each label, so panels that repeat a curve add
+    it once; call after ``fig.tight_layout()``. Given an axes: that axes' own legend, under its
+    x label. :func:`savefig` and the inline display both keep it (tight bounding box).
+    """
+    if not hasattr(fig_or_ax, "axes") or hasattr(fig_or_ax, "get_legend_handles_labels"):
+        ax = fig_or_ax
+        n = len(ax.get_legend_handles_labels()[1])
+        kw = dict(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False,
+                  ncol=ncol if ncol is not None else min(n, 2))
+        kw.update(kwargs)
+        return ax.legend(**kw)
+    fig = fig_or_ax
+    handles, labels = [], []
+    for ax in fig.axes if axes is None else axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    kw = dict(loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False,
+              ncol=ncol if ncol is not None else min(len(labels), 4))
+    kw.update(kwargs)
+    return fig.legend(handles, labels, **kw)

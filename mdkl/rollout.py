@@ -39,7 +39,9 @@ def sample_completions(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tenso
     Ancestral sampling at ``temperature`` (no top-k / top-p: the policy's own distribution, so
     on-policy log-probs are exact), seeded by ``generator``. Each prompt row is encoded once and
     its cache repeated ``prompt_repeats`` times (the G samples of a group share the prompt's
-    computation); output row ``i * prompt_repeats + j`` continues prompt ``i``.
+    computation); output row ``i * prompt_repeats + j`` continues prompt ``i``. Runs on the device
+    of ``prompt_ids`` (the model's); ``generator`` must live there too (CPU and CUDA generators
+    draw different streams from one seed).
     ``completion_mask`` is 1 up to and including the first eos; rows stop independently and the
     loop stops when all have ended (C <= ``max_new_tokens``; tokens after eos are
     ``pad_token_id``). Runs under inference mode and returns normal tensors, usable in a later
@@ -69,9 +71,9 @@ def _sample(model, prompt_ids, prompt_mask, max_new_tokens, eos_token_id, pad_to
     past, mask, logits = _encode_prompts(model, prompt_ids, prompt_mask, repeats)
     b = mask.shape[0]
     pos = mask.sum(-1, keepdim=True)
-    done = torch.zeros(b, dtype=torch.bool)
+    done = torch.zeros(b, dtype=torch.bool, device=mask.device)
     toks = []
-    ones = torch.ones(b, 1, dtype=mask.dtype)
+    ones = torch.ones(b, 1, dtype=mask.dtype, device=mask.device)
     for _ in range(max_new_tokens):
         probs = torch.softmax(logits.float() / temperature, -1)
         tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
@@ -107,7 +109,7 @@ def sequence_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     if prompt_repeats > 1:
         past, p_mask, last = _encode_prompts(model, prompt_ids, prompt_mask, prompt_repeats)
         mask = torch.cat([p_mask, completion_mask], 1)
-        pos = p_mask.sum(-1, keepdim=True) + torch.arange(c)
+        pos = p_mask.sum(-1, keepdim=True) + torch.arange(c, device=p_mask.device)
         out = model(input_ids=completion_ids, attention_mask=mask, position_ids=pos, past_key_values=past,
                     use_cache=True)
         logits = torch.cat([last.unsqueeze(1), out.logits[:, :-1]], 1).float()

@@ -4,6 +4,8 @@
 - run profiles: ``quick`` (CI, minutes), ``cpu`` (default: the full set of results sized for 2 cores),
   ``paper`` (paper-size grids and seeds, GPU where available). Profiles only change sizes.
 - seeding, done once and visibly with :func:`seed_everything`,
+- devices: :func:`resolve_device` turns every config's ``device`` field (``"auto"``, ``"cpu"``,
+  ``"cuda"``, ``"cuda:1"``) into a ``torch.device``, failing at once with the fix when it is not there,
 - :func:`cached`: expensive results stored under ``data/cache`` keyed by (config, code version),
   the code version hashing the mdkl modules a run imports (:func:`module_dependencies`), written
   atomically so an interrupted run never leaves a partial file behind,
@@ -174,11 +176,57 @@ def seed_everything(seed: int) -> np.random.Generator:
 
 
 # ----------------------------------------------------------------------------------------------
+# devices
+# ----------------------------------------------------------------------------------------------
+#: values of a config's ``device`` field besides explicit torch device strings
+DEVICE_HELP = "'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:<index>'"
+
+
+def resolve_device(name: "str | Any" = "auto") -> "Any":
+    """The ``torch.device`` a config's ``device`` field names: ``"auto"`` (or ``None``) is CUDA
+    when ``torch.cuda.is_available()``, else the CPU; ``"cpu"``, ``"cuda"``, ``"cuda:<i>"`` (or a
+    ``torch.device``) are taken as given. The one place every trainer and evaluator resolves its
+    device, so a config asking for a GPU that is not there fails here, at once, with the fix,
+    never deep inside a forward pass. ``"cuda"`` resolves to ``cuda:<current device>``."""
+    import torch
+
+    if name is None or (isinstance(name, str) and name.strip().lower() == "auto"):
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = name if isinstance(name, torch.device) else torch.device(str(name).strip().lower())
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"unknown device {name!r}: use {DEVICE_HELP}") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type != "cuda":
+        raise ValueError(f"device {name!r} is not supported by mdkl's trainers: use {DEVICE_HELP}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available on this machine "
+                         f"(torch {torch.__version__}, torch.cuda.is_available() is False): use device='auto' "
+                         f"or 'cpu', or install a CUDA build of torch on a machine with an NVIDIA GPU")
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s): "
+                         f"use 'cuda' or 'cuda:<index>' with index < {torch.cuda.device_count()}")
+    return torch.device("cuda", index)
+
+
+def device_key(name: "str | Any" = "auto") -> str:
+    """What a cache key records of a ``device`` field: the device type of :func:`resolve_device`
+    (``"cpu"`` or ``"cuda"``), so ``"auto"`` on a CPU machine and ``"cpu"`` share results and a GPU
+    run never reuses a CPU result (their random streams and rounding differ)."""
+    return resolve_device(name).type
+
+
+# ----------------------------------------------------------------------------------------------
 # cache
 # ----------------------------------------------------------------------------------------------
 def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {"__dataclass__": type(obj).__name__, **_jsonable(dataclasses.asdict(obj))}
+        out = {"__dataclass__": type(obj).__name__, **_jsonable(dataclasses.asdict(obj))}
+        if "device" in out:  # key on the device the run resolves to ('cpu' / 'cuda'), never on 'auto'
+            out["device"] = device_key(getattr(obj, "device"))
+        return out
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, (list, tuple)):
@@ -424,7 +472,9 @@ def cached(
     module imports, transitively (:func:`module_dependencies`, read from the source with ``ast``),
     and for a function defined outside mdkl its own source and the mdkl modules it names. So an
     edit to any of those files recomputes, and an edit to a module the run never imports (e.g.
-    ``mdkl.plotting`` for an LM run) keeps the cached result. ``force=True`` recomputes and
+    ``mdkl.plotting`` for an LM run) keeps the cached result. A dataclass's ``device`` field enters
+    the key as the device type it resolves to (:func:`device_key`): 'auto' on a CPU machine shares
+    results with 'cpu', a GPU run never reuses a CPU result. ``force=True`` recomputes and
     overwrites. The file is written atomically: a run killed mid-way leaves the previous state (or
     nothing), never a truncated pickle.
     """

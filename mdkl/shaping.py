@@ -39,6 +39,8 @@ from mdkl.baselines import best_of_n_mask, unlikeliness_rewards
 from mdkl.kl import kl_gradient_direction, kl_loss, kl_reward_penalty
 from mdkl.mara import ANCHORS, MARA_FOR_KL, batch_percentile_tau, check_mara_has_kl, mara_rewards, mara_substitute
 from mdkl.mara_kl import anchored_kl_loss, group_loo_mean
+from mdkl.successors import (SuccessorFields, check_successor, differential_smoothing_rewards, flow_balance_loss,
+                             inverse_probability_rewards, ucpo_advantages)
 
 __all__ = ["ShapingConfig", "Shaped", "kl_estimator_for", "shape_rewards", "group_advantages", "advantages",
            "policy_loss", "ADVANTAGES"]
@@ -62,10 +64,11 @@ def kl_estimator_for(kl: str, placement: str) -> str:
 
 
 @dataclass(frozen=True)
-class ShapingConfig:
+class ShapingConfig(SuccessorFields):
     """How rewards, advantages and the KL term of one RL run are formed. Trainers build it from
     their own configs' same-named fields with :meth:`from_fields`; invalid settings raise a
-    ``ValueError`` naming the fix when it is constructed."""
+    ``ValueError`` naming the fix when it is constructed. The successor methods' fields
+    (``successor``, ``gamma_p``, ...) are inherited from :class:`mdkl.successors.SuccessorFields`."""
 
     beta: float = 0.01
     """KL coefficient beta (>= 0; 0 disables the KL term). MARA's augmentation scales with it."""
@@ -122,6 +125,9 @@ class ShapingConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}: use one of {allowed}")
         est = self.estimator  # validates (kl, kl_placement, kl_estimator)
+        check_successor(self, self.beta, est is not None, self.mara, self.tau, self.advantage)
+        if self.successor == "flowrl" and self.best_of_n:
+            raise ValueError("best_of_n and successor='flowrl' both replace the policy loss: choose one")
         if self.mara != "none":
             check_mara_has_kl(self.beta, self.kl != "none", f"kl={self.kl!r}, beta={self.beta}")
             if self.tau is None and self.tau_percentile is None:
@@ -194,7 +200,7 @@ class Shaped(NamedTuple):
 
 def shape_rewards(cfg: ShapingConfig, rewards: torch.Tensor, logp: torch.Tensor, logp_ref: torch.Tensor,
                   group: torch.Tensor, *, lengths: torch.Tensor | None = None,
-                  generator: torch.Generator | None = None) -> Shaped:
+                  generator: torch.Generator | None = None, outcomes: torch.Tensor | None = None) -> Shaped:
     """The rewards the advantage sees, and the reference log-probs the KL *loss* sees.
 
     In order: the Unlikely transform (``cfg.unlikely`` > 0: :func:`mdkl.baselines.unlikeliness_rewards`,
@@ -210,6 +216,11 @@ def shape_rewards(cfg: ShapingConfig, rewards: torch.Tensor, logp: torch.Tensor,
     sample is "good" and the anchor is the group's best-supported sample, so Alg. 1 gives
     R + beta (log pi_ref(z) - log pi_ref(y)) (a pull toward uniform over the group's samples) and
     Alg. 2 gives R and log pi_ref(z) to every sample; nothing is skipped.
+
+    Successor reward transforms take MARA's place (``cfg.successor``): Differential Smoothing
+    (:func:`mdkl.successors.differential_smoothing_rewards`, correct = R >= tau) or inverse-probability
+    scaling (:func:`mdkl.successors.inverse_probability_rewards`; ``outcomes``: one integer outcome id
+    per sample, e.g. the token or :func:`mdkl.successors.outcome_ids` of the answers).
     """
     dtype = torch.promote_types(torch.promote_types(rewards.dtype, logp.dtype), logp_ref.dtype)
     r = rewards.detach().to(dtype)
@@ -217,6 +228,15 @@ def shape_rewards(cfg: ShapingConfig, rewards: torch.Tensor, logp: torch.Tensor,
     if cfg.unlikely > 0:
         ln = None if lengths is None else lengths.to(torch.float64).clamp(min=1)
         r = unlikeliness_rewards(r, lp, group, cfg.unlikely, cfg.reward_floor, ln)
+    if cfg.successor == "diff_smooth":
+        gp = cfg.beta if cfg.gamma_p is None else cfg.gamma_p
+        r = differential_smoothing_rewards(r, lref, r >= cfg.tau, gp, cfg.gamma_n)
+    elif cfg.successor == "ips":
+        if outcomes is None:
+            raise ValueError("successor='ips' needs outcomes= (one integer outcome id per sample: the token, or "
+                             "mdkl.successors.outcome_ids of the answer strings / canonical SMILES)")
+        r = inverse_probability_rewards(r, torch.as_tensor(outcomes, device=r.device), group, cfg.ips_alpha,
+                                        cfg.ips_eps)
     alg = cfg.mara_algorithm
     anchored = torch.zeros(r.shape, dtype=torch.bool, device=r.device)
     if alg != "none":
@@ -297,18 +317,29 @@ def group_advantages(rewards: torch.Tensor, group: torch.Tensor, kind: str = "rl
     return centred / (var.sqrt() + eps)
 
 
-def advantages(cfg: ShapingConfig, rewards: torch.Tensor, shaped: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+def advantages(cfg: ShapingConfig, rewards: torch.Tensor, shaped: torch.Tensor, group: torch.Tensor, *,
+               logp: torch.Tensor | None = None, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """The advantage each sample's log-prob is weighted by: BoN training's 0/1 mask of each group's
     best *raw* reward (``cfg.best_of_n``, :func:`mdkl.baselines.best_of_n_mask`, no baseline), else
-    :func:`group_advantages` of the ``shaped`` rewards with ``cfg.advantage``."""
+    :func:`group_advantages` of the ``shaped`` rewards with ``cfg.advantage``. With
+    ``cfg.successor == 'ucpo'`` the correct samples' (raw R >= tau) advantages are then reweighted
+    by :func:`mdkl.successors.ucpo_advantages`, which needs the sequence ``logp`` (and ``lengths``,
+    completion token counts, for its length-normalized form)."""
     if cfg.best_of_n:
         return best_of_n_mask(rewards, group).to(shaped.dtype)
-    return group_advantages(shaped, group, cfg.advantage)
+    adv = group_advantages(shaped, group, cfg.advantage)
+    if cfg.successor == "ucpo":
+        if logp is None:
+            raise ValueError("successor='ucpo' reweights advantages by the policy's sequence log-probs: pass logp=")
+        adv = ucpo_advantages(adv, rewards.to(adv.device) >= cfg.tau, logp, group, cfg.ucpo_tau,
+                              lengths if cfg.ucpo_length_norm else None)
+    return adv
 
 
 def policy_loss(cfg: ShapingConfig, logp: torch.Tensor, logp_ref_kl: torch.Tensor, adv: torch.Tensor, *,
                 token_logp_ref: torch.Tensor | None = None, completion_mask: torch.Tensor | None = None,
-                anchored: torch.Tensor | None = None, group: torch.Tensor | None = None) -> torch.Tensor:
+                anchored: torch.Tensor | None = None, group: torch.Tensor | None = None,
+                log_z: torch.Tensor | None = None) -> torch.Tensor:
     """REINFORCE loss -mean(A log pi(y)), plus beta * mean(k) when the KL is a loss (k2 reverse, k3
     forward, or an explicit k1; reference detached).
 
@@ -323,7 +354,10 @@ def policy_loss(cfg: ShapingConfig, logp: torch.Tensor, logp_ref_kl: torch.Tenso
     reference's and ``completion_mask`` [B, C]; the REINFORCE term uses their sum and the KL
     estimator is summed over tokens (GRPO / TRL style), except on the samples ``anchored`` marks
     (Algorithm 2's substitution, from :func:`shape_rewards`), whose KL is the estimator of the
-    sequence log-prob against log pi_ref(z) (:func:`mdkl.mara_kl.anchored_kl_loss`)."""
+    sequence log-prob against log pi_ref(z) (:func:`mdkl.mara_kl.anchored_kl_loss`).
+
+    ``cfg.successor == 'flowrl'``: FlowRL's squared loss (:func:`mdkl.successors.flow_balance_loss`)
+    replaces both terms; ``log_z`` is the trainer's learned log Z (per-token means at token level)."""
     token = cfg.kl_level == "token"
     if token:
         if token_logp_ref is None or completion_mask is None or logp.ndim != 2:
@@ -331,6 +365,14 @@ def policy_loss(cfg: ShapingConfig, logp: torch.Tensor, logp_ref_kl: torch.Tenso
         seq = logp.sum(-1)
     else:
         seq = logp
+    if cfg.successor == "flowrl":
+        if log_z is None:
+            raise ValueError("successor='flowrl' needs the trainer's learned log_z (a parameter in its optimizer)")
+        c = cfg.flow_scale if cfg.flow_scale is not None else 1.0 / cfg.beta
+        if token:
+            return flow_balance_loss(seq, (token_logp_ref.to(logp.dtype) * completion_mask).sum(-1), adv, log_z, c,
+                                     completion_mask.sum(-1))
+        return flow_balance_loss(seq, logp_ref_kl, adv, log_z, c)
     loss = -(adv.detach().to(seq.dtype) * seq).mean(-1)
     est = cfg.estimator
     if est is None or cfg.kl_placement != "loss":

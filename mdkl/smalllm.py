@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mdkl.runtime import atomic_write_bytes, cached_dir, progress_bar
+from mdkl.runtime import atomic_write_bytes, cached_dir, progress_bar, resolve_device
 
 __all__ = ["SmallLMConfig", "generate_corpus", "build_tokenizer", "pretrain_small_lm", "small_lm_dir",
            "load_small_lm", "SPECIAL_TOKENS", "ROLE_TOKENS", "CHAT_TEMPLATE"]
@@ -65,6 +65,10 @@ class SmallLMConfig:
     """Peak learning rate (linear warmup 5%, cosine decay)."""
     seed: int = 0
     """Seed of the corpus, the initialization and the batch order."""
+    device: str = "auto"
+    """Where pretraining runs: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda'
+    (:func:`mdkl.runtime.resolve_device`). Initialization and batch order are drawn on the CPU,
+    so they are the same on every device; the saved weights are the same file format either way."""
 
 
 def generate_corpus(cfg: SmallLMConfig = SmallLMConfig()) -> list[tuple[str, str]]:
@@ -130,6 +134,7 @@ def build_tokenizer(texts: Sequence[str], vocab_size: int = 384):
 def _pretrain_small_lm(cfg: SmallLMConfig, out: Path, progress: bool = True) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    device = resolve_device(cfg.device)
     docs = generate_corpus(cfg)
     tok = build_tokenizer([p + " " + a for p, a in docs], cfg.vocab_size)
     texts = [tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": a}],
@@ -145,7 +150,7 @@ def _pretrain_small_lm(cfg: SmallLMConfig, out: Path, progress: bool = True) -> 
                        num_key_value_heads=cfg.n_heads, max_position_embeddings=cfg.max_len,
                        tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    model = LlamaForCausalLM(mcfg)
+    model = LlamaForCausalLM(mcfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
     warm = max(1, cfg.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -157,7 +162,7 @@ def _pretrain_small_lm(cfg: SmallLMConfig, out: Path, progress: bool = True) -> 
         b = torch.randint(ids.shape[0], (cfg.batch_size,), generator=gen)
         x, m = ids[b], mask[b]
         t = int(m.sum(1).max())
-        x, m = x[:, :t], m[:, :t]
+        x, m = x[:, :t].to(device), m[:, :t].to(device)
         labels = x.masked_fill(m == 0, -100)
         loss = model(input_ids=x, attention_mask=m, labels=labels).loss
         opt.zero_grad(set_to_none=True)
@@ -166,7 +171,7 @@ def _pretrain_small_lm(cfg: SmallLMConfig, out: Path, progress: bool = True) -> 
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
-    model.eval()
+    model.eval().to("cpu")
     model.save_pretrained(out)
     tok.save_pretrained(out)
     atomic_write_bytes(out / "pretrain_loss.csv", pd.DataFrame({"loss": losses}).to_csv(index=False).encode())

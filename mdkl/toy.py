@@ -11,8 +11,9 @@ Two pieces:
 - :func:`fit_density`: distribution matching (Fig. 1a/b), minimizing the exact reverse or
   forward KL to a target density on a quadrature grid.
 
-Defaults of :class:`ToyConfig` follow the spec's reading of the authors' toy code: logits
-initialised at 0, batches of 32, AdamW lr 5e-3, 1000 steps, KL as a loss (k2).
+Defaults of :class:`ToyConfig` follow our reading of the authors' earlier toy code (the paper
+states no toy training settings): logits initialised at 0, batches of 32, AdamW lr 5e-3, 1000
+steps, KL as a loss (k2).
 """
 
 from __future__ import annotations
@@ -26,17 +27,20 @@ import numpy as np
 import torch
 
 from mdkl.kl import kl_gradient_direction
-from mdkl.runtime import progress_bar
+from mdkl.runtime import progress_bar, resolve_device
 from mdkl.shaping import ShapingConfig, advantages, policy_loss, shape_rewards
+from mdkl.successors import SuccessorFields
 
 __all__ = ["ToyConfig", "ToyResult", "CategoricalPolicy", "GaussianPolicy", "train_toy",
            "train_categorical", "train_categorical_cached", "fit_density", "DensityFit"]
 
 
 @dataclass(frozen=True)
-class ToyConfig:
+class ToyConfig(SuccessorFields):
     """Configuration of one toy KL-regularized RL run (all seeds of it train in parallel). The
-    shaping fields carry the names of :class:`mdkl.shaping.ShapingConfig` (:attr:`shaping`)."""
+    shaping fields carry the names of :class:`mdkl.shaping.ShapingConfig` (:attr:`shaping`); the
+    successor methods' fields come from :class:`mdkl.successors.SuccessorFields` (the outcome of a
+    sample for ``successor='ips'`` is its action; ``'flowrl'`` trains one log Z per seed)."""
 
     beta: float = 1e-3
     """KL coefficient beta (>= 0; 0 disables the KL term)."""
@@ -78,6 +82,10 @@ class ToyConfig:
     """Independent runs trained in parallel."""
     log_every: int = 10
     """Record the policy every this many steps."""
+    device: str = "auto"
+    """Where the policy, the samples and the optimizer state live: 'auto' (CUDA when available,
+    else CPU), 'cpu', 'cuda' (:func:`mdkl.runtime.resolve_device`). The sampling generator is a
+    ``torch.Generator`` on that device: CPU and CUDA draw different random streams from one seed."""
 
     @property
     def shaping(self) -> ShapingConfig:
@@ -138,7 +146,7 @@ class CategoricalPolicy(torch.nn.Module):
         return torch.log_softmax(self.logits, -1).gather(1, x)
 
     def snapshot(self) -> np.ndarray:
-        return torch.softmax(self.logits.detach(), -1).numpy()
+        return torch.softmax(self.logits.detach(), -1).cpu().numpy()
 
 
 class GaussianPolicy(torch.nn.Module):
@@ -151,7 +159,7 @@ class GaussianPolicy(torch.nn.Module):
 
     def sample(self, batch: int, gen: torch.Generator) -> torch.Tensor:
         with torch.no_grad():
-            eps = torch.randn(self.mean.shape[0], batch, generator=gen, dtype=torch.float64)
+            eps = torch.randn(self.mean.shape[0], batch, generator=gen, dtype=torch.float64, device=self.mean.device)
             return self.mean + self.log_std.exp() * eps
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,7 +167,7 @@ class GaussianPolicy(torch.nn.Module):
         return -0.5 * z**2 - self.log_std - 0.5 * np.log(2 * np.pi)
 
     def snapshot(self) -> np.ndarray:
-        return torch.cat([self.mean, self.log_std.exp()], 1).detach().numpy()
+        return torch.cat([self.mean, self.log_std.exp()], 1).detach().cpu().numpy()
 
 
 def _validate(cfg: ToyConfig, max_reward: float | None) -> ShapingConfig:
@@ -184,30 +192,38 @@ def train_toy(
     """REINFORCE on ``E[R] - beta * KL`` (+ entropy, + MARA) for ``cfg.steps`` steps.
 
     ``reward_fn`` and ``ref_log_prob`` map a [n_seeds, batch] tensor of samples to rewards and
-    reference log-probabilities. Per step: sample a batch per seed, then the shared shaping path
+    reference log-probabilities. ``policy`` is moved to ``cfg.device`` (in place), where the samples
+    are drawn; ``reward_fn`` / ``ref_log_prob`` receive them there (their outputs are moved there
+    too). Results come back to the CPU. Per step: sample a batch per seed, then the shared shaping path
     with each seed's batch as one group (:func:`mdkl.shaping.shape_rewards`: MARA, k1 penalty in
     the reward, entropy bonus; :func:`mdkl.shaping.advantages`; :func:`mdkl.shaping.policy_loss`:
     REINFORCE + the estimator as a loss), and one AdamW step.
     """
     shaping = _validate(cfg, max_reward)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    device = resolve_device(cfg.device)
+    policy.to(device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
     s, b = cfg.n_seeds, cfg.batch_size
-    group = torch.arange(s).repeat_interleave(b)
+    # FlowRL's learned log Z: one scalar per seed, trained with the policy (FlowRL: a head on the prompt)
+    log_z = (torch.nn.Parameter(torch.zeros(s, 1, dtype=torch.float64, device=device))
+             if shaping.successor == "flowrl" else None)
+    opt = torch.optim.AdamW([*policy.parameters(), *([log_z] if log_z is not None else [])], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    group = torch.arange(s, device=device).repeat_interleave(b)
     steps, hist, mean_r = [0], [policy.snapshot()], []
     for it in progress_bar(range(1, cfg.steps + 1), show=progress, desc="toy RL", leave=False):
         x = policy.sample(b, gen)
         logp = policy.log_prob(x)
         with torch.no_grad():
-            r = torch.as_tensor(reward_fn(x), dtype=torch.float64)
-            lref = torch.as_tensor(ref_log_prob(x), dtype=torch.float64)
+            r = torch.as_tensor(reward_fn(x), dtype=torch.float64, device=device)
+            lref = torch.as_tensor(ref_log_prob(x), dtype=torch.float64, device=device)
         if torch.isnan(r).any():
             raise ValueError("reward_fn returned NaN: rewards must be finite")
-        mean_r.append(r.mean(1).numpy())
+        mean_r.append(r.mean(1).cpu().numpy())
         shaped, lref_kl, _ = shape_rewards(shaping, r.flatten(), logp.flatten(), lref.flatten(), group,
-                                        generator=gen)
-        adv = advantages(shaping, r.flatten(), shaped, group).view(s, b)
-        loss = policy_loss(shaping, logp, lref_kl.view(s, b), adv)  # one loss per seed
+                                        generator=gen, outcomes=x.flatten() if shaping.successor == "ips" else None)
+        adv = advantages(shaping, r.flatten(), shaped, group, logp=logp.detach().flatten()).view(s, b)
+        loss = policy_loss(shaping, logp, lref_kl.view(s, b), adv, log_z=log_z)  # one loss per seed
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()
@@ -237,6 +253,8 @@ def train_categorical(cfg: ToyConfig, rewards, ref, *, progress: bool = False) -
     elif cfg.init != "zeros":
         raise ValueError(f"unknown init {cfg.init!r}: use 'zeros' or 'reference'")
     policy = CategoricalPolicy(cfg.n_seeds, r.numel(), init)
+    device = resolve_device(cfg.device)
+    r, log_ref = r.to(device), log_ref.to(device)
     return train_toy(cfg, policy, lambda x: r[x], lambda x: log_ref[x],
                      max_reward=float(r.max()), progress=progress)
 

@@ -1,4 +1,4 @@
-"""Chemistry (mdkl.chem, mdkl.chem_reward): tokenizer, bad input, reward components against RDKit
+"""Chemistry (mdkl.chem_prior, mdkl.chem, mdkl.chem_reward): tokenizer, bad input, reward components against RDKit
 directly, the ALL-AMIDE check, metrics on hand-made sets, the DAP loss target, MARA usage in the
 RL loop, and atomic caching of the prior."""
 
@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from mdkl import chem, chem_reward, runtime
-from mdkl.chem import PriorConfig, RLConfig, SmilesLSTM, Vocabulary, dap_loss, log_likelihood, run_rl, sample, tokenize
+from mdkl import chem, chem_prior, chem_reward, chem_smiles, runtime
+from mdkl.chem import RLConfig, dap_loss, run_rl
+from mdkl.chem_prior import PriorConfig, SmilesLSTM, Vocabulary, log_likelihood, sample, tokenize
 from mdkl.chem_metrics import int_div1, n_circles, n_scaffolds, ob100, welch_greater, yield_
 from mdkl.chem_reward import (RewardConfig, Scorer, aggregate_reward, amide_leaves, amide_solved,
-                              canonical, mol_from_smiles, sa_desirability, score_smiles)
+                              sa_desirability, score_smiles)
+from mdkl.chem_smiles import canonical, mol_from_smiles
 from mdkl.targets import reverse_kl_target
 
 ASPIRIN = "CC(=O)Oc1ccccc1C(=O)O"
@@ -331,30 +333,30 @@ def test_killed_prior_training_leaves_no_partial_cache(tmp_path, monkeypatch):
         (out / "model.pt").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(chem, "_train_prior", killed)
+    monkeypatch.setattr(chem_prior, "_train_prior", killed)
     with pytest.raises(KeyboardInterrupt):
-        chem.train_prior(PriorConfig(n_train=10, epochs=1), progress=False)
+        chem_prior.train_prior(PriorConfig(n_train=10, epochs=1), progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_prior_lr_factor_warms_up_then_decays_linearly():
-    f = [chem.prior_lr_factor(k, 100, warmup=0.1, final=0.02) for k in range(100)]
+    f = [chem_prior.prior_lr_factor(k, 100, warmup=0.1, final=0.02) for k in range(100)]
     assert f[0] == pytest.approx(0.1 * 1.0) and f[9] == pytest.approx(1 - 0.98 * 9 / 99)
     assert all(a < b for a, b in zip(f[:9], f[1:10]))          # warmup rises
     assert all(a > b for a, b in zip(f[10:], f[11:]))          # then decays
     assert f[-1] == pytest.approx(0.02)
-    assert [chem.prior_lr_factor(k, 7) for k in range(7)] == [1.0] * 7  # defaults: constant lr
+    assert [chem_prior.prior_lr_factor(k, 7) for k in range(7)] == [1.0] * 7  # defaults: constant lr
 
 
 @pytest.mark.parametrize("bucket", [0, 3])
 def test_minibatches_cover_every_item_once_and_are_seeded(bucket):
     lengths = np.random.default_rng(0).integers(5, 60, size=1003).tolist()
-    b1 = chem.minibatches(lengths, 32, torch.Generator().manual_seed(1), bucket)
-    b2 = chem.minibatches(lengths, 32, torch.Generator().manual_seed(1), bucket)
+    b1 = chem_prior.minibatches(lengths, 32, torch.Generator().manual_seed(1), bucket)
+    b2 = chem_prior.minibatches(lengths, 32, torch.Generator().manual_seed(1), bucket)
     assert b1 == b2 and sorted(i for b in b1 for i in b) == list(range(1003))
     assert all(len(b) <= 32 for b in b1) and len(b1) == math.ceil(1003 / 32)
     pad = lambda bs: sum(max(lengths[i] for i in b) * len(b) for b in bs)  # noqa: E731
-    plain = chem.minibatches(lengths, 32, torch.Generator().manual_seed(1), 0)
+    plain = chem_prior.minibatches(lengths, 32, torch.Generator().manual_seed(1), 0)
     if bucket:  # similar lengths share a batch: less padding than random minibatches
         assert pad(b1) < 0.9 * pad(plain)
 
@@ -362,8 +364,8 @@ def test_minibatches_cover_every_item_once_and_are_seeded(bucket):
 def test_training_set_canonical_matches_serial_and_is_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, "CACHE_DIR", tmp_path)
     cfg = PriorConfig(n_train=300, seed=2)
-    got = chem.training_set_canonical(cfg)  # process pool (spawn)
-    assert got == [chem_reward.canonical(s) for s in chem_reward.load_moses(300, 2)]
+    got = chem_prior.training_set_canonical(cfg)  # process pool (spawn)
+    assert got == [chem_smiles.canonical(s) for s in chem_smiles.load_moses(300, 2)]
     assert len(list(tmp_path.glob("chem-moses-canonical-*.pkl"))) == 1
 
 
@@ -371,14 +373,14 @@ def test_training_set_canonical_matches_serial_and_is_cached(tmp_path, monkeypat
 def test_tiny_prior_training_is_cached_and_seeded(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, "CACHE_DIR", tmp_path)
     cfg = PriorConfig(n_train=200, epochs=1, embedding=8, hidden=16, layers=1, batch_size=50)
-    p1 = chem.train_prior(cfg, progress=False)
-    m1, v1, c1 = chem.load_prior(p1)
+    p1 = chem_prior.train_prior(cfg, progress=False)
+    m1, v1, c1 = chem_prior.load_prior(p1)
     assert c1 == cfg and (p1 / "losses.npy").exists()
-    p2 = chem.train_prior(cfg, force=True, progress=False)
-    m2, _, _ = chem.load_prior(p2)
+    p2 = chem_prior.train_prior(cfg, force=True, progress=False)
+    m2, _, _ = chem_prior.load_prior(p2)
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
         assert torch.equal(a, b)
-    q = chem.prior_quality(m1, v1, 20, [], max_len=30)
+    q = chem_prior.prior_quality(m1, v1, 20, [], max_len=30)
     assert 0 <= q["validity"] <= 1 and 0 <= q["novelty"] <= 1 and len(q["smiles"]) == 20
 
 

@@ -105,7 +105,7 @@ def test_task_needs_prompt_index_and_task_rewards_dispatch(csv, monkeypatch):
         def score(self, qs, ans):
             return np.array([float(len(q)) for q in qs])
 
-    monkeypatch.setattr(creative, "get_judge", lambda: FakeJudge())
+    monkeypatch.setattr(creative, "get_judge", lambda device="auto": FakeJudge())
     r = lm.task_rewards(task, ["x", "y", "z"], torch.tensor([2, 0, 1]))
     qs = task.questions()
     assert r.tolist() == [len(qs[2]), len(qs[0]), len(qs[1])]

@@ -25,13 +25,7 @@ LOCAL_PATH = re.compile(r"(?<![\w.])/(?:tmp|root|home|work|Users)/|\.venv/|site-
 
 #: notebook stem -> {check: reason}; rebuilt notebooks leave this table
 _INLINE = "executed under MPLBACKEND=Agg before figures were shown inline; awaits re-execution"
-_REPR = "pandas Styler shown by repr; awaits re-execution with display()"
 KNOWN: dict[str, dict[str, str]] = {
-    "01_distribution_matching": {"figures inline": _INLINE},
-    "02_optimal_targets": {"figures inline": _INLINE, "process words": "prose rewrite pending"},
-    "03_probability_ratios": {"figures inline": _INLINE, "object reprs": _REPR, "html ids": _REPR},
-    "04_mara_toy": {"figures inline": _INLINE, "process words": "prose rewrite pending", "object reprs": _REPR,
-                    "html ids": _REPR},
     "06_chemistry": {"figures inline": _INLINE, "process words": "rebuilt with the chemistry redesign",
                      "stderr": "progress bars from before they were hidden in executed notebooks"},
     "07_creative_qa": {"figures inline": _INLINE, "process words": "rebuilt with the creative-QA redesign",

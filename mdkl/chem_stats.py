@@ -1,0 +1,188 @@
+"""Pre-registered statistics of the chemistry comparison (paper §4, Table 2): the primary paired,
+one-sided test of MARA against REINVENT on log yield ratios at the same seed, its power and the
+number of seeds it needs, the minimum detectable effect of any t-test from a measured spread,
+non-inferiority of the diversity metrics (IntDiv1, #Circles), and MARA's activity floor below
+which a comparison is 'not tested' rather than failed.
+
+Why paired: REINVENT and MARA runs with the same seed sample identical batches until MARA first
+changes a reward, so the seed-to-seed spread cancels in log(yield_MARA / yield_REINVENT).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mdkl.paired import min_detectable_shift, t_power
+
+__all__ = ["PreRegistration", "log_yield_ratios", "paired_power",
+           "seeds_for_power", "min_detectable_effect", "welch_min_detectable_effect", "paired_log_ratio_test",
+           "noninferiority", "mara_activity_verdict"]
+
+
+@dataclass(frozen=True)
+class PreRegistration:
+    """The primary test and its thresholds, fixed before any MARA run (defaults: the proposal)."""
+
+    screen: float = 0.85
+    """reward screen whose unique-hit yield is compared (paper: 0.85)."""
+    tau: float = 0.85
+    """MARA's threshold in the primary arm (paper: 0.85)."""
+    effect: float = 0.25
+    """relative yield gain the test must detect with ``power`` (+25%; the paper reports +31-36%)."""
+    alpha: float = 0.05
+    """one-sided level."""
+    power: float = 0.8
+    """target power at ``effect``."""
+    min_seeds: int = 5
+    """fewest seeds per task whatever the power calculation says."""
+    min_changed_frac: float = 0.05
+    """MARA must change at least this share of a run's reward calls (median over runs) ..."""
+    min_batches_2plus_frac: float = 0.10
+    """... and see >= 2 good samples in at least this share of its batches; else 'not tested'."""
+    intdiv1_margin: float = 0.02
+    """non-inferiority margin of IntDiv1 (absolute)."""
+    circles_margin: float = 0.10
+    """non-inferiority margin of #Circles, relative to REINVENT's mean."""
+
+    def __post_init__(self):
+        if not (0 < self.alpha < 0.5 and 0.5 < self.power < 1):
+            raise ValueError(f"alpha={self.alpha}, power={self.power}: need 0 < alpha < 0.5 < power < 1")
+        if not self.effect > 0 or self.min_seeds < 2:
+            raise ValueError(f"effect={self.effect}, min_seeds={self.min_seeds}: need effect > 0 and >= 2 seeds")
+        for name in ("screen", "tau", "min_changed_frac", "min_batches_2plus_frac"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1]")
+        if self.intdiv1_margin < 0 or self.circles_margin < 0:
+            raise ValueError("non-inferiority margins must be >= 0")
+
+
+def _vector(x, name: str) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64).ravel()
+    if np.isnan(a).any():
+        raise ValueError(f"{name} contains NaN: drop the run or fix its metric before testing")
+    return a
+
+
+def log_yield_ratios(y_treat, y_base, pseudo: float = 0.0) -> np.ndarray:
+    """log((y_treat + pseudo) / (y_base + pseudo)) per seed pair (same order = same seed). A zero
+    yield without ``pseudo`` > 0 raises (the ratio is undefined)."""
+    a, b = _vector(y_treat, "y_treat"), _vector(y_base, "y_base")
+    if a.shape != b.shape or len(a) == 0:
+        raise ValueError(f"paired yields need equal, non-zero lengths (got {len(a)} and {len(b)}): one value per seed")
+    if pseudo < 0 or (a < 0).any() or (b < 0).any():
+        raise ValueError("yields and pseudo must be >= 0")
+    if pseudo == 0 and ((a == 0).any() or (b == 0).any()):
+        raise ValueError("a yield is 0: the log ratio is undefined; pass pseudo > 0 (e.g. 1) or calibrate the reward "
+                         "so every run finds hits")
+    return np.log((a + pseudo) / (b + pseudo))
+
+
+def _check_sd_n(sd: float, n: int) -> None:
+    if not (sd > 0 and math.isfinite(sd)) or n < 2:
+        raise ValueError(f"sd={sd}, n={n}: need a positive, finite sd (measure it from >= 2 runs) and n >= 2")
+
+
+def paired_power(effect: float, sd: float, n: int, alpha: float = 0.05) -> float:
+    """Power of the one-sided paired t-test on log yield ratios for a relative effect ``effect``
+    (true mean log ratio log(1 + effect)), ``n`` pairs whose log ratios have standard deviation ``sd``."""
+    _check_sd_n(sd, n)
+    return t_power(math.log1p(effect), sd / math.sqrt(n), n - 1, alpha)
+
+
+def seeds_for_power(sd: float, effect: float = 0.25, alpha: float = 0.05, power: float = 0.8,
+                    minimum: int = 5, maximum: int = 1000) -> int:
+    """Seeds (pairs) the paired test needs: the smallest n >= ``minimum`` with
+    :func:`paired_power` >= ``power`` (exact noncentral t, :func:`mdkl.paired.t_power`; the normal approximation
+    n ~ ((z_{1-alpha} + z_{power}) sd / log(1 + effect))^2 is a little smaller). Raises past ``maximum``."""
+    _check_sd_n(sd, 2)
+    for n in range(max(2, minimum), maximum + 1):
+        if paired_power(effect, sd, n, alpha) >= power:
+            return n
+    raise ValueError(f"more than {maximum} seeds needed (sd={sd}, effect={effect}): reduce the spread first")
+
+
+def min_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest relative yield gain the paired test on ``n`` log ratios of spread ``sd`` detects
+    with ``power``: exp(shift) - 1."""
+    _check_sd_n(sd, n)
+    return math.expm1(min_detectable_shift(sd / math.sqrt(n), n - 1, alpha, power))
+
+
+def welch_min_detectable_effect(sd_a: float, n_a: int, sd_b: float, n_b: int, alpha: float = 0.05,
+                                power: float = 0.8) -> float:
+    """The same for the unpaired Welch test on log yields (spreads ``sd_a``, ``sd_b`` of log yield
+    per arm; Welch-Satterthwaite degrees of freedom): exp(shift) - 1."""
+    _check_sd_n(sd_a, n_a)
+    _check_sd_n(sd_b, n_b)
+    va, vb = sd_a ** 2 / n_a, sd_b ** 2 / n_b
+    df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1))
+    return math.expm1(min_detectable_shift(math.sqrt(va + vb), df, alpha, power))
+
+
+def _one_sided(d: np.ndarray, shift: float, alpha: float) -> dict:
+    """One-sided one-sample t-test of mean(d) > shift: t, p and the (1 - alpha) lower bound."""
+    from scipy import stats
+
+    n = len(d)
+    if n < 2:
+        raise ValueError(f"{n} pair(s): a t-test needs >= 2")
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    se = sd / math.sqrt(n)
+    if se == 0:  # identical differences: no spread, the sign decides
+        t, p = (math.inf, 0.0) if mean > shift else (-math.inf if mean < shift else 0.0, 1.0)
+    else:
+        t = (mean - shift) / se
+        p = float(stats.t.sf(t, n - 1))
+    lower = mean - float(stats.t.ppf(1 - alpha, n - 1)) * se
+    return {"n": n, "mean": mean, "sd": sd, "se": se, "t": t, "df": n - 1, "p": p, "lower": lower}
+
+
+def paired_log_ratio_test(y_mara, y_reinvent, alpha: float = 0.05, power: float = 0.8,
+                          pseudo: float = 0.0) -> dict:
+    """The primary test: one-sided paired t-test of mean log(y_MARA / y_REINVENT) > 0 over seeds
+    (pairs in the same order). Returns n, mean log ratio, its sd, t, df, p, the ratio exp(mean),
+    the one-sided (1 - alpha) lower bound of the ratio and the minimum detectable effect at
+    ``power`` from the measured sd (NaN if sd = 0)."""
+    out = _one_sided(log_yield_ratios(y_mara, y_reinvent, pseudo), 0.0, alpha)
+    out["ratio"] = math.exp(out["mean"])
+    out["ratio_lower"] = math.exp(out["lower"])
+    out["mde"] = min_detectable_effect(out["sd"], out["n"], alpha, power) if out["sd"] > 0 else float("nan")
+    return out
+
+
+def noninferiority(x_treat, x_base, margin: float, relative: bool = False, alpha: float = 0.05,
+                   power: float = 0.8) -> dict:
+    """Paired non-inferiority: one-sided t-test of mean(x_treat - x_base) > -margin (``relative``:
+    margin x mean(x_base)); ``non_inferior`` when p < alpha. Also the smallest margin this n and
+    spread would show at ``power`` when the true difference is 0 (``min_margin``)."""
+    a, b = _vector(x_treat, "x_treat"), _vector(x_base, "x_base")
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need equal lengths (got {len(a)} and {len(b)}): one per seed")
+    if margin < 0:
+        raise ValueError(f"margin={margin} must be >= 0")
+    m = margin * float(b.mean()) if relative else margin
+    out = _one_sided(a - b, -m, alpha)
+    out["margin"] = m
+    out["non_inferior"] = bool(out["p"] < alpha)
+    out["min_margin"] = min_detectable_shift(out["se"], out["df"], alpha, power) if out["se"] > 0 else 0.0
+    return out
+
+
+def mara_activity_verdict(anchors: list[dict], reward_calls: int, prereg: PreRegistration = PreRegistration()) -> str:
+    """'tested' if MARA acted enough in its runs (``anchors`` of :func:`mdkl.chem.run_rl`, one per
+    run): the median share of reward calls it changed >= ``prereg.min_changed_frac`` and the
+    median share of batches with >= 2 good samples >= ``prereg.min_batches_2plus_frac``; else
+    'not tested' (a comparison where MARA hardly acts says nothing about MARA)."""
+    if not anchors or reward_calls < 1:
+        raise ValueError("need the anchors of >= 1 MARA run and reward_calls >= 1")
+    for a in anchors:
+        missing = {"batches", "batches_with_2plus", "augmented"} - set(a)
+        if missing or a["batches"] < 1:
+            raise ValueError(f"anchors without {sorted(missing) or 'batches'}: pass run_rl(...)['anchors']")
+    changed = np.median([a["augmented"] / reward_calls for a in anchors])
+    two = np.median([a["batches_with_2plus"] / a["batches"] for a in anchors])
+    ok = changed >= prereg.min_changed_frac and two >= prereg.min_batches_2plus_frac
+    return "tested" if ok else "not tested"

@@ -1,0 +1,229 @@
+"""The chemistry prior's cache-key isolation, REINVENT 4's duplicate rule and MARA's activity
+statistics in run_rl, the saturating potency transform, and the frozen, versioned reward
+calibration (mdkl.chem_calibration) on a tiny prior and a fake scorer (seconds, no RDKit runs)."""
+
+import json
+import zlib
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from mdkl import chem_calibration as cc
+from mdkl import chem_prior, runtime
+from mdkl.chem import RLConfig, in_batch_duplicates, run_rl
+from mdkl.chem_prior import SmilesLSTM, Vocabulary
+from mdkl.chem_reward import RewardConfig, potency
+
+SMILES = ["CCO", "c1ccccc1", "CC(=O)O", "CCN", "CCCl", "OCCO", "C1CC1", "CN"]
+
+
+def test_prior_cache_key_ignores_the_rl_loop_and_the_rewards():
+    deps = runtime.module_dependencies(chem_prior.train_prior)
+    assert "mdkl.chem" not in deps and "mdkl.chem_reward" not in deps
+    assert deps == ["mdkl.chem_prior", "mdkl.chem_smiles", "mdkl.runtime"]
+
+
+def test_in_batch_duplicates_marks_later_repeats_only():
+    assert in_batch_duplicates(["A", "B", "A", None, None, "A", "B"]).tolist() == [
+        False, False, True, False, False, True, True]
+    assert in_batch_duplicates([]).tolist() == []
+
+
+class _Fake:
+    """Reward from a hash of the string (deterministic), canonical = the string itself; the
+    reward scale and the synth term depend on the RewardConfig so calibration has something to find."""
+
+    def __init__(self, cfg: RewardConfig = RewardConfig()):
+        self.cfg = cfg
+        self.reset()
+
+    def reset(self):
+        self.n_calls = self.n_invalid = self.n_nan = 0
+
+    def score(self, smiles):
+        scale = 1.0 + self.cfg.potency_ceiling  # a lower ceiling saturates earlier: fewer hits
+        if self.cfg.task == "amide":
+            scale *= self.cfg.stock_max_heavy_atoms / 14
+        can = [s if s else None for s in smiles]
+        r = np.array([min(1.0, scale * (zlib.crc32(s.encode()) % 1000) / 999) if s else 0.0 for s in smiles])
+        synth = np.array([float(len(s) <= 4 * self.cfg.sa_good) for s in smiles])
+        comp = np.stack([r, np.ones_like(r), np.ones_like(r), synth], 1)
+        self.n_calls += len(smiles)
+        return {"reward": r, "canonical": can, "valid": np.array([c is not None for c in can]), "components": comp}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    v = Vocabulary.from_smiles(SMILES)
+    return SmilesLSTM(len(v), 8, 16, 1), v
+
+
+class _Repeat(_Fake):
+    """Every batch: the same good molecule twice (0.9), then distinct poor ones (0.1)."""
+
+    def score(self, smiles):
+        out = super().score(["CC", "CC"] + [f"C{i}N" for i in range(len(smiles) - 2)])
+        out["reward"][:] = 0.1
+        out["reward"][:2] = 0.9
+        return out
+
+
+def test_duplicates_zero_scores_repeats_0_and_counts_them_as_calls(tiny):
+    model, v = tiny
+    base = dict(reward_calls=20, batch_size=10, seed=3, mara="none")
+    cached = run_rl(model, v, _Repeat(), RLConfig(**base))
+    zero = run_rl(model, v, _Repeat(), RLConfig(duplicates="zero", **base))
+    for out in (cached, zero):
+        assert len(out["log"]) == 20 and out["anchors"]["duplicates"] == 2
+        assert out["log"].duplicate.tolist() == ([False, True] + [False] * 8) * 2
+    assert (zero["log"].reward == cached["log"].reward).all()  # the molecule's reward is logged either way
+    assert zero["log"].reward_used[zero["log"].duplicate].eq(0).all()
+    np.testing.assert_allclose(cached["log"].reward_used[cached["log"].duplicate], 0.9, rtol=1e-6)
+    assert cached["anchors"]["batches_with_2plus"] == 2 and zero["anchors"]["batches_with_2plus"] == 0
+
+
+def test_mara_activity_statistics(tiny):
+    model, v = tiny
+    out = run_rl(model, v, _Repeat(), RLConfig(reward_calls=30, batch_size=10, mara="alg1", tau=0.85))
+    a, log = out["anchors"], out["log"]
+    changed = log.reward_used != log.reward
+    assert a["augmented"] == int(changed.sum()) and a["batches"] == 3
+    assert a["augmentation_sum"] == pytest.approx(float((log.reward_used - log.reward).sum()), abs=1e-5)
+    if a["augmented"]:
+        assert a["mean_augmentation"] == pytest.approx(a["augmentation_sum"] / a["augmented"])
+    reinvent = run_rl(model, v, _Repeat(), RLConfig(reward_calls=30, batch_size=10))["anchors"]
+    assert reinvent["augmented"] == 0 and reinvent["mean_augmentation"] == 0.0
+
+
+def test_default_rl_config_keeps_todays_loop():
+    cfg = RLConfig()
+    assert (cfg.duplicates, cfg.lr, cfg.batch_size, cfg.sigma) == ("cached", 5e-4, 64, 128.0)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(duplicates="drop"), "duplicates='drop'"), (dict(lr=0.0), "lr=0.0"),
+                                       (dict(tau=1.2), "tau=1.2")])
+def test_rl_config_bad_input(kw, match):
+    with pytest.raises(ValueError, match=match):
+        RLConfig(**kw)
+
+
+def test_potency_transforms():
+    p = np.array([1.0, 1e-1, 1e-2, 1e-4, 1e-6, np.nan])
+    old = np.clip((np.log10(p[:5]) + 4) / 4, 0, 1)
+    np.testing.assert_array_equal(potency(p)[:5], old)  # the default is unchanged
+    lin = potency(p, -3.0, -1.0)
+    assert lin[:5].tolist() == [1.0, 1.0, 0.5, 0.0, 0.0] and np.isnan(lin[5])
+    sig = potency(p, -3.0, -1.0, "sigmoid", 0.5)
+    assert sig[1] == pytest.approx(1 / (1 + 10 ** -2.5)) and sig[0] > sig[1] > 0.99  # saturates at the ceiling
+    assert sig[2] == pytest.approx(0.5) and sig[3] == pytest.approx(1 / (1 + 10 ** 5)) and np.isnan(sig[5])
+    with pytest.raises(ValueError, match="floor < ceiling"):
+        potency(p, -1.0, -3.0)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(potency_ceiling=0.5), "potency_ceiling <= 0"), (dict(potency_floor=-1, potency_ceiling=-2), "potency_floor <"),
+    (dict(potency_transform="exp"), "potency_transform"), (dict(potency_k=0), "0 < k"),
+    (dict(sa_good=0.5), "1 <= sa_good"), (dict(sa_bad=11), "sa_bad <= 10"), (dict(sa_good=4, sa_bad=3), "sa_good < sa_bad"),
+    (dict(stock_max_heavy_atoms=-1), "stock_max_heavy_atoms"), (dict(max_hbd=-1), "max_hbd"), (dict(task="x"), "task"),
+])
+def test_reward_config_out_of_range(kw, match):
+    with pytest.raises(ValueError, match=match):
+        RewardConfig(**kw)
+
+
+def _cal(**kw):
+    d = dict(label="v1", profile="cpu", prior="chem-prior-x", lr=1e-4,
+             synth=RewardConfig("synth", sa_good=2.5, sa_bad=3.0, potency_transform="sigmoid", potency_floor=-3,
+                                potency_ceiling=-1),
+             amide=RewardConfig("amide", stock_max_heavy_atoms=10), seeds=(1000, 1001))
+    return cc.RewardCalibration(**{**d, **kw})
+
+
+def test_calibration_file_round_trip_and_frozen(tmp_path):
+    cal = _cal()
+    path = cc.save_calibration(cal, tmp_path / "c.json")
+    back = cc.load_calibration(path)
+    assert back == cal and back.version == cal.version and cal.version.startswith("v1-")
+    assert cal.reward("synth").version == cal.version and cal.reward("amide").stock_max_heavy_atoms == 10
+    assert _cal(lr=5e-4).version != cal.version  # any parameter changes the version
+    d = json.loads(path.read_text())
+    d["synth"]["sa_bad"] = 3.2  # edited after calibration
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="frozen once calibrated"):
+        cc.load_calibration(path)
+    assert cc.calibration_path("quick") == cc.calibration_path("cpu") != cc.calibration_path("paper")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d.pop("lr"), "missing \\['lr'\\]"), (lambda d: d.update(extra=1), "unknown \\['extra'\\]"),
+    (lambda d: d["synth"].update(sa_good=0.1), "1 <= sa_good"), (lambda d: d["amide"].update(colour=1), "unknown amide"),
+    (lambda d: d.update(lr=2.0), "lr=2.0"), (lambda d: d.update(seeds=[3]), "overlap the evaluation seeds"),
+    (lambda d: d.update(profile="huge"), "unknown profile"), (lambda d: d.update(synth=3), "must be an object"),
+])
+def test_bad_calibration_file(tmp_path, edit, match):
+    path = cc.save_calibration(_cal(), tmp_path / "c.json")
+    d = json.loads(path.read_text())
+    edit(d)
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=match):
+        cc.load_calibration(path)
+
+
+def test_missing_or_broken_calibration_file(tmp_path):
+    with pytest.raises(ValueError, match="make chem-calibrate"):
+        cc.load_calibration(tmp_path / "none.json")
+    (tmp_path / "b.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        cc.load_calibration(tmp_path / "b.json")
+    with pytest.raises(ValueError, match="swap them"):
+        _cal(synth=RewardConfig("amide"))
+
+
+@pytest.mark.parametrize("kw, match", [(dict(seeds=(0,)), "overlap the evaluation seeds"), (dict(lr=()), "grid axis"),
+                                       (dict(sa=((3.0, 2.0),)), "sa_good < sa_bad"), (dict(tolerance=1.0), "tolerance")])
+def test_bad_grid(kw, match):
+    with pytest.raises(ValueError, match=match):
+        cc.CalibrationGrid(**kw)
+
+
+def test_calibrate_runs_every_point_and_chooses(tiny):
+    model, v = tiny
+    grid = cc.CalibrationGrid(potency=((-3.0, -0.5), (-3.0, -0.1)), sa=((1.0, 2.0), (3.0, 3.5)),
+                              stock_max_heavy_atoms=(7, 14), lr=(1e-4, 5e-4), seeds=(1000, 1001), reward_calls=40,
+                              min_synth_fail=0.3)
+    prior_smiles = ["C", "CCCCCCCC", "CCCCCCCCCCCCCC", "CC"]
+    table = cc.calibrate(model, v, _Fake, grid, prior_smiles)
+    assert len(table) == 2 * (2 + 2) * 2 * 2  # potency x (sa + stock) x lr x seeds
+    assert set(table.seed) == {1000, 1001} and table["rate_0.80"].between(0, 1).all()
+    assert (table["rate_0.85"] <= table["rate_0.80"]).all()
+    syn = table[table.task == "synth"]
+    assert syn.synth_fail_share.notna().all() and table[table.task == "amide"].synth_fail_share.isna().all()
+    choice = cc.choose(table, grid)
+    assert choice["synth"]["synth_fail_share"] >= 0.3  # the SYNTH term binds at the chosen point
+    cal = cc.calibration_from_choice(choice, grid, "t", "cpu", "prior-x")
+    assert cal.synth.sa_good == choice["synth"]["sa_good"] and cal.lr == choice["lr"]
+    with pytest.raises(ValueError, match="binds"):
+        cc.choose(table, replace(grid, min_synth_fail=0.99))
+    with pytest.raises(ValueError, match="empty calibration table"):
+        cc.choose(table.iloc[:0], grid)
+    with pytest.raises(ValueError, match="empty run log"):
+        cc.unique_hit_rates(table.iloc[:0])
+
+
+def test_a_run_keyed_by_a_compute_that_names_its_scorer_depends_on_the_rewards():
+    # notebook 06 keys each run by its compute function; the rewards come in through the scorer it names
+    from mdkl import chem
+    from mdkl.chem_reward import Scorer
+
+    def get_scorer(task):
+        return Scorer(RewardConfig(task))
+
+    def compute():
+        return chem.run_rl(None, None, get_scorer("synth"), RLConfig())
+
+    deps = runtime.module_dependencies(compute)
+    assert {"mdkl.chem", "mdkl.chem_prior", "mdkl.chem_reward", "mdkl.shaping"} <= set(deps)
+    assert "mdkl.chem_calibration" not in deps and "mdkl.chem_stats" not in deps
