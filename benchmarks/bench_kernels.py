@@ -2,13 +2,17 @@
 kernels PyTorch / MKL / oneDNN pick by themselves on this CPU (``default``: AVX-512 where present).
 
 The pin is what makes seeded runs repeat bit for bit on every x86-64 machine; this measures what it
-costs. Each repetition runs the same two workloads in a fresh subprocess per setting (the variables
-are read once per process), alternating the settings so machine load hits both alike:
+costs. Each repetition runs the same workloads in a fresh subprocess per setting (the variables are
+read once per process), alternating the order of the settings so machine load hits all alike.
+Settings: ``pinned`` (mdkl's: ATen and oneDNN at AVX2), ``aten_only``, ``mkl_cbwr_too`` (the pin
+plus MKL's ``MKL_CBWR=AVX2``, which changed no bit in our checks) and ``default`` (nothing set).
 
 - ``small_lm``: forward + backward + AdamW of the from-scratch small LM's architecture (Llama,
   hidden 128, 4 layers, vocab 384) on 32 x 64 tokens: the pretraining / RL update kernel mix.
 - ``lstm``: forward + backward + Adam of the chemistry prior's 1 x 256 SMILES LSTM on 64 x 40 tokens.
+- ``lm_head_mm``: the small LM's output layer over every position of a 64 x 48 batch, forward and backward.
 
+(TRL's GRPO step is the workload where oneDNN's AVX2 path costs most: ``bench_lm.py --pinned``.)
 Reports seconds per step per setting (median and min-max over repetitions) and the ratio
 pinned / default per repetition (median, min-max); the load average is printed beside them, since
 a ratio measured while other jobs load the machine is not a headline. Usage::
@@ -29,8 +33,10 @@ import time
 
 #: the variables of each setting; ``None``: unset, so each library picks by the CPU (note that
 #: ``ATEN_CPU_CAPABILITY=default`` would mean ATen's unvectorized baseline, not "the CPU's choice")
-SETTINGS = {"pinned": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-            "default": {"ATEN_CPU_CAPABILITY": None, "MKL_CBWR": None, "ONEDNN_MAX_CPU_ISA": None}}
+SETTINGS = {"pinned": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": None},
+            "aten_only": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": None, "MKL_CBWR": None},
+            "mkl_cbwr_too": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"},
+            "default": {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": None, "MKL_CBWR": None}}
 
 
 def worker(steps: int, threads: int) -> dict:
@@ -64,7 +70,13 @@ def worker(steps: int, threads: int) -> dict:
         loss.backward()
         opt2.step()
 
-    for name, fn in (("small_lm", lm_step), ("lstm", lstm_step)):
+    h = torch.randn(64 * 48, 128, requires_grad=True)
+    w = torch.randn(384, 128, requires_grad=True)
+
+    def mm_step():  # the LM head over every position of a 64 x 48 batch, forward and backward
+        (h @ w.T).logsumexp(-1).sum().backward()
+
+    for name, fn in (("small_lm", lm_step), ("lstm", lstm_step), ("lm_head_mm", mm_step)):
         fn()  # warm-up
         t = time.perf_counter()
         for _ in range(steps):
@@ -86,24 +98,28 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     rows = {k: [] for k in SETTINGS}
     for rep in range(a.reps):
-        for name in (SETTINGS if rep % 2 == 0 else reversed(list(SETTINGS))):
+        for name in (list(SETTINGS) if rep % 2 == 0 else list(reversed(list(SETTINGS)))):
             env = {k: v for k, v in os.environ.items() if k not in SETTINGS[name]}
             env.update({k: v for k, v in SETTINGS[name].items() if v is not None})
             res = subprocess.run([sys.executable, __file__, "--worker", "--steps", str(a.steps), "--threads",
                                   str(a.threads)], env=env, capture_output=True, text=True, check=True)
             rows[name].append(json.loads(res.stdout.strip().splitlines()[-1]))
     load1 = os.getloadavg()[0]
-    print(f"kernels: pinned = {rows['pinned'][0]['capability']}, default = {rows['default'][0]['capability']}; "
-          f"{a.reps} reps x {a.steps} steps, {a.threads} thread(s); load average {load0:.2f} -> {load1:.2f}"
+    caps = ", ".join(f"{k} = {v[0]['capability']}" for k, v in rows.items())
+    print(f"kernels: {caps}; {a.reps} reps x "
+          f"{a.steps} steps, {a.threads} thread(s); load average {load0:.2f} -> {load1:.2f}"
           + ("  (contended: not a headline)" if max(load0, load1) > 1.5 else ""))
-    for w in ("small_lm", "lstm"):
-        p = [r[w] for r in rows["pinned"]]
+    for w in ("small_lm", "lstm", "lm_head_mm"):
         d = [r[w] for r in rows["default"]]
-        ratio = [x / y for x, y in zip(p, d)]
-        print(f"  {w:9s} s/step pinned {statistics.median(p) * 1e3:7.1f} ms [{min(p) * 1e3:.1f}-{max(p) * 1e3:.1f}]  "
-              f"default {statistics.median(d) * 1e3:7.1f} ms [{min(d) * 1e3:.1f}-{max(d) * 1e3:.1f}]  "
-              f"pinned/default {statistics.median(ratio):.2f}x [{min(ratio):.2f}-{max(ratio):.2f}]")
-
+        line = f"  {w:11s} default {statistics.median(d) * 1e3:7.1f} ms [{min(d) * 1e3:.1f}-{max(d) * 1e3:.1f}]"
+        for name in SETTINGS:
+            if name == "default":
+                continue
+            p = [r[w] for r in rows[name]]
+            ratio = [x / y for x, y in zip(p, d)]
+            line += (f" | {name} {statistics.median(p) * 1e3:7.1f} ms, {statistics.median(ratio):.2f}x "
+                     f"[{min(ratio):.2f}-{max(ratio):.2f}]")
+        print(line)
 
 if __name__ == "__main__":
     main()

@@ -43,11 +43,17 @@ import argparse
 import math
 import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Speed is measured on the kernels the CPU picks itself (mdkl's reproducibility pin, ATen and oneDNN at
+# AVX2, routes some of TRL's matmul shapes to a oneDNN path ~30x slower, which would flatter us):
+# `--pinned` measures under the pin instead.
+if "--pinned" not in sys.argv:
+    os.environ.setdefault("MDKL_NATIVE_KERNELS", "1")
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -190,6 +196,8 @@ def main(argv=None):
     ap.add_argument("--smollm2-steps", type=int, default=2, help="timed steps per SmolLM2 measurement")
     ap.add_argument("--smollm2-prompts", type=int, default=1, help="prompts per step on SmolLM2 (x G = 8)")
     ap.add_argument("--no-smollm2", action="store_true", help="skip the SmolLM2 rows")
+    ap.add_argument("--pinned", action="store_true", help="measure under mdkl's reproducibility kernel pin "
+                    "(ATen and oneDNN at AVX2) instead of the CPU's own kernels")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for every row (1: least hurt by other jobs on a shared machine)")
     a = ap.parse_args(argv)
@@ -222,6 +230,8 @@ def main(argv=None):
         contended = max(load_before, load_after) > CONTENDED_LOAD
     df = pd.DataFrame(rows)
     df["torch_threads"] = torch.get_num_threads()
+    df["aten_capability"] = torch.backends.cpu.get_cpu_capability()
+    df["onednn_isa"] = os.environ.get("ONEDNN_MAX_CPU_ISA", "native")
     path = runtime.write_csv(df, "bench_lm")
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
         print(df.drop(columns=["note"]).to_string(index=False))
