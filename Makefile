@@ -31,8 +31,9 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # benchmarks/bench_kernels.py measures the speed cost). Override on the command line to opt out.
 ifneq ($(filter x86_64 amd64,$(shell uname -m)),)
 ATEN_CPU_CAPABILITY ?= avx2
+MKL_CBWR ?= AVX2
 ONEDNN_MAX_CPU_ISA ?= AVX2
-export ATEN_CPU_CAPABILITY ONEDNN_MAX_CPU_ISA
+export ATEN_CPU_CAPABILITY MKL_CBWR ONEDNN_MAX_CPU_ISA
 endif
 
 .PHONY: all help env test unit nbval lab publish bench gpu-check chem-prior chem-calibrate clean-cache clean $(notdir $(basename $(NOTEBOOKS)))

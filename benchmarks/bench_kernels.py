@@ -4,8 +4,8 @@ kernels PyTorch / MKL / oneDNN pick by themselves on this CPU (``default``: AVX-
 The pin is what makes seeded runs repeat bit for bit on every x86-64 machine; this measures what it
 costs. Each repetition runs the same workloads in a fresh subprocess per setting (the variables are
 read once per process), alternating the order of the settings so machine load hits all alike.
-Settings: ``pinned`` (mdkl's: ATen and oneDNN at AVX2), ``aten_only``, ``mkl_cbwr_too`` (the pin
-plus MKL's ``MKL_CBWR=AVX2``, which changed no bit in our checks) and ``default`` (nothing set).
+Settings: ``pinned`` (mdkl's: ATen, MKL and oneDNN at AVX2), ``aten_only`` and ``default``
+(nothing set: each library picks by the CPU).
 
 - ``small_lm``: forward + backward + AdamW of the from-scratch small LM's architecture (Llama,
   hidden 128, 4 layers, vocab 384) on 32 x 64 tokens: the pretraining / RL update kernel mix.
@@ -33,9 +33,8 @@ import time
 
 #: the variables of each setting; ``None``: unset, so each library picks by the CPU (note that
 #: ``ATEN_CPU_CAPABILITY=default`` would mean ATen's unvectorized baseline, not "the CPU's choice")
-SETTINGS = {"pinned": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": None},
+SETTINGS = {"pinned": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"},
             "aten_only": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": None, "MKL_CBWR": None},
-            "mkl_cbwr_too": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"},
             "default": {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": None, "MKL_CBWR": None}}
 
 

@@ -43,20 +43,20 @@ import os as _os
 import platform as _platform
 import warnings as _warnings
 
-#: One numeric kernel path on every x86-64 machine. PyTorch (ATen) and oneDNN pick their CPU kernels
-#: by the instruction sets the CPU has, and an AVX-512 kernel sums in a different order from an AVX2
-#: one: the same seeded run then differs in its last bits, and over hundreds of training steps those
-#: bits grow into a different model (a small LM pretrained on an AVX-512 machine preferred "1" by
-#: log 1.069 instead of 1.005, and flipped a claim; oneDNN's ISA alone changes the bits of an LSTM
-#: trained 100 steps). Pinning both to their AVX2 path (which every x86-64 CPU of the last decade
-#: has) makes seeded results identical across machines. (MKL's own choice, ``MKL_CBWR``, changed no
-#: bit in the same checks, so it is left to MKL.) These variables are read lazily, at the first
-#: tensor operation, so setting them here works whenever ``mdkl`` is imported before any torch
-#: computation runs. ``setdefault``: values a user exports are kept, and
+#: One numeric kernel path on every x86-64 machine. PyTorch (ATen), MKL and oneDNN pick their CPU
+#: kernels by the instruction sets the CPU has, and an AVX-512 kernel sums in a different order from
+#: an AVX2 one: the same seeded run then differs in its last bits, and over hundreds of training
+#: steps those bits grow into a different model (a small LM pretrained on an AVX-512 machine
+#: preferred "1" by log 1.069 instead of 1.005, and flipped a claim). Each variable is needed: ATen's
+#: changes that pretraining, oneDNN's the bits of an LSTM trained 100 steps, MKL's those of the LM
+#: trainer's RL steps (``tests/test_shaping_regression.py``). Pinning all three to their AVX2 path
+#: (which every x86-64 CPU of the last decade has) makes seeded results identical across machines.
+#: These variables are read lazily, at the first tensor operation, so setting them here works
+#: whenever ``mdkl`` is imported before any torch computation runs. ``setdefault``: values a user exports are kept, and
 #: :func:`mdkl.runtime.numeric_kernels` reports what is in force. ``MDKL_NATIVE_KERNELS=1`` skips
 #: the pin (the speed benchmarks use it: oneDNN's AVX2 path makes some matmul shapes ~30x slower,
 #: ``benchmarks/bench_kernels.py`` and ``benchmarks/bench_lm.py`` measure it).
-NUMERIC_KERNEL_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+NUMERIC_KERNEL_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 if _platform.machine().lower() in ("x86_64", "amd64") and _os.environ.get("MDKL_NATIVE_KERNELS", "") != "1":
     for _k, _v in NUMERIC_KERNEL_ENV.items():
         _os.environ.setdefault(_k, _v)

@@ -102,7 +102,7 @@ def figures_dir(profile: str | None = None) -> Path:
 # ----------------------------------------------------------------------------------------------
 def numeric_kernels() -> dict[str, Any]:
     """The CPU kernel path in force: ATen's instruction set (``torch.backends.cpu``), the
-    ``ATEN_CPU_CAPABILITY`` / ``ONEDNN_MAX_CPU_ISA`` variables, torch's intra-op
+    ``ATEN_CPU_CAPABILITY`` / ``MKL_CBWR`` / ``ONEDNN_MAX_CPU_ISA`` variables, torch's intra-op
     thread count and whether it matches the path ``mdkl`` pins on x86-64
     (:data:`mdkl.NUMERIC_KERNEL_ENV`: AVX2, so seeded runs repeat bit for bit on every machine)."""
     import platform
@@ -129,7 +129,7 @@ def check_numeric_kernels() -> None:
         warnings.warn(f"numeric kernels not pinned (ATen {k['aten_capability']}, "
                       f"ATEN_CPU_CAPABILITY={k['ATEN_CPU_CAPABILITY']}): seeded results may differ from the "
                       f"committed ones. Import mdkl before running any torch operation, or export "
-                      f"ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2", RuntimeWarning,
+                      f"ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2", RuntimeWarning,
                       stacklevel=2)
 
 

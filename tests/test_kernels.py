@@ -24,8 +24,8 @@ def _run(code: str, **env) -> str:
 @pytest.mark.skipif(not X86, reason="the AVX2 pin applies to x86-64 only")
 def test_import_pins_avx2_before_any_torch_operation():
     out = _run("import torch, mdkl; from mdkl import runtime; k = runtime.numeric_kernels(); "
-               "print(k['aten_capability'], k['ONEDNN_MAX_CPU_ISA'], k['pinned'])")
-    assert out == "AVX2 AVX2 True"
+               "print(k['aten_capability'], k['MKL_CBWR'], k['ONEDNN_MAX_CPU_ISA'], k['pinned'])")
+    assert out == "AVX2 AVX2 AVX2 True"
 
 
 @pytest.mark.skipif(not X86, reason="the AVX2 pin applies to x86-64 only")
