@@ -40,8 +40,9 @@ from typing import Literal
 import torch
 
 from mdkl.kl import kl_estimate
+from mdkl.mara import check_group_ids
 
-__all__ = ["anchored_kl_loss", "group_loo_mean"]
+__all__ = ["anchored_kl_loss", "group_loo_mean", "loo_weight_correction"]
 
 Level = Literal["sequence", "token"]
 
@@ -52,11 +53,9 @@ def group_loo_mean(x: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     ``x`` and ``group`` are [B]; every group needs at least 2 samples (else there is nothing to
     leave one out of: raise, naming the fix).
     """
-    g = torch.as_tensor(group, dtype=torch.long, device=x.device)
-    if g.shape != x.shape:
-        raise ValueError(f"group must have one id per sample (got {tuple(g.shape)} for {tuple(x.shape)})")
-    if g.numel() and g.min() < 0:
-        raise ValueError("group ids must be >= 0")
+    if x.ndim != 1:
+        raise ValueError(f"x must be [B], one value per sample (got shape {tuple(x.shape)})")
+    g = check_group_ids(group, x.shape[0], x.device)
     n_groups = int(g.max()) + 1 if g.numel() else 0
     total = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add(0, g, x)
     count = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add(0, g, torch.ones_like(x))
@@ -64,6 +63,15 @@ def group_loo_mean(x: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
         raise ValueError("a leave-one-out baseline needs >= 2 samples per group: use group_size >= 2 "
                          "or weight_baseline='none'")
     return (total[g] - x) / (count[g] - 1)
+
+
+def loo_weight_correction(seq_logp: torch.Tensor, seq_logp_ref_kl: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """The term that turns sequence-level k3's gradient (1 - w/pi) grad log pi into (b - w/pi) grad log pi,
+    b = :func:`group_loo_mean` of w/pi = exp(log pi_ref_kl - log pi) over the sample's group: its value is
+    0 (so the loss value stays k3) and its gradient (b - 1) grad log pi. Unbiased, since b does not
+    depend on the sample; multiply by beta as the k3 term is."""
+    w = torch.exp(seq_logp_ref_kl.to(seq_logp.dtype).detach() - seq_logp.detach())
+    return (group_loo_mean(w, group) - 1.0) * (seq_logp - seq_logp.detach())
 
 
 def _check_inputs(token_logp, token_logp_ref, completion_mask, seq_logp_ref_kl, anchored, beta, level):
@@ -138,9 +146,7 @@ def anchored_kl_loss(token_logp: torch.Tensor, token_logp_ref: torch.Tensor, com
             raise ValueError("weight_baseline='loo' applies to sequence-level importance weights: use level='sequence'")
         if group is None:
             raise ValueError("weight_baseline='loo' needs group [B] (the prompt group of each sample)")
-        x = torch.exp(ref_kl - seq_logp.detach())
-        b = group_loo_mean(x, group)
-        kl = kl + (b - 1.0) * (seq_logp - seq_logp.detach())  # value unchanged; gradient beta (b - w/pi)
+        kl = kl + loo_weight_correction(seq_logp, ref_kl, group)  # value unchanged; gradient beta (b - w/pi)
     elif weight_baseline != "none":
         raise ValueError(f"unknown weight_baseline {weight_baseline!r}: use 'none' or 'loo'")
     return beta * kl

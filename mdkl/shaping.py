@@ -38,7 +38,7 @@ import torch
 from mdkl.baselines import best_of_n_mask, unlikeliness_rewards
 from mdkl.kl import kl_gradient_direction, kl_loss, kl_reward_penalty
 from mdkl.mara import ANCHORS, MARA_FOR_KL, batch_percentile_tau, check_mara_has_kl, mara_rewards, mara_substitute
-from mdkl.mara_kl import anchored_kl_loss, group_loo_mean
+from mdkl.mara_kl import anchored_kl_loss, loo_weight_correction
 from mdkl.successors import (SuccessorFields, check_successor, differential_smoothing_rewards, flow_balance_loss,
                              inverse_probability_rewards, ucpo_advantages)
 
@@ -84,7 +84,7 @@ class ShapingConfig(SuccessorFields):
     """Sequence-level k3 only: replace the constant 1 in its gradient beta (1 - w/pi) grad log pi by
     the leave-one-out mean of w/pi = pi_ref/pi over the sample's group ('loo'). Unbiased, so the
     fixed point is unchanged; it lowers the variance of Algorithm 2, whose weights sum to more
-    than 1 (:func:`mdkl.mara_kl.group_loo_mean`). The loss value is still k3."""
+    than 1 (:func:`mdkl.mara_kl.loo_weight_correction`). The loss value is still k3."""
     kl_estimator: Literal["k1", "k2", "k3"] | None = None
     """Explicit estimator overriding the one (kl, kl_placement) implies (None: the table's). Its
     only use is k1 as a *loss*, whose gradient is zero in expectation (notebook 02's control row);
@@ -388,6 +388,5 @@ def policy_loss(cfg: ShapingConfig, logp: torch.Tensor, logp_ref_kl: torch.Tenso
         if cfg.kl_weight_baseline == "loo":
             if group is None or logp.ndim != 1:
                 raise ValueError("kl_weight_baseline='loo' needs sequence log-probs [B] and group [B]")
-            b = group_loo_mean(torch.exp(logp_ref_kl.to(logp.dtype) - logp.detach()), group)
-            k = k + cfg.beta * (b - 1.0) * (logp - logp.detach())  # same value; gradient beta (b - w/pi)
+            k = k + cfg.beta * loo_weight_correction(logp, logp_ref_kl, group)  # same value; gradient beta (b - w/pi)
     return loss + k.mean(-1)
