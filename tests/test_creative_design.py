@@ -198,3 +198,31 @@ def test_empty_generations_and_all_equal_rewards():
                         tau_scope="batch")
     shaped, _, anchored = shape_rewards(cfg, r, torch.zeros(8).double(), -torch.arange(8.0).double(), grp)
     assert torch.equal(shaped, r) and anchored.all()
+
+
+def test_claims_pair_each_mara_row_with_its_matched_control_and_the_paper_numbers():
+    assert {(m, c) for m, c, _, _ in cd.CLAIMS} == set(cd.MATCHED_CONTROL.items())
+    assert set(cd.CLAIM_ROWS) == {"Base", *cd.MATCHED_CONTROL, *cd.MATCHED_CONTROL.values()}
+    assert set(cd.TABLE_ORDER) == {"Base", "Ensemble", *cd.TABLE1_ROWS}
+    assert cd.paper_difference("RLOO", "MARA (fwd)", "r_out") == pytest.approx(0.324)
+    assert cd.paper_difference("RLOO", "MARA (rev)", "n_distinct") == pytest.approx(0.26)
+    with pytest.raises(ValueError, match="not in the paper's Table 1"):
+        cd.paper_difference("RLOO + k3", "MARA (fwd)", "r_out")
+    with pytest.raises(ValueError, match="unknown metric"):
+        cd.paper_difference("RLOO", "MARA (fwd)", "reward")
+    # the MARA rows act in every group: per-group 75th percentile of G = 8 -> one changed reward per group
+    for m in cd.MATCHED_CONTROL:
+        c = BASE.replace(group_size=8, **cd.TABLE1_ROWS[m])
+        assert (c.tau_scope, c.tau_percentile) == ("group", 75.0)
+        a = cd.expected_mara_activity([5.0, 6.0], [0.3, 0.3], c.group_size, 2, c.tau_percentile, c.tau_scope,
+                                      n_steps=50)
+        assert a["changed_per_step"] == 2.0 and a["steps_without_change"] == 0.0
+
+
+def test_prompt_ids_key_every_subset_by_the_csv_id():
+    full = creative.CreativeTask(split="test")
+    sub = creative.CreativeTask(split="test", n_prompts=18)
+    ids, qs = dict(zip(full.prompt_ids(), full.questions())), dict(zip(sub.prompt_ids(), sub.questions()))
+    assert len(ids) == 90 and len(qs) == 18 and all(ids[i] == q for i, q in qs.items())
+    cats = creative.load_prompts("test").set_index("id").loc[sub.prompt_ids(), "category"]
+    assert cats.value_counts().tolist() == [3] * 6  # evenly spaced: 3 prompts of each category
