@@ -134,13 +134,16 @@ def test_activity_bad_input_and_spreads_from_samples():
         cd.prompt_reward_spreads(s.iloc[:3])
 
 
-def test_committed_samples_reproduce_the_inert_mara_of_the_first_table():
-    """The committed cpu table's design (G = 4, P = 4, batch 90th percentile) with the measured spreads:
-    MARA changes well under one reward per step and none in most steps."""
+def test_committed_samples_make_the_batch_percentile_inert_and_the_group_percentile_act():
+    """With the committed base model's spreads (90 test prompts x k = 5): the first table's design (G = 4,
+    P = 4, batch 90th percentile) changes well under one reward per step and none in a third of the
+    steps; the committed design (G = 8, P = 2, per-group 75th percentile) changes one per group, always."""
     s = pd.read_csv(creative.DATA_DIR / "results" / "creative_table1_samples.csv")
     sp = cd.prompt_reward_spreads(s)
-    a = cd.expected_mara_activity(sp["mean"], sp["sd"], 4, 4, 90.0, "batch")
-    assert a["changed_per_step"] < 0.6 and a["steps_without_change"] > 0.5
+    old = cd.expected_mara_activity(sp["mean"], sp["sd"], 4, 4, 90.0, "batch")
+    assert old["changed_per_step"] < 0.7 and old["steps_without_change"] > 0.3
+    new = cd.expected_mara_activity(sp["mean"], sp["sd"], 8, 2, 75.0, "group")
+    assert new["changed_per_step"] == 2.0 and new["steps_without_change"] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------
