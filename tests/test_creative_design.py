@@ -229,3 +229,8 @@ def test_prompt_ids_key_every_subset_by_the_csv_id():
     assert len(ids) == 90 and len(qs) == 18 and all(ids[i] == q for i, q in qs.items())
     cats = creative.load_prompts("test").set_index("id").loc[sub.prompt_ids(), "category"]
     assert cats.value_counts().tolist() == [3] * 6  # evenly spaced: 3 prompts of each category
+
+
+def test_evaluate_policy_needs_two_samples_per_prompt():
+    with pytest.raises(ValueError, match="k must be an integer >= 2"):
+        creative.evaluate_policy(None, None, creative.CreativeTask(split="test", n_prompts=2), 1, 8)
