@@ -21,7 +21,7 @@ NoveltyBench prompts with a second reward model. Offline analogues (all document
   the request of each completion, so it takes the ``prompt_index`` argument that the trainer
   passes to tasks that accept it (backward compatible: :func:`mdkl.lm.task_rewards`).
 * :func:`sample_for_eval` / :func:`score_samples` / :func:`per_prompt_metrics` /
-  :func:`table_row`: Table 1's evaluation (k samples per test prompt, both rewards, n-gram EAD,
+  :func:`table_row` (:func:`evaluate_policy` runs the first three): Table 1's evaluation (k samples per test prompt, both rewards, n-gram EAD,
   semantic diversity, number of distinct answers; mean +- bootstrap SEM over prompts).
 """
 
@@ -42,7 +42,7 @@ from mdkl.runtime import DATA_DIR
 __all__ = ["PROMPTS_CSV", "JUDGE_SYSTEM", "JUDGE_RUBRIC", "SCALE", "EMPTY_OOD_REWARD", "OOD_GOOD", "OOD_BAD",
            "load_prompts", "chat_prompt", "expected_rating", "Judge", "get_judge", "EmbeddingScorer",
            "get_scorer", "CreativeTask", "sample_for_eval", "score_samples", "per_prompt_metrics",
-           "table_row", "is_empty"]
+           "table_row", "evaluate_policy", "is_empty"]
 
 PROMPTS_CSV = DATA_DIR / "creative" / "prompts.csv"
 #: rating scale of the judge (single-token digits in SmolLM2's tokenizer)
@@ -95,9 +95,9 @@ def load_prompts(split: str = "train", n: int | None = None, path: Path | str | 
 
 
 @lru_cache(maxsize=16)
-def _questions(split: str, n: int | None, path: str, mtime: int | None) -> tuple[str, ...]:
-    """:func:`load_prompts`' requests, memoized per file modification time (``mtime``)."""
-    return tuple(load_prompts(split, n, path)["prompt"].tolist())
+def _questions(split: str, n: int | None, path: str, mtime: int | None, col: str = "prompt") -> tuple[str, ...]:
+    """:func:`load_prompts`' column ``col`` (requests, or ids), memoized per file modification time (``mtime``)."""
+    return tuple(load_prompts(split, n, path)[col].tolist())
 
 
 def chat_prompt(tokenizer, request: str, instruction: str = "") -> str:
@@ -306,9 +306,17 @@ class CreativeTask:
     def questions(self) -> list[str]:
         """Requests (before the chat template and the instruction), in prompt order (the file is
         read once per modification time, not on every reward call)."""
+        return self._column("prompt")
+
+    def prompt_ids(self) -> list[str]:
+        """The prompts' ids in the csv (e.g. ``test-001``), in :meth:`questions` order: the key that
+        pairs two evaluations of the same prompt, whatever subset each used."""
+        return self._column("id")
+
+    def _column(self, col: str) -> list[str]:
         p = Path(self.csv) if self.csv is not None else PROMPTS_CSV
         mtime = p.stat().st_mtime_ns if p.exists() else None  # missing: load_prompts names the fix
-        return list(_questions(self.split, self.n_prompts, str(p), mtime))
+        return list(_questions(self.split, self.n_prompts, str(p), mtime, col))
 
     def prompts(self, tokenizer) -> list[str]:
         """Chat-formatted prompts (:func:`chat_prompt`)."""
@@ -341,9 +349,9 @@ class CreativeTask:
 # ----------------------------------------------------------------------------------------------
 def sample_for_eval(model, tokenizer, task: CreativeTask, k: int, max_new_tokens: int, *, seed: int = 0,
                     temperature: float = 1.0, batch_prompts: int = 8) -> pd.DataFrame:
-    """``k`` samples per prompt of ``task`` (KV-cached, seeded): DataFrame ``prompt_id, question,
-    sample, text`` (``k`` consecutive rows per prompt). Samples on the model's device, with a
-    generator there."""
+    """``k`` samples per prompt of ``task`` (KV-cached, seeded): DataFrame ``prompt_id`` (the csv id,
+    :meth:`CreativeTask.prompt_ids`), ``question, sample, text`` (``k`` consecutive rows per
+    prompt). Samples on the model's device, with a generator there."""
     from mdkl.rollout import sample_completions, tokenize_prompts
 
     qs = task.questions()
@@ -356,7 +364,7 @@ def sample_for_eval(model, tokenizer, task: CreativeTask, k: int, max_new_tokens
                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                   temperature=temperature, generator=gen, prompt_repeats=k)
         texts += tokenizer.batch_decode(c.cpu(), skip_special_tokens=True)
-    return pd.DataFrame({"prompt_id": np.repeat(np.arange(len(qs)), k), "question": np.repeat(qs, k),
+    return pd.DataFrame({"prompt_id": np.repeat(task.prompt_ids(), k), "question": np.repeat(qs, k),
                          "sample": np.tile(np.arange(k), len(qs)), "text": texts})
 
 
@@ -401,3 +409,24 @@ def table_row(per_prompt: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> di
         out[col] = float(np.mean(v))
         out[f"{col}_sem"] = float(bootstrap_sem(v, n_boot, seed)) if len(v) > 1 else math.nan
     return out
+
+
+def evaluate_policy(model, tokenizer, task: CreativeTask, k: int, max_new_tokens: int, *, seed: int = 0,
+                    temperature: float = 1.0) -> dict:
+    """Table 1's evaluation of one policy: ``k`` samples per prompt of ``task`` (:func:`sample_for_eval`),
+    both rewards (:func:`score_samples`) and the per-prompt metrics (:func:`per_prompt_metrics`,
+    keyed by the csv ``prompt_id``). Returns ``samples`` (one row per answer, without the request
+    text), ``per_prompt`` and ``timing`` (``sample_s``, ``score_s``, ``answers``, ``sample_tokens``)."""
+    import time
+
+    if int(k) != k or k < 2:
+        raise ValueError(f"k must be an integer >= 2 (got {k}): the diversity metrics compare a prompt's samples")
+    t0 = time.perf_counter()
+    samples = sample_for_eval(model, tokenizer, task, int(k), max_new_tokens, seed=seed, temperature=temperature)
+    t1 = time.perf_counter()
+    scored, emb = score_samples(samples)
+    per_prompt = per_prompt_metrics(scored, emb)
+    t2 = time.perf_counter()
+    n_tok = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in samples["text"])
+    return {"samples": scored.drop(columns=["question"]), "per_prompt": per_prompt,
+            "timing": {"sample_s": t1 - t0, "score_s": t2 - t1, "answers": len(samples), "sample_tokens": n_tok}}

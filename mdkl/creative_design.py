@@ -26,7 +26,8 @@ import pandas as pd
 from mdkl.baselines import UNLIKELY_BETA_RANK
 from mdkl.shaping import ShapingConfig
 
-__all__ = ["TABLE1_ROWS", "MATCHED_CONTROL", "PAPER_TABLE1", "PAPER_N_PROMPTS", "regularizer", "effective_beta",
+__all__ = ["TABLE1_ROWS", "MATCHED_CONTROL", "CLAIM_ROWS", "TABLE_ORDER", "CLAIMS", "PREMISE", "PAPER_TABLE1",
+           "PAPER_N_PROMPTS", "paper_difference", "regularizer", "effective_beta",
            "matched_beta", "target_tilt", "group_reward_sd", "row_table", "mara_changed_count", "prompt_reward_spreads",
            "expected_mara_activity"]
 
@@ -38,13 +39,26 @@ TABLE1_ROWS: dict[str, dict] = {
     "Entropy": dict(advantage="rloo", kl="reverse", kl_placement="reward", entropy=0.01),
     "Unlikely": dict(advantage="grpo", kl="forward", kl_placement="loss", unlikely=UNLIKELY_BETA_RANK),
     "BoN training": dict(best_of_n=True, kl="forward", kl_placement="loss"),
-    "MARA (rev)": dict(advantage="rloo", kl="reverse", kl_placement="reward", mara="auto", tau_percentile=90.0,
-                       tau_scope="batch"),
-    "MARA (fwd)": dict(advantage="rloo", kl="forward", kl_placement="loss", mara="auto", tau_percentile=90.0,
-                       tau_scope="batch"),
+    "MARA (rev)": dict(advantage="rloo", kl="reverse", kl_placement="reward", mara="auto", tau_percentile=75.0,
+                       tau_scope="group"),
+    "MARA (fwd)": dict(advantage="rloo", kl="forward", kl_placement="loss", mara="auto", tau_percentile=75.0,
+                       tau_scope="group"),
 }
 #: each MARA row's control: the same advantage and the same KL estimator and placement, without MARA
 MATCHED_CONTROL = {"MARA (rev)": "RLOO", "MARA (fwd)": "RLOO + k3"}
+#: the rows the paper's claim is about (evaluated on every test prompt); the other rows are context
+CLAIM_ROWS = ("Base", "RLOO", "RLOO + k3", "MARA (rev)", "MARA (fwd)")
+#: every row of our Table 1, in the paper's order, with MARA (fwd)'s control before the MARA rows
+TABLE_ORDER = ("Base", "GRPO", "RLOO", "RLOO + k3", "Entropy", "Unlikely", "BoN training", "Ensemble",
+               "MARA (rev)", "MARA (fwd)")
+#: the paper's claim as (MARA row, its matched control, metric, the paper's row the control stands for):
+#: MARA raises out-of-distribution reward, n-gram EAD and mean distinct over its control (§4, Table 1;
+#: the paper has no RLOO + k3 row, so MARA (fwd)'s effect is the paper's MARA (fwd) - RLOO)
+CLAIMS = tuple((m, MATCHED_CONTROL[m], col, "RLOO") for m in ("MARA (rev)", "MARA (fwd)")
+               for col in ("r_out", "ead", "n_distinct"))
+#: the claim's premise, reported first: RLOO - Base on each diversity metric (the paper: EAD up, semantic
+#: diversity and mean distinct down)
+PREMISE = tuple(("RLOO", "Base", col) for col in ("ead", "semantic_div", "n_distinct"))
 
 #: the paper's Table 1 (mean +- bootstrap SEM over prompts; in-dist R without SEM)
 PAPER_TABLE1 = pd.DataFrame([
@@ -61,6 +75,17 @@ PAPER_TABLE1 = pd.DataFrame([
             "n_distinct", "n_distinct_sem"])
 #: test prompts behind the paper's SEMs [reading: NoveltyBench's curated set, 100 prompts]
 PAPER_N_PROMPTS = 100
+
+
+def paper_difference(a: str, b: str, col: str) -> float:
+    """The paper's Table 1 difference ``b - a`` on metric ``col`` (raw units of the paper's metric)."""
+    t = PAPER_TABLE1.set_index("method")
+    for m in (a, b):
+        if m not in t.index:
+            raise ValueError(f"method {m!r} not in the paper's Table 1 (has {list(t.index)})")
+    if col not in t.columns:
+        raise ValueError(f"unknown metric {col!r} (has {[c for c in t.columns if not c.endswith('_sem')]})")
+    return float(t.loc[b, col] - t.loc[a, col])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ resampling prompts (and seeds, when there are several), :func:`minimum_detectabl
 smallest true difference a design detects with the wanted power, :func:`standardized_effect` /
 :func:`paper_effect` put the paper's reported differences on our metric's scale, and
 :func:`verdict` / :func:`compare` / :func:`print_verdict` turn these into [holds] / [FAILS] /
-[inconclusive] / [not tested (underpowered)]. Mean +- bootstrap SEM per row is
-:func:`mdkl.creative.table_row` (:func:`mdkl.metrics.bootstrap_sem`).
+[inconclusive] / [not tested (underpowered)] / [not tested (did not act)] / [not tested (control
+did not train)]. Mean +- bootstrap SEM per row is :func:`mdkl.creative.table_row`
+(:func:`mdkl.metrics.bootstrap_sem`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ __all__ = ["paired_differences", "PairedEstimate", "paired_bootstrap", "t_power"
            "standardized_effect", "paper_effect", "verdict", "Comparison", "compare", "print_verdict", "VERDICTS"]
 
 #: the four verdicts, in the order :func:`verdict` checks them
-VERDICTS = ("holds", "FAILS", "inconclusive", "not tested (underpowered)")
+VERDICTS = ("holds", "not tested (did not act)", "not tested (control did not train)", "not tested (underpowered)",
+            "FAILS", "inconclusive")
 
 
 def paired_differences(a: pd.DataFrame, b: pd.DataFrame, col: str, on=("prompt_id",)) -> pd.DataFrame:
@@ -170,12 +172,18 @@ def paper_effect(table: pd.DataFrame, a: str, b: str, col: str, n: int, our_sd: 
     return float(d * our_sd)
 
 
-def verdict(paper_effect: float, mde: float, estimate: float, ci_low: float, ci_high: float) -> str:
+def verdict(paper_effect: float, mde: float, estimate: float, ci_low: float, ci_high: float,
+            acted: bool = True, control_trained: bool = True) -> str:
     """The verdict on a claim "B - A > 0" whose size in the paper is ``paper_effect`` (> 0, on our
     scale), given this design's minimum detectable effect ``mde`` and the measured difference with
     its one-sided interval [``ci_low``, ``ci_high``] (:func:`paired_bootstrap` at level 0.90):
 
     * ``'holds'``: ci_low > 0 (the data show B above A, whatever the power);
+    * ``'not tested (did not act)'``: otherwise, if ``acted`` is False (the method never changed
+      what it is meant to change in this run: missing its effect says nothing about it);
+    * ``'not tested (control did not train)'``: otherwise, if ``control_trained`` is False (the
+      matched control's training did not move it, so the two arms are not compared at matched
+      training: the claim "at similar reward" is not what the run measures);
     * ``'not tested (underpowered)'``: otherwise, if paper_effect < mde (a true effect of the
       paper's size would usually be missed, so missing it says nothing);
     * ``'FAILS'``: powered, and ci_high < paper_effect (the data rule out an effect as large as
@@ -190,6 +198,10 @@ def verdict(paper_effect: float, mde: float, estimate: float, ci_low: float, ci_
         raise ValueError(f"the estimate {estimate} is outside its interval [{ci_low}, {ci_high}]")
     if ci_low > 0:
         return "holds"
+    if not acted:
+        return "not tested (did not act)"
+    if not control_trained:
+        return "not tested (control did not train)"
     if paper_effect < mde:
         return "not tested (underpowered)"
     return "FAILS" if ci_high < paper_effect else "inconclusive"
@@ -211,15 +223,16 @@ class Comparison(NamedTuple):
 
 
 def compare(diff, paper_effect: float, alpha: float = 0.05, power: float = 0.8, n_boot: int = 2000,
-            seed: int = 0) -> Comparison:
+            seed: int = 0, acted: bool = True, control_trained: bool = True) -> Comparison:
     """:func:`paired_bootstrap` at level 1 - 2 alpha, the minimum detectable effect of this design
     (:func:`minimum_detectable_effect` with sd = se sqrt(n_prompts), n = n_prompts, which counts
-    the seeds' shared variation) and the :func:`verdict` against ``paper_effect`` (our scale)."""
+    the seeds' shared variation) and the :func:`verdict` against ``paper_effect`` (our scale;
+    ``acted``, ``control_trained``: see :func:`verdict`)."""
     e = paired_bootstrap(diff, level=1 - 2 * alpha, n_boot=n_boot, seed=seed)
     if e.n_prompts < 2:
         raise ValueError("a paired comparison needs >= 2 prompts")
     mde = minimum_detectable_effect(e.se * math.sqrt(e.n_prompts), e.n_prompts, alpha, power)
-    v = verdict(paper_effect, mde, e.estimate, e.ci_low, e.ci_high)
+    v = verdict(paper_effect, mde, e.estimate, e.ci_low, e.ci_high, acted, control_trained)
     return Comparison(e.estimate, e.ci_low, e.ci_high, e.se, mde, float(paper_effect), v, e.n_prompts, e.n_seeds)
 
 

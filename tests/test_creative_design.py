@@ -134,13 +134,16 @@ def test_activity_bad_input_and_spreads_from_samples():
         cd.prompt_reward_spreads(s.iloc[:3])
 
 
-def test_committed_samples_reproduce_the_inert_mara_of_the_first_table():
-    """The committed cpu table's design (G = 4, P = 4, batch 90th percentile) with the measured spreads:
-    MARA changes well under one reward per step and none in most steps."""
+def test_committed_samples_make_the_batch_percentile_inert_and_the_group_percentile_act():
+    """With the committed base model's spreads (90 test prompts x k = 5): the first table's design (G = 4,
+    P = 4, batch 90th percentile) changes well under one reward per step and none in a third of the
+    steps; the committed design (G = 8, P = 2, per-group 75th percentile) changes one per group, always."""
     s = pd.read_csv(creative.DATA_DIR / "results" / "creative_table1_samples.csv")
     sp = cd.prompt_reward_spreads(s)
-    a = cd.expected_mara_activity(sp["mean"], sp["sd"], 4, 4, 90.0, "batch")
-    assert a["changed_per_step"] < 0.6 and a["steps_without_change"] > 0.5
+    old = cd.expected_mara_activity(sp["mean"], sp["sd"], 4, 4, 90.0, "batch")
+    assert old["changed_per_step"] < 0.7 and old["steps_without_change"] > 0.3
+    new = cd.expected_mara_activity(sp["mean"], sp["sd"], 8, 2, 75.0, "group")
+    assert new["changed_per_step"] == 2.0 and new["steps_without_change"] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,3 +201,36 @@ def test_empty_generations_and_all_equal_rewards():
                         tau_scope="batch")
     shaped, _, anchored = shape_rewards(cfg, r, torch.zeros(8).double(), -torch.arange(8.0).double(), grp)
     assert torch.equal(shaped, r) and anchored.all()
+
+
+def test_claims_pair_each_mara_row_with_its_matched_control_and_the_paper_numbers():
+    assert {(m, c) for m, c, _, _ in cd.CLAIMS} == set(cd.MATCHED_CONTROL.items())
+    assert set(cd.CLAIM_ROWS) == {"Base", *cd.MATCHED_CONTROL, *cd.MATCHED_CONTROL.values()}
+    assert set(cd.TABLE_ORDER) == {"Base", "Ensemble", *cd.TABLE1_ROWS}
+    assert cd.paper_difference("RLOO", "MARA (fwd)", "r_out") == pytest.approx(0.324)
+    assert cd.paper_difference("RLOO", "MARA (rev)", "n_distinct") == pytest.approx(0.26)
+    with pytest.raises(ValueError, match="not in the paper's Table 1"):
+        cd.paper_difference("RLOO + k3", "MARA (fwd)", "r_out")
+    with pytest.raises(ValueError, match="unknown metric"):
+        cd.paper_difference("RLOO", "MARA (fwd)", "reward")
+    # the MARA rows act in every group: per-group 75th percentile of G = 8 -> one changed reward per group
+    for m in cd.MATCHED_CONTROL:
+        c = BASE.replace(group_size=8, **cd.TABLE1_ROWS[m])
+        assert (c.tau_scope, c.tau_percentile) == ("group", 75.0)
+        a = cd.expected_mara_activity([5.0, 6.0], [0.3, 0.3], c.group_size, 2, c.tau_percentile, c.tau_scope,
+                                      n_steps=50)
+        assert a["changed_per_step"] == 2.0 and a["steps_without_change"] == 0.0
+
+
+def test_prompt_ids_key_every_subset_by_the_csv_id():
+    full = creative.CreativeTask(split="test")
+    sub = creative.CreativeTask(split="test", n_prompts=18)
+    ids, qs = dict(zip(full.prompt_ids(), full.questions())), dict(zip(sub.prompt_ids(), sub.questions()))
+    assert len(ids) == 90 and len(qs) == 18 and all(ids[i] == q for i, q in qs.items())
+    cats = creative.load_prompts("test").set_index("id").loc[sub.prompt_ids(), "category"]
+    assert cats.value_counts().tolist() == [3] * 6  # evenly spaced: 3 prompts of each category
+
+
+def test_evaluate_policy_needs_two_samples_per_prompt():
+    with pytest.raises(ValueError, match="k must be an integer >= 2"):
+        creative.evaluate_policy(None, None, creative.CreativeTask(split="test", n_prompts=2), 1, 8)

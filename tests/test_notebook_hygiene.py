@@ -28,8 +28,6 @@ _INLINE = "executed under MPLBACKEND=Agg before figures were shown inline; await
 KNOWN: dict[str, dict[str, str]] = {
     "06_chemistry": {"figures inline": _INLINE,
                      "stderr": "progress bars from before they were hidden in executed notebooks"},
-    "07_creative_qa": {"figures inline": _INLINE,
-                       "stderr": "progress bars from before they were hidden in executed notebooks"},
 }
 
 

@@ -92,6 +92,27 @@ def test_paper_effect_from_the_table():
 ])
 def test_verdicts(args, want):
     assert paired.verdict(*args) == want
+    assert want in paired.VERDICTS
+
+
+def test_a_method_that_did_not_act_is_not_tested_unless_the_data_show_it():
+    """Powered and contradicted, but the method did not act: 'not tested', never 'FAILS'."""
+    assert paired.verdict(0.3, 0.2, 0.0, -0.1, 0.1, acted=False) == "not tested (did not act)"
+    assert paired.verdict(0.3, 0.2, 0.1, -0.05, 0.35, acted=False) == "not tested (did not act)"
+    assert paired.verdict(0.1, 0.05, 0.08, 0.01, 0.15, acted=False) == "holds"
+    rng = np.random.default_rng(3)
+    assert paired.compare(rng.normal(0.0, 0.1, 90), 0.5, acted=False).verdict == "not tested (did not act)"
+
+
+def test_verdict_control_did_not_train():
+    """Powered and contradicted, MARA acted, but its matched control never moved: 'not tested',
+    never 'FAILS'; a method that did not act is reported first; a clear 'holds' stays."""
+    assert paired.verdict(0.3, 0.2, 0.0, -0.1, 0.1, control_trained=False) == "not tested (control did not train)"
+    assert paired.verdict(0.3, 0.2, 0.0, -0.1, 0.1, acted=False, control_trained=False) == "not tested (did not act)"
+    assert paired.verdict(0.1, 0.05, 0.08, 0.01, 0.15, control_trained=False) == "holds"
+    rng = np.random.default_rng(1)
+    c = paired.compare(rng.normal(0.0, 0.1, 90), 0.5, control_trained=False)
+    assert c.verdict == "not tested (control did not train)" and c.verdict in paired.VERDICTS
 
 
 def test_verdict_bad_input():
