@@ -46,7 +46,7 @@ from mdkl.shaping import ShapingConfig, advantages, policy_loss, shape_rewards
 from mdkl.successors import SuccessorFields, outcome_ids
 from mdkl.smalllm import SmallLMConfig, load_small_lm
 
-__all__ = ["Task", "task_rewards", "LMConfig", "LMResult", "validate_config", "autocast_dtype", "train", "train_cached",
+__all__ = ["Task", "task_rewards", "task_outcomes", "LMConfig", "LMResult", "validate_config", "autocast_dtype", "train", "train_cached",
            "evaluate", "benchmark", "load_model", "load_trained", "count_parameters"]
 
 
@@ -90,7 +90,8 @@ class Task(Protocol):
     def metrics(self, completions: list[str]) -> dict[str, float]:
         """Task metrics of a batch of completions (logged per step and at checkpoints). A task may
         also define ``exact_metrics(model, tokenizer) -> dict``, merged into every checkpoint row
-        (e.g. :meth:`mdkl.onetwo.OneTwoTask.exact_metrics`)."""
+        (e.g. :meth:`mdkl.onetwo.OneTwoTask.exact_metrics`), and ``outcomes(completions)``, one
+        integer outcome id per completion for ``successor='ips'`` (:func:`task_outcomes`)."""
 
 
 def task_rewards(task: Task, completions: list[str], prompt_index) -> torch.Tensor:
@@ -103,12 +104,28 @@ def task_rewards(task: Task, completions: list[str], prompt_index) -> torch.Tens
     return task.rewards(completions)
 
 
+def task_outcomes(task: Task, completions: list[str]) -> torch.Tensor:
+    """One integer outcome id per completion, the unit inverse-probability scaling counts within a
+    group: ``task.outcomes(completions)`` if the task defines it (the 1-2 task: the parsed answer,
+    so whitespace variants of "1" are one outcome), else :func:`mdkl.successors.outcome_ids` of
+    the decoded texts."""
+    own = getattr(task, "outcomes", None)
+    if callable(own):
+        ids = torch.as_tensor(np.asarray(own(completions)), dtype=torch.long)
+        if ids.shape != (len(completions),):
+            raise ValueError(f"task {task.name!r}.outcomes returned shape {tuple(ids.shape)} for "
+                             f"{len(completions)} completions: return one integer id per completion")
+        return ids
+    return outcome_ids(completions)
+
+
 @dataclass(frozen=True)
 class LMConfig(SuccessorFields):
     """One RL run on a language model (defaults: the paper's 1-2 setting, sized for 2 cores). The
     successor methods' fields (``successor``, ``gamma_p``, ...) come from
-    :class:`mdkl.successors.SuccessorFields`; a completion's outcome for ``successor='ips'`` is its
-    decoded text (the answer, under the 1-2 task's strict format)."""
+    :class:`mdkl.successors.SuccessorFields`; a completion's outcome for ``successor='ips'`` is
+    :func:`task_outcomes` (the 1-2 task: its parsed answer); ``successor='flowrl'`` trains one
+    log Z per prompt of the task beside the policy (:func:`train`)."""
 
     model: str = "small"
     """Model name for :func:`load_model` / :func:`train_cached`: 'small' or 'smollm2'."""
@@ -221,10 +238,6 @@ def validate_config(cfg: LMConfig) -> ShapingConfig:
     """Raise ``ValueError`` naming the fix for inconsistent settings (beta <= 0 with MARA, GRPO
     advantages with MARA, ...); returns the run's :class:`mdkl.shaping.ShapingConfig`."""
     shaping = cfg.shaping
-    if shaping.successor == "flowrl":
-        raise ValueError("successor='flowrl' needs a learned log Z that this trainer does not own yet (FlowRL: a "
-                         "linear head on the prompt's mean hidden state; one scalar for a single-prompt task): "
-                         "use the toy trainer, or another successor")
     if cfg.group_size < 2:
         raise ValueError("group_size must be >= 2 (advantages are computed within each prompt's group)")
     if cfg.prompts_per_step < 1 or cfg.max_new_tokens < 1 or cfg.steps < 0 or cfg.eval_every < 1:
@@ -368,6 +381,10 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
 
     ``model`` (and ``ref_model``) are moved to ``cfg.device`` in place; the prompts, samples,
     generator and optimizer state live there; with ``cfg.autocast`` the forward passes run in bf16.
+
+    ``cfg.successor == 'flowrl'``: FlowRL's squared loss replaces REINFORCE (no KL term), with a
+    learned log Z per prompt of the task in the same optimizer (its final values in
+    ``LMResult.extra['log_z']``).
     """
     shaping = validate_config(cfg)
     device, amp = resolve_device(cfg.device), autocast_dtype(cfg)
@@ -385,10 +402,16 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
         ref_model.to(device).eval().requires_grad_(False)
     model.eval()  # no dropout: the sampled log-probs are exactly the ones differentiated
     ref_lp = _ref_logprobs_fn(model, ref_model, lora)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     all_ids, all_mask = (t.to(device) for t in tokenize_prompts(tokenizer, task.prompts(tokenizer)))
+    # FlowRL's learned log Z(x): one entry per prompt of the task (exact for a finite prompt set, where
+    # FlowRL's head on the prompt's hidden state approximates it), trained with the policy. On-policy
+    # it enters the policy's expected gradient only as a baseline (E[grad log pi] = 0): a lagging
+    # log Z adds variance, it does not move the fixed point.
+    log_z = (torch.nn.Parameter(torch.zeros(all_ids.shape[0], dtype=torch.float64, device=device))
+             if shaping.successor == "flowrl" else None)
+    params = [p for p in model.parameters() if p.requires_grad] + ([log_z] if log_z is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     P, G = cfg.prompts_per_step, cfg.group_size
     group = torch.arange(P, device=device).repeat_interleave(G)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -399,6 +422,8 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
         with torch.no_grad():
             for n, v in st["params"].items():
                 trainable[n].copy_(v)
+            if log_z is not None:
+                log_z.copy_(st["log_z"])
         opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"].cpu())  # a generator's state is a CPU tensor, whatever its device
         history, checkpoints, start, t_total = st["history"], st["checkpoints"], st["step"], st["seconds"]
@@ -415,6 +440,7 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
             if state_path is not None and step < cfg.steps:
                 _save_state(Path(state_path), {
                     "params": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+                    "log_z": None if log_z is None else log_z.detach().clone(),
                     "opt": opt.state_dict(), "gen": gen.get_state(), "history": history,
                     "checkpoints": checkpoints, "step": step, "seconds": t_total})
         if step == cfg.steps:
@@ -439,14 +465,15 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
         # ---- 3. rewards -> MARA per group -> KL / entropy shaping -> group advantages
         shaped, logp_ref_kl, anchored = shape_rewards(
             shaping, r, logp, logp_ref, group, lengths=c_mask.sum(-1),
-            outcomes=outcome_ids(texts).to(device) if shaping.successor == "ips" else None)
+            outcomes=task_outcomes(task, texts).to(device) if shaping.successor == "ips" else None)
         adv = advantages(shaping, r, shaped, group, logp=logp.detach(), lengths=c_mask.sum(-1))
-        # ---- 4. one policy-gradient step (KL on the sequence, or per token)
+        # ---- 4. one policy-gradient step (KL on the sequence, or per token; FlowRL: its squared loss)
+        z = None if log_z is None else log_z[rows].repeat_interleave(G)
         if cfg.kl_level == "token":
             loss = policy_loss(shaping, tok_logp.double(), logp_ref_kl, adv, token_logp_ref=tok_ref,
-                               completion_mask=c_mask, anchored=anchored)
+                               completion_mask=c_mask, anchored=anchored, log_z=z)
         else:
-            loss = policy_loss(shaping, logp.double(), logp_ref_kl, adv, anchored=anchored, group=group)
+            loss = policy_loss(shaping, logp.double(), logp_ref_kl, adv, anchored=anchored, group=group, log_z=z)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -474,7 +501,7 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
         if progress:
             bar.set_postfix(reward=f"{row['reward']:.2f}", H=f"{row.get('valid_entropy', float('nan')):.2f}")
     bar.close()
-    extra = {}
+    extra = {} if log_z is None else {"log_z": log_z.detach().cpu().numpy()}
     if cfg.keep_weights:
         extra["trainable_state"] = {n: p.detach().to("cpu", copy=True)
                                     for n, p in model.named_parameters() if p.requires_grad}

@@ -125,6 +125,12 @@ class OneTwoTask:
         """Reward per completion (see :func:`rewards`)."""
         return rewards(self.full_answers(completions), self.strict)
 
+    def outcomes(self, completions) -> np.ndarray:
+        """Outcome id per completion for inverse-probability scaling: the parsed answer code
+        (:func:`parse_answers`; every invalid completion shares one id), so the whitespace
+        variants of one answer count as one outcome."""
+        return parse_answers(self.full_answers(completions), self.strict)
+
     def exact_metrics(self, model, tokenizer) -> dict[str, float]:
         """Exact (teacher-forced) answer split of ``model`` over the enumerated valid strings,
         averaged over :attr:`prompts_used` (:func:`exact_answer_split`); the trainer logs it at

@@ -3,7 +3,9 @@ parallel processes, and convergence measured against the exact targets.
 
 :data:`SMALL_P95` is the from-scratch model whose corpus prefers "1" like the paper's base model
 (P("1" | valid) = 0.95 in the corpus, 10% invalid answers). :func:`arm_config` builds one run of the
-grid {reverse, forward} x {vanilla, MARA} x beta x seed; :func:`run_grid` trains a list of them with
+grid {reverse, forward} x {vanilla, MARA} x beta x seed, or of a successor method's arm
+(:data:`SUCCESSOR_ARMS`: Differential Smoothing, inverse-probability scaling, UCPO, FlowRL;
+:func:`method_of` names a config's method); :func:`run_grid` trains a list of them with
 :func:`mdkl.lm.train_cached` in ``workers`` spawned processes (one torch thread each; every run is
 seeded and cached, so the results do not depend on the scheduling). :func:`run_summary` reduces a
 run to its converged metrics: means over its last checkpoints of the exact answer split
@@ -24,21 +26,63 @@ import pandas as pd
 from mdkl.lm import LMConfig, LMResult, train_cached
 from mdkl.smalllm import SmallLMConfig
 
-__all__ = ["SMALL_P95", "ARMS", "arm_config", "run_grid", "split_kl", "run_summary", "arm_table"]
+__all__ = ["SMALL_P95", "ARMS", "SUCCESSOR_ARMS", "METHODS", "method_of", "arm_config", "run_grid", "split_kl", "run_summary", "arm_table"]
 
 #: the paper-like small model: corpus P("1" | valid) = 0.95, 10% invalid answers
 SMALL_P95 = SmallLMConfig(p_one=0.95, p_invalid=0.1)
 #: (KL direction, method) of the four arms
 ARMS = (("reverse", "vanilla"), ("reverse", "MARA"), ("forward", "vanilla"), ("forward", "MARA"))
+#: the successor methods' arms (:mod:`mdkl.successors`): name -> the LMConfig fields that select them.
+#: DS with gamma_p = beta (None); IPS with outcome = the parsed answer; UCPO as its released ``iq``
+#: estimator computes it (tau = 0.2, sequence log-probs divided by the completion length) and with
+#: raw sequence log-probs, both with the KL as a loss (k2 under reverse KL): UCPO redistributes the
+#: advantages of a group's correct samples keeping only their sum, so a k1 penalty inside the reward
+#: would be redistributed with them and erased in all-correct groups (their RLOO advantages sum to 0);
+#: FlowRL at c = 1/beta with GRPO advantages and no KL term of its own.
+SUCCESSOR_ARMS = {
+    "DS": {"successor": "diff_smooth", "gamma_p": None},
+    "IPS": {"successor": "ips", "ips_alpha": 1.0},
+    "IPS a=1/2": {"successor": "ips", "ips_alpha": 0.5},
+    "UCPO": {"successor": "ucpo", "ucpo_tau": 0.2, "ucpo_length_norm": True, "kl_placement": "loss"},
+    "UCPO raw": {"successor": "ucpo", "ucpo_tau": 0.2, "ucpo_length_norm": False, "kl_placement": "loss"},
+    "FlowRL": {"successor": "flowrl", "flow_scale": None},
+}
+#: every method name :func:`arm_config` accepts
+METHODS = ("vanilla", "MARA", *SUCCESSOR_ARMS)
+
+
+def method_of(cfg: LMConfig) -> str:
+    """The method name of a run's config: 'MARA', 'vanilla', or the :data:`SUCCESSOR_ARMS` entry
+    whose fields it carries (else its ``successor`` value)."""
+    if cfg.mara != "none":
+        return "MARA"
+    if cfg.successor == "none":
+        return "vanilla"
+    for name, fields in SUCCESSOR_ARMS.items():
+        if all(getattr(cfg, k) == v for k, v in fields.items()):
+            return name
+    return cfg.successor
 
 
 def arm_config(base: LMConfig, kl: str, method: str, beta: float, seed: int) -> LMConfig:
     """One run of the grid: reverse KL = k1 in the reward (Alg. 1 for MARA), forward KL = k3 as a
-    loss (Alg. 2 for MARA), at ``base``'s ``kl_level``."""
-    if method not in ("vanilla", "MARA"):
-        raise ValueError(f"unknown method {method!r}: use 'vanilla' or 'MARA'")
-    return base.replace(kl=kl, kl_placement="reward" if kl == "reverse" else "loss",
-                        mara="auto" if method == "MARA" else "none", beta=beta, seed=seed)
+    loss (Alg. 2 for MARA), at ``base``'s ``kl_level``. A successor method (:data:`SUCCESSOR_ARMS`)
+    takes MARA's place, with the fields listed there (UCPO: the KL as a loss); FlowRL has no KL
+    term of its own (its squared loss matches pi_ref exp(A / beta), GRPO advantages), so its
+    ``kl`` must be 'none'."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: use one of {METHODS}")
+    if method == "FlowRL":
+        if kl != "none":
+            raise ValueError("FlowRL's squared loss replaces the KL term: use kl='none' (beta sets c = 1/beta)")
+        fields = dict(kl="none", kl_placement="reward", advantage="grpo")
+    elif kl in ("reverse", "forward"):
+        fields = dict(kl=kl, kl_placement="reward" if kl == "reverse" else "loss")
+    else:
+        raise ValueError(f"unknown kl {kl!r}: use 'reverse' or 'forward' ('none' only for FlowRL)")
+    fields.update(mara="auto" if method == "MARA" else "none", beta=beta, seed=seed)
+    fields.update(SUCCESSOR_ARMS.get(method, {}))
+    return base.replace(**fields)
 
 
 def _train_one(args) -> LMResult:
@@ -87,7 +131,7 @@ def run_summary(res: LMResult, target_p1: float, last: int = 3, collapse_below: 
     n_tail = max(1, len(h) // 10)
     p1 = float(tail.p1_valid_exact.mean())
     c = res.config
-    return {"kl": c.kl, "method": "MARA" if c.mara != "none" else "vanilla", "beta": c.beta, "seed": c.seed,
+    return {"kl": c.kl, "method": method_of(c), "beta": c.beta, "seed": c.seed,
             "steps": c.steps, "p1_valid": p1, "H": float(tail.valid_entropy_exact.mean()),
             "reward": float(tail.reward.mean()), "valid_exact": float(tail.valid_exact.mean()),
             "kl_to_target": split_kl(p1, target_p1), "target_p1": target_p1,

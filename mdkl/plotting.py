@@ -1,7 +1,8 @@
 """One figure style for every notebook, and :func:`savefig` writing PNG + PDF under ``figures/``.
 
 Colours are fixed per concept so figures read alike across notebooks: reverse vs forward KL,
-vanilla vs MARA, reference vs target vs trained policy (:data:`COLORS`); categories that are no
+vanilla vs MARA and its successors (Differential Smoothing, inverse-probability scaling at alpha = 1
+and 1/2, UCPO, FlowRL), reference vs target vs trained policy (:data:`COLORS`); categories that are no
 such concept (variants of one method, settings of a sweep) take :data:`EXTRA` in order. Legends sit
 outside the axes (:func:`legend_right`, :func:`legend_below`), never over data.
 """
@@ -26,6 +27,13 @@ COLORS = {
     "mara": "#2ca02c",
     "reward": "#ff7f0e",
     "policy": "#1f77b4",
+    # the successor methods beside MARA (mdkl.successors; notebooks 05 and 08)
+    "ds": "#9467bd",
+    "ips": "#8c564b",
+    "ips_half": "#e377c2",
+    "ucpo": "#17becf",
+    "ucpo_raw": "#0b6e7a",
+    "flowrl": "#bcbd22",
 }
 
 #: colours for categories without a fixed concept in :data:`COLORS`, used in this order

@@ -20,6 +20,27 @@ def test_arm_config_sets_direction_placement_and_mara():
         onetwo_runs.arm_config(base, "reverse", "mara", 0.01, 0)
 
 
+def test_successor_arms_configs_and_names():
+    base = LMConfig(kl_level="sequence", tau=1.0)
+    for name in onetwo_runs.SUCCESSOR_ARMS:
+        kl = "none" if name == "FlowRL" else "reverse"
+        c = onetwo_runs.arm_config(base, kl, name, 0.03, 2)
+        assert onetwo_runs.method_of(c) == name and c.mara == "none" and (c.beta, c.seed) == (0.03, 2)
+        c.shaping  # a valid shaping config
+    ds = onetwo_runs.arm_config(base, "reverse", "DS", 0.03, 0)
+    assert (ds.successor, ds.gamma_p, ds.estimator) == ("diff_smooth", None, "k1")
+    # UCPO keeps only the correct samples' summed advantage: its KL is a loss (k2), not inside the reward
+    u = onetwo_runs.arm_config(base, "reverse", "UCPO raw", 0.03, 0)
+    assert (u.estimator, u.ucpo_length_norm, u.ucpo_tau) == ("k2", False, 0.2)
+    f = onetwo_runs.arm_config(base, "none", "FlowRL", 0.03, 0)
+    assert (f.kl, f.advantage, f.estimator, f.successor) == ("none", "grpo", None, "flowrl")
+    with pytest.raises(ValueError, match="kl='none'"):
+        onetwo_runs.arm_config(base, "reverse", "FlowRL", 0.03, 0)
+    with pytest.raises(ValueError, match="'reverse' or 'forward'"):
+        onetwo_runs.arm_config(base, "none", "DS", 0.03, 0)
+    assert onetwo_runs.method_of(base.replace(successor="ips", ips_alpha=0.25)) == "ips"
+
+
 def test_split_kl():
     assert onetwo_runs.split_kl(0.5, 0.5) == 0.0
     assert abs(onetwo_runs.split_kl(0.95, 0.5) - (0.95 * math.log(1.9) + 0.05 * math.log(0.1))) < 1e-12

@@ -154,9 +154,9 @@ def test_toy_trains_every_method():
         assert np.isfinite(res.final).all() and res.final.shape == (2, 3)
 
 
-def test_lm_trainer_runs_the_reward_and_advantage_methods():
-    """LMConfig carries the same fields; IPS (outcome = the decoded completion), DS and UCPO train a
-    few steps on the tiny model; FlowRL is refused until the LM trainer owns a log Z."""
+def test_lm_trainer_runs_every_method():
+    """LMConfig carries the same fields; IPS (outcome = the task's parsed answer), DS and UCPO train a
+    few steps on the tiny model, and FlowRL with its learned log Z per prompt."""
     import copy
 
     from mdkl import lm, onetwo, smalllm
@@ -169,5 +169,26 @@ def test_lm_trainer_runs_the_reward_and_advantage_methods():
     for s in ("diff_smooth", "ips", "ucpo"):
         res = lm.train(base.replace(successor=s), task, copy.deepcopy(model), tok, progress=False)
         assert np.isfinite(res.history.loss).all() and s in base.replace(successor=s).label()
-    with pytest.raises(ValueError, match="log Z"):
-        lm.validate_config(base.replace(successor="flowrl", kl="none", advantage="grpo"))
+    fl = lm.train(base.replace(successor="flowrl", kl="none", advantage="grpo", steps=3), task, copy.deepcopy(model),
+                  tok, progress=False)
+    z = fl.extra["log_z"]
+    assert z.shape == (len(onetwo.PROMPTS),) and np.isfinite(z).all() and np.abs(z).max() > 0  # log Z was trained
+    assert np.isfinite(fl.history.loss).all()
+
+
+def test_task_outcomes_are_the_parsed_answers():
+    """IPS counts the 1-2 task's answers, not its strings: whitespace variants of "1" are one outcome."""
+    from mdkl import lm, onetwo
+    texts = ["<answer>1</answer>", " <answer>1</answer>", "<answer>2</answer>", "junk", "<answer>3</answer>"]
+    ids = lm.task_outcomes(onetwo.OneTwoTask(), texts)
+    assert ids.tolist() == [onetwo.ONE, onetwo.ONE, onetwo.TWO, onetwo.INVALID, onetwo.INVALID]
+    assert lm.task_outcomes(object(), texts).tolist() == [0, 1, 2, 3, 4]  # no outcomes(): one id per distinct text
+
+    class Bad:
+        name = "bad"
+
+        def outcomes(self, completions):
+            return [0]
+
+    with pytest.raises(ValueError, match="one integer id per completion"):
+        lm.task_outcomes(Bad(), texts)
