@@ -32,7 +32,7 @@ from mdkl.chem_reward import TASKS, RewardConfig
 from mdkl.runtime import DATA_DIR, resolve_profile
 
 __all__ = ["TARGET_RATES", "SCREENS", "EVAL_SEEDS", "RewardCalibration", "calibration_path", "save_calibration",
-           "load_calibration", "CalibrationGrid", "unique_hit_rates", "run_summary", "calibration_run",
+           "load_calibration", "load_for_prior", "CalibrationGrid", "unique_hit_rates", "run_summary", "calibration_run",
            "synth_fail_share", "calibrate", "choose", "choose_lr", "chosen_runs", "seed_spread",
            "calibration_from_choice", "run_calibration", "main"]
 
@@ -137,6 +137,18 @@ def load_calibration(path: Path) -> RewardCalibration:
     if cal.version != d["version"]:
         raise ValueError(f"{path}: its parameters do not match version {d['version']!r} (now {cal.version!r}): the "
                          f"configuration is frozen once calibrated; re-run `make chem-calibrate` with a new label")
+    return cal
+
+
+def load_for_prior(profile: str, prior: str) -> RewardCalibration:
+    """The frozen calibration a profile's runs use (:func:`calibration_path`), checked against the
+    prior they start from (its cache folder name ``prior``): a calibration made on another prior
+    raises, naming the fix. The quick profile borrows the cpu profile's (made on the cpu prior)."""
+    cal = load_calibration(calibration_path(profile))
+    if resolve_profile(profile) != "quick" and cal.prior != prior:
+        raise ValueError(f"the reward calibration {cal.version} was made on prior {cal.prior}, but the {profile} profile's "
+                         f"prior is {prior}: re-run `make chem-calibrate PROFILE={profile}` (with --recalibrate "
+                         f"--label v2 if the committed file must be replaced)")
     return cal
 
 

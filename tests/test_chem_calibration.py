@@ -171,6 +171,15 @@ def test_bad_calibration_file(tmp_path, edit, match):
         cc.load_calibration(path)
 
 
+def test_calibration_of_another_prior_is_refused(tmp_path, monkeypatch):
+    path = cc.save_calibration(_cal(prior="chem-prior-a"), tmp_path / "chem_reward_cpu.json")
+    monkeypatch.setattr(cc, "calibration_path", lambda profile=None: path)
+    assert cc.load_for_prior("cpu", "chem-prior-a").prior == "chem-prior-a"
+    assert cc.load_for_prior("quick", "chem-prior-q").prior == "chem-prior-a"  # quick borrows cpu's
+    with pytest.raises(ValueError, match="made on prior chem-prior-a.*make chem-calibrate PROFILE=cpu"):
+        cc.load_for_prior("cpu", "chem-prior-b")
+
+
 def test_missing_or_broken_calibration_file(tmp_path):
     with pytest.raises(ValueError, match="make chem-calibrate"):
         cc.load_calibration(tmp_path / "none.json")
