@@ -26,8 +26,6 @@ LOCAL_PATH = re.compile(r"(?<![\w.])/(?:tmp|root|home|work|Users)/|\.venv/|site-
 #: notebook stem -> {check: reason}; rebuilt notebooks leave this table
 _INLINE = "executed under MPLBACKEND=Agg before figures were shown inline; awaits re-execution"
 KNOWN: dict[str, dict[str, str]] = {
-    "06_chemistry": {"figures inline": _INLINE,
-                     "stderr": "progress bars from before they were hidden in executed notebooks"},
     "07_creative_qa": {"figures inline": _INLINE,
                        "stderr": "progress bars from before they were hidden in executed notebooks"},
 }
