@@ -73,12 +73,13 @@ $(notdir $(basename $(NOTEBOOKS))): %: executed/$(PROFILE)/%.ipynb
 chem-prior: $(ENV_STAMP) ## train (or reuse) the chemistry prior of PROFILE (run before notebook 06)
 	$(PY) -m mdkl.chem prior --profile $(PROFILE)
 
-executed/$(PROFILE)/06_chemistry.ipynb: | chem-prior
+executed/$(PROFILE)/06_chemistry.ipynb: | chem-prior chem-calibrate
 
-# Calibration of the reward analogue on REINVENT-only runs (after the prior; cached runs; writes
-# data/chem_reward_<profile>.json, the frozen reward configuration; quick reuses cpu's). Not yet a
-# prerequisite of notebook 06 nor part of `make all`.
-chem-calibrate: chem-prior ## calibrate the chemistry reward analogue on the prior of PROFILE (REINVENT only)
+# Calibration of the reward analogue on REINVENT-only runs (after the prior; 12 runs, each cached:
+# ~8 min once on 2 cores). Writes data/results/chem_<profile>_calibration_runs.csv; writes the frozen
+# reward configuration data/chem_reward_<profile>.json only if it is missing (a committed one is
+# checked against the runs, never overwritten); quick reuses cpu's. `make all` runs it before 06.
+chem-calibrate: chem-prior ## calibrate the chemistry reward analogue on the prior of PROFILE (REINVENT only; run before notebook 06)
 	$(PY) -m mdkl.chem_calibration --profile $(PROFILE)
 
 test: $(ENV_STAMP) ## unit tests (pytest) + notebook validation (nbval, quick profile)

@@ -29,12 +29,15 @@ from mdkl.shaping import ShapingConfig, shape_rewards
 
 __all__ = ["RL_SIZES", "profile_sizes", "RLConfig", "dap_loss", "in_batch_duplicates", "run_rl"]
 
-#: RL sizes per profile (profiles only change sizes): reward calls per run, seeds per arm. The
-#: prior's sizes are :data:`mdkl.chem_prior.PRIOR_SIZES`.
+#: RL sizes per profile (profiles only change sizes): reward calls per run and the most seeds per
+#: arm the profile's time budget allows (the seeds actually run are the smaller of this cap and the
+#: number the pre-registered power calculation asks for, :func:`mdkl.chem_stats.seeds_for_power`;
+#: the paper profile's cap is never the binding one). The prior's sizes are
+#: :data:`mdkl.chem_prior.PRIOR_SIZES`.
 RL_SIZES = {
-    "quick": dict(reward_calls=1_000, seeds=2),
-    "cpu": dict(reward_calls=10_000, seeds=3),
-    "paper": dict(reward_calls=10_000, seeds=10),
+    "quick": dict(reward_calls=1_000, max_seeds=2),
+    "cpu": dict(reward_calls=10_000, max_seeds=6),
+    "paper": dict(reward_calls=10_000, max_seeds=60),
 }
 
 
@@ -48,8 +51,10 @@ def profile_sizes(profile: str) -> dict:
 
 @dataclass(frozen=True)
 class RLConfig:
-    """One REINVENT / MARA run (defaults: REINVENT 4's staged-learning defaults, the paper's 10,000
-    reward calls). The MARA fields carry the names of :class:`mdkl.shaping.ShapingConfig` (:attr:`shaping`)."""
+    """One REINVENT / MARA run (defaults: REINVENT 4's staged learning as the paper runs it: DAP with
+    sigma 128, batch 64, in-batch repeats scored 0, no diversity filter, no experience replay; the
+    paper's 10,000 reward calls). The learning rate of a calibrated run is the calibration's
+    (:class:`mdkl.chem_calibration.RewardCalibration`). The MARA fields carry the names of :class:`mdkl.shaping.ShapingConfig` (:attr:`shaping`)."""
 
     sigma: float = 128.0
     """DAP sigma (REINVENT default 128); the KL coefficient is beta = 1/sigma."""
@@ -64,7 +69,7 @@ class RLConfig:
     string counts, invalid ones, repeats within a batch and repeats of earlier batches included,
     as REINVENT 4 spends steps x batch size samples whatever they are. The number of optimizer
     steps is reward_calls / batch_size, rounded up."""
-    duplicates: str = "cached"
+    duplicates: str = "zero"
     """Reward of a molecule sampled again within the same batch (same canonical SMILES, after its
     first occurrence): 'zero' as REINVENT 4 (its sampler marks it DUPLICATE and its scorer gives
     0), or 'cached' (the molecule's full reward, from the scorer's memo). Either way it costs one

@@ -32,8 +32,9 @@ from mdkl.chem_reward import TASKS, RewardConfig
 from mdkl.runtime import DATA_DIR, resolve_profile
 
 __all__ = ["TARGET_RATES", "SCREENS", "EVAL_SEEDS", "RewardCalibration", "calibration_path", "save_calibration",
-           "load_calibration", "CalibrationGrid", "unique_hit_rates", "calibrate", "choose",
-           "calibration_from_choice", "main"]
+           "load_calibration", "load_for_prior", "CalibrationGrid", "unique_hit_rates", "run_summary", "calibration_run",
+           "synth_fail_share", "calibrate", "choose", "choose_lr", "chosen_runs", "seed_spread",
+           "calibration_from_choice", "run_calibration", "main"]
 
 #: the paper's REINVENT: unique hits per reward call (Table 2; 10,000 calls)
 TARGET_RATES = {("synth", 0.80): 0.6569, ("synth", 0.85): 0.1614,
@@ -139,23 +140,48 @@ def load_calibration(path: Path) -> RewardCalibration:
     return cal
 
 
+def load_for_prior(profile: str, prior: str) -> RewardCalibration:
+    """The frozen calibration a profile's runs use (:func:`calibration_path`), checked against the
+    prior they start from (its cache folder name ``prior``): a calibration made on another prior
+    raises, naming the fix. The quick profile borrows the cpu profile's (made on the cpu prior)."""
+    cal = load_calibration(calibration_path(profile))
+    if resolve_profile(profile) != "quick" and cal.prior != prior:
+        raise ValueError(f"the reward calibration {cal.version} was made on prior {cal.prior}, but the {profile} profile's "
+                         f"prior is {prior}: re-run `make chem-calibrate PROFILE={profile}` (with --recalibrate "
+                         f"--label v2 if the committed file must be replaced)")
+    return cal
+
+
 @dataclass(frozen=True)
 class CalibrationGrid:
-    """The small grid of REINVENT-only calibration runs (defaults: the proposal for the cpu prior).
-    Every combination of the shared choices (potency x lr) is run with every task-specific one."""
+    """The REINVENT-only calibration runs, in three stages (defaults: the cpu prior's plan, 12 runs
+    of 10,000 calls, ~8 min on 2 cores):
 
-    potency: tuple = ((-3.0, -1.0), (-3.0, -0.5))
-    """(floor, ceiling) pairs of log10 P(DRD2) for the saturating potency transform."""
+    1. ``coarse``: every shared potency choice with every task-specific one (SYNTH: ``sa``;
+       ALL-AMIDE: ``stock_max_heavy_atoms``) at the learning rates ``lr`` and seeds ``seeds``;
+       :func:`choose` keeps the closest point,
+    2. ``lr``: the chosen rewards at each ``lr_check`` (the sensitivity check), same seeds;
+       :func:`choose_lr` keeps the learning rate closest to the paper's regime,
+    3. ``spread``: the chosen rewards and lr at ``spread_seeds``: with the stage-1/2 seed, the
+       between-seed spread of log yield that the power calculation needs (:func:`seed_spread`)."""
+
+    potency: tuple = ((-3.0, -1.0), (-4.0, -2.0))
+    """(floor, ceiling) pairs of log10 P(DRD2) for the saturating potency transform (P >= 10**ceiling
+    scores > 0.99; the prior's median sample has log10 P ~ -3)."""
     potency_transform: str = "sigmoid"
     """transform of every grid point ('sigmoid': REINVENT's, saturating at the ceiling)."""
-    sa: tuple = ((2.5, 3.0), (3.0, 3.5))
-    """SYNTH analogue (sa_good, sa_bad) pairs."""
-    stock_max_heavy_atoms: tuple = (10, 14)
+    sa: tuple = ((2.5, 3.0),)
+    """SYNTH analogue (sa_good, sa_bad) pairs (SA > 2.5: about 40% of MOSES molecules, so the term binds)."""
+    stock_max_heavy_atoms: tuple = (14, 18)
     """ALL-AMIDE stock rule: building blocks with at most this many heavy atoms count as in stock."""
-    lr: tuple = (1e-4, 5e-4)
-    """agent learning rates (REINVENT 4 / REINVENT)."""
+    lr: tuple = (5e-4,)
+    """agent learning rates of the coarse stage (REINVENT's 5e-4)."""
+    lr_check: tuple = (1e-4,)
+    """learning rates of the sensitivity stage, at the chosen rewards (REINVENT 4's 1e-4)."""
     seeds: tuple = (1000,)
-    """calibration seeds, disjoint from the evaluation seeds range(EVAL_SEEDS)."""
+    """seeds of the coarse and lr stages, disjoint from the evaluation seeds range(EVAL_SEEDS)."""
+    spread_seeds: tuple = (1001, 1002)
+    """further seeds of the chosen point (the spread stage)."""
     reward_calls: int = 10_000
     """calls per calibration run (the paper's 10,000: rates depend on the run length)."""
     duplicates: str = "zero"
@@ -169,12 +195,18 @@ class CalibrationGrid:
 
     def __post_init__(self):
         if not (self.potency and self.sa and self.stock_max_heavy_atoms and self.lr and self.seeds):
-            raise ValueError("every grid axis needs >= 1 value")
-        bad = [s for s in self.seeds if 0 <= s < EVAL_SEEDS]
+            raise ValueError("every grid axis (potency, sa, stock_max_heavy_atoms, lr, seeds) needs >= 1 value")
+        all_seeds = tuple(self.seeds) + tuple(self.spread_seeds)
+        bad = [s for s in all_seeds if not isinstance(s, int) or 0 <= s < EVAL_SEEDS]
         if bad:
             raise ValueError(f"calibration seeds {bad} overlap the evaluation seeds range({EVAL_SEEDS}): use >= {EVAL_SEEDS}")
+        if len(set(all_seeds)) != len(all_seeds):
+            raise ValueError(f"seeds {self.seeds} and spread_seeds {self.spread_seeds} must all differ")
         if self.tolerance <= 1 or not 0 <= self.min_synth_fail < 1 or self.reward_calls < 1:
-            raise ValueError("need tolerance > 1, 0 <= min_synth_fail < 1 and reward_calls >= 1")
+            raise ValueError(f"tolerance={self.tolerance}, min_synth_fail={self.min_synth_fail}, reward_calls="
+                             f"{self.reward_calls}: need tolerance > 1, 0 <= min_synth_fail < 1 and reward_calls >= 1")
+        for lr in tuple(self.lr) + tuple(self.lr_check):
+            RLConfig(lr=lr)  # same lr check as the runs
         list(self.rewards())  # every grid point must be a valid RewardConfig (its error names the field)
 
     def rewards(self):
@@ -186,6 +218,17 @@ class CalibrationGrid:
             for ha in self.stock_max_heavy_atoms:
                 yield "amide", RewardConfig("amide", stock_max_heavy_atoms=ha, **pot)
 
+    def rl_config(self, lr: float, seed: int) -> RLConfig:
+        """The REINVENT run of one calibration point."""
+        return RLConfig(reward_calls=self.reward_calls, seed=seed, lr=lr, mara="none", duplicates=self.duplicates)
+
+    @property
+    def n_runs(self) -> int:
+        """Runs of the three stages together."""
+        n_rewards = len(list(self.rewards()))
+        return (n_rewards * len(self.lr) * len(self.seeds) + 2 * len(self.lr_check) * len(self.seeds)
+                + 2 * len(self.spread_seeds))
+
 
 def unique_hit_rates(log, screens=SCREENS) -> dict:
     """Unique valid molecules with reward >= screen per reward call, for each screen."""
@@ -196,41 +239,84 @@ def unique_hit_rates(log, screens=SCREENS) -> dict:
     return {s: ok.loc[ok["reward"] >= s, "canonical"].nunique() / n for s in screens}
 
 
-def calibrate(prior, vocab, make_scorer, grid: CalibrationGrid = CalibrationGrid(), prior_smiles=(),
-              progress: bool = False):
-    """Run REINVENT (``mara='none'``) once per grid point x lr x seed and return a DataFrame with
-    one row per run: task, the reward's parameters, lr, seed, unique-hit rates at both screens,
-    their ratio to the paper's, and the share of ``prior_smiles`` failing the synth term (SYNTH).
-    ``make_scorer(RewardConfig)`` returns a scorer for :func:`mdkl.chem.run_rl` (closed by the caller)."""
+def run_summary(log) -> dict:
+    """What a calibration run reports: unique-hit rates and yields at both screens, the share of
+    calls that repeat a molecule of the same batch (REINVENT 4 scores them 0) and of batches with
+    such a repeat, the invalid share, and the mean reward of the last quarter of the calls."""
+    rates = unique_hit_rates(log)
+    n = len(log)
+    dup = log["duplicate"].to_numpy(bool)
+    return {**{f"rate_{s:.2f}": r for s, r in rates.items()},
+            **{f"yield_{s:.2f}": int(round(r * n)) for s, r in rates.items()},
+            "repeat_share": float(dup.mean()), "batches_with_repeat": float(log.groupby("step")["duplicate"].any().mean()),
+            "invalid_share": float((~log["valid"].to_numpy(bool)).mean()),
+            "reward_last_quarter": float(log["reward"].to_numpy()[int(0.75 * n):].mean())}
+
+
+def calibration_run(prior, vocab, scorer, cfg: RLConfig, progress: bool = False) -> dict:
+    """One REINVENT calibration run (``cfg.mara`` must be 'none': calibration never sees MARA):
+    :func:`run_summary` of its log plus its wall time."""
+    import time
+
+    if cfg.mara != "none":
+        raise ValueError(f"mara={cfg.mara!r}: calibration runs REINVENT only (mara='none'), never MARA")
+    t = time.perf_counter()
+    out = run_rl(prior, vocab, scorer, cfg, progress=progress)
+    return {**run_summary(out["log"]), "seconds": time.perf_counter() - t}
+
+
+def _row(stage, task, rcfg, lr, seed, fail, res) -> dict:
+    return {"stage": stage, "task": task, "potency_floor": rcfg.potency_floor, "potency_ceiling": rcfg.potency_ceiling,
+            "sa_good": rcfg.sa_good, "sa_bad": rcfg.sa_bad, "stock_max_heavy_atoms": rcfg.stock_max_heavy_atoms,
+            "lr": lr, "seed": seed, "synth_fail_share": fail if task == "synth" else float("nan"), **res,
+            **{f"vs_paper_{s:.2f}": res[f"rate_{s:.2f}"] / TARGET_RATES[task, s] for s in SCREENS}}
+
+
+def synth_fail_share(prior_sa, sa_good: float) -> float:
+    """Share of valid prior samples (their SA scores ``prior_sa``) whose SYNTH term is < 1 (SA > sa_good)."""
+    sa = np.asarray(prior_sa, dtype=np.float64)
+    return float((sa > sa_good).mean()) if len(sa) else float("nan")
+
+
+def calibrate(run, grid: CalibrationGrid = CalibrationGrid(), prior_sa=()):
+    """The three stages of ``grid`` (REINVENT only). ``run(reward_config, rl_config)`` returns
+    :func:`calibration_run`'s dict (the caller caches it and owns the scorers); ``prior_sa``: SA
+    scores of valid prior samples (SYNTH's binding share). Returns ``(table, choice)``: one row per
+    run (stage, task, parameters, lr, seed, rates, yields, ratios to the paper's, repeat share) and
+    :func:`choose`'s result with the lr of :func:`choose_lr` and the rates at the chosen point
+    averaged over all its seeds."""
     import pandas as pd
 
     rows = []
     for task, rcfg in grid.rewards():
-        scorer = make_scorer(rcfg)
-        fail = float("nan")
-        if task == "synth" and len(prior_smiles):
-            out = scorer.score(list(prior_smiles))
-            comp = np.asarray(out["components"])[np.asarray(out["valid"], dtype=bool)]
-            fail = float((comp[:, 3] < 1).mean()) if len(comp) else float("nan")
+        fail = synth_fail_share(prior_sa, rcfg.sa_good)
         for lr in grid.lr:
             for seed in grid.seeds:
-                cfg = RLConfig(reward_calls=grid.reward_calls, seed=seed, lr=lr, mara="none", duplicates=grid.duplicates)
-                rates = unique_hit_rates(run_rl(prior, vocab, scorer, cfg, progress=progress)["log"])
-                rows.append({"task": task, "potency_floor": rcfg.potency_floor, "potency_ceiling": rcfg.potency_ceiling,
-                             "sa_good": rcfg.sa_good, "sa_bad": rcfg.sa_bad,
-                             "stock_max_heavy_atoms": rcfg.stock_max_heavy_atoms, "lr": lr, "seed": seed,
-                             "synth_fail_share": fail,
-                             **{f"rate_{s:.2f}": r for s, r in rates.items()},
-                             **{f"vs_paper_{s:.2f}": r / TARGET_RATES[task, s] for s, r in rates.items()}})
-        close = getattr(scorer, "close", None)
-        if close is not None:
-            close()
-    return pd.DataFrame(rows)
+                rows.append(_row("coarse", task, rcfg, lr, seed, fail, run(rcfg, grid.rl_config(lr, seed))))
+    choice = choose(pd.DataFrame(rows), grid)
+    rewards = _chosen_rewards(choice, grid)
+    for lr in grid.lr_check:
+        for seed in grid.seeds:
+            for task, rcfg in rewards.items():
+                fail = synth_fail_share(prior_sa, rcfg.sa_good)
+                rows.append(_row("lr", task, rcfg, lr, seed, fail, run(rcfg, grid.rl_config(lr, seed))))
+    table = pd.DataFrame(rows)
+    choice = choose_lr(table, choice, grid)
+    for seed in grid.spread_seeds:
+        for task, rcfg in rewards.items():
+            fail = synth_fail_share(prior_sa, rcfg.sa_good)
+            rows.append(_row("spread", task, rcfg, choice["lr"], seed, fail, run(rcfg, grid.rl_config(choice["lr"], seed))))
+    table = pd.DataFrame(rows)
+    return table, _final(table, choice, grid)
 
 
 def _miss(row, task) -> float:
     """Largest |log(rate / paper's rate)| over the screens (0: on target)."""
     return max(abs(math.log(max(row[f"rate_{s:.2f}"], 1e-12) / TARGET_RATES[task, s])) for s in SCREENS)
+
+
+_KEYS = ["task", "potency_floor", "potency_ceiling", "sa_good", "sa_bad", "stock_max_heavy_atoms", "lr"]
+_RATES = [f"rate_{s:.2f}" for s in SCREENS]
 
 
 def choose(table, grid: CalibrationGrid = CalibrationGrid()) -> dict:
@@ -242,8 +328,7 @@ def choose(table, grid: CalibrationGrid = CalibrationGrid()) -> dict:
     ``tolerance`` of the paper's and ALL-AMIDE harder)."""
     if len(table) == 0:
         raise ValueError("empty calibration table: run calibrate() first")
-    keys = ["task", "potency_floor", "potency_ceiling", "sa_good", "sa_bad", "stock_max_heavy_atoms", "lr"]
-    mean = table.groupby(keys, as_index=False)[[f"rate_{s:.2f}" for s in SCREENS] + ["synth_fail_share"]].mean()
+    mean = table.groupby(_KEYS, as_index=False)[_RATES + ["synth_fail_share"]].mean()
     best = []
     for (lo, hi, lr), g in mean.groupby(["potency_floor", "potency_ceiling", "lr"]):
         syn = g[g.task == "synth"]
@@ -253,65 +338,183 @@ def choose(table, grid: CalibrationGrid = CalibrationGrid()) -> dict:
             continue
         s = min(syn.to_dict("records"), key=lambda r: _miss(r, "synth"))
         a = min(ami.to_dict("records"), key=lambda r: _miss(r, "amide"))
-        harder = all(a[f"rate_{x:.2f}"] < s[f"rate_{x:.2f}"] for x in SCREENS)
-        miss = max(_miss(s, "synth"), _miss(a, "amide"))
-        best.append({"potency": (lo, hi), "lr": lr, "synth": s, "amide": a, "miss": miss, "amide_harder": harder,
-                     "in_regime": harder and miss <= math.log(grid.tolerance)})
+        best.append(_assess({"potency": (lo, hi), "lr": lr, "synth": s, "amide": a}, grid))
     if not best:
         raise ValueError(f"no grid point has a SYNTH term that binds (synth_fail_share >= {grid.min_synth_fail}): "
                          f"widen the grid's sa thresholds")
     return min(best, key=lambda b: (not b["amide_harder"], b["miss"]))
 
 
-def calibration_from_choice(choice: dict, grid: CalibrationGrid, label: str, profile: str,
-                            prior: str) -> RewardCalibration:
-    """The :class:`RewardCalibration` of :func:`choose`'s result."""
+def _assess(c: dict, grid: CalibrationGrid) -> dict:
+    s, a = c["synth"], c["amide"]
+    harder = all(a[f"rate_{x:.2f}"] < s[f"rate_{x:.2f}"] for x in SCREENS)
+    miss = max(_miss(s, "synth"), _miss(a, "amide"))
+    return {**c, "miss": miss, "amide_harder": harder, "in_regime": harder and miss <= math.log(grid.tolerance)}
+
+
+def _chosen_rewards(choice: dict, grid: CalibrationGrid) -> dict:
     lo, hi = choice["potency"]
     pot = dict(potency_floor=lo, potency_ceiling=hi, potency_transform=grid.potency_transform, **grid.base)
     s, a = choice["synth"], choice["amide"]
-    return RewardCalibration(label, profile, prior, float(choice["lr"]),
-                             RewardConfig("synth", sa_good=s["sa_good"], sa_bad=s["sa_bad"], **pot),
-                             RewardConfig("amide", stock_max_heavy_atoms=int(a["stock_max_heavy_atoms"]), **pot),
-                             tuple(int(x) for x in grid.seeds))
+    return {"synth": RewardConfig("synth", sa_good=float(s["sa_good"]), sa_bad=float(s["sa_bad"]), **pot),
+            "amide": RewardConfig("amide", stock_max_heavy_atoms=int(a["stock_max_heavy_atoms"]), **pot)}
+
+
+def _point(table, task: str, rcfg: RewardConfig, lr: float):
+    t = table[(table.task == task) & (table.lr == lr)]
+    for k in ("potency_floor", "potency_ceiling", "sa_good", "sa_bad", "stock_max_heavy_atoms"):
+        t = t[t[k] == getattr(rcfg, k)]
+    return t
+
+
+def choose_lr(table, choice: dict, grid: CalibrationGrid = CalibrationGrid()) -> dict:
+    """The learning rate, at the chosen rewards, whose runs (seeds ``grid.seeds``) land closest to
+    the paper's regime (smallest worst-task miss; ties: the larger lr, which leaves the prior
+    further within the same calls). Returns ``choice`` with that lr and its rows, plus
+    ``lr_misses`` (lr -> worst miss as a factor)."""
+    rewards = _chosen_rewards(choice, grid)
+    misses, cands = {}, []
+    for lr in sorted(set(grid.lr) | set(grid.lr_check)):
+        rec = {}
+        for task, rcfg in rewards.items():
+            t = _point(table[table.seed.isin(grid.seeds)], task, rcfg, lr)
+            if len(t) == 0:
+                break
+            rec[task] = {**t.iloc[0].to_dict(), **t[_RATES].mean().to_dict()}
+        if len(rec) < 2:
+            continue
+        c = _assess({"potency": choice["potency"], "lr": lr, **rec}, grid)
+        misses[lr] = math.exp(c["miss"])
+        cands.append(c)
+    if not cands:
+        raise ValueError("no run at the chosen rewards: run the coarse stage first")
+    best = min(cands, key=lambda c: (not c["amide_harder"], round(c["miss"], 12), -c["lr"]))
+    return {**best, "lr_misses": misses}
+
+
+def _final(table, choice: dict, grid: CalibrationGrid) -> dict:
+    """``choice`` with its rates averaged over every seed of the chosen point (all stages)."""
+    rewards = _chosen_rewards(choice, grid)
+    rec = {t: {**choice[t], **_point(table, t, r, choice["lr"])[_RATES].mean().to_dict()} for t, r in rewards.items()}
+    return {**_assess({**choice, **rec}, grid), "lr_misses": choice.get("lr_misses", {})}
+
+
+def chosen_runs(table, cal: "RewardCalibration"):
+    """The calibration runs of the chosen point (every seed, every stage) of ``cal``."""
+    import pandas as pd
+
+    return pd.concat([_point(table, t, cal.reward(t), cal.lr) for t in TASKS])
+
+
+def seed_spread(table, cal: "RewardCalibration", screen: float = 0.85) -> dict:
+    """Per task: the between-seed sd (ddof 1) of log unique-hit yield at ``screen`` over the
+    chosen point's calibration runs, their number and mean yield (what the power calculation of
+    :mod:`mdkl.chem_stats` starts from). A zero yield raises (its log is undefined)."""
+    out = {}
+    for t in TASKS:
+        y = _point(table, t, cal.reward(t), cal.lr)[f"yield_{screen:.2f}"].to_numpy(np.float64)
+        if len(y) < 2:
+            raise ValueError(f"{t}: {len(y)} calibration run(s) at the chosen point: the spread needs >= 2 seeds")
+        if (y <= 0).any():
+            raise ValueError(f"{t}: a calibration run found no unique hit at {screen}: log yield undefined")
+        out[t] = {"sd_log_yield": float(np.log(y).std(ddof=1)), "n": len(y), "mean_yield": float(y.mean())}
+    return out
+
+
+def calibration_from_choice(choice: dict, grid: CalibrationGrid, label: str, profile: str,
+                            prior: str) -> RewardCalibration:
+    """The :class:`RewardCalibration` of :func:`choose` / :func:`calibrate`'s choice."""
+    r = _chosen_rewards(choice, grid)
+    seeds = tuple(int(x) for x in tuple(grid.seeds) + tuple(grid.spread_seeds))
+    return RewardCalibration(label, profile, prior, float(choice["lr"]), r["synth"], r["amide"], seeds)
+
+
+def run_calibration(profile: str, label: str = "v1", grid: CalibrationGrid = CalibrationGrid(),
+                    progress: bool = False) -> tuple:
+    """Calibrate on the profile's prior (trained or loaded from the cache), every run cached
+    (``chem-calibration-run``, keyed by the prior, the reward and the run's config). Returns
+    ``(table, choice, calibration)``. The quick profile has no calibration of its own."""
+    from mdkl import chem_prior
+    from mdkl.chem_reward import Scorer, sa_score
+    from mdkl.chem_smiles import mol_from_smiles
+    from mdkl.runtime import cached
+
+    if resolve_profile(profile) == "quick":
+        raise ValueError("the quick profile reuses the cpu profile's calibration: calibrate --profile cpu")
+    path = chem_prior.train_prior(chem_prior.prior_config(profile))
+    prior, vocab, _ = chem_prior.load_prior(path)
+
+    def prior_sa_scores():
+        q = chem_prior.prior_quality(prior, vocab, 2000, [], seed=EVAL_SEEDS)
+        mols = [m for m in (mol_from_smiles(s) for s in q["smiles"]) if m is not None]
+        return np.array([sa_score(m) for m in mols])
+
+    prior_sa = cached("chem-prior-sa", {"prior": path.name, "n": 2000, "seed": EVAL_SEEDS}, prior_sa_scores,
+                      code=[prior_sa_scores])
+    scorers: dict = {}
+
+    def run(rcfg, cfg):
+        def compute():
+            if rcfg not in scorers:
+                for sc in scorers.values():
+                    sc.close()
+                scorers.clear()
+                scorers[rcfg] = Scorer(rcfg)
+            return calibration_run(prior, vocab, scorers[rcfg], cfg, progress)
+
+        key = {"prior": path.name, "reward": rcfg, "rl": cfg, "summary": "v1"}
+        return cached("chem-calibration-run", key, compute, code=[run_rl, Scorer])
+
+    try:
+        table, choice = calibrate(run, grid, prior_sa)
+    finally:
+        for sc in scorers.values():
+            sc.close()
+    return table, choice, calibration_from_choice(choice, grid, label, profile, path.name)
 
 
 def main(argv=None) -> None:
-    """``python -m mdkl.chem_calibration [--profile P] [--label v1]``: calibrate the reward
-    analogue on the profile's prior (REINVENT-only runs, cached), write
-    ``data/chem_reward_<profile>.json`` and ``data/results/chem_<profile>_calibration_runs.csv``.
-    The quick profile reuses the cpu profile's calibration (nothing to run)."""
+    """``python -m mdkl.chem_calibration [--profile P] [--label v1] [--recalibrate]``: calibrate the
+    reward analogue on the profile's prior (REINVENT-only runs, each cached) and write
+    ``data/results/chem_<profile>_calibration_runs.csv``. The frozen file
+    ``data/chem_reward_<profile>.json`` is written only if it does not exist (or with
+    ``--recalibrate``, which needs a new ``--label``); otherwise the runs are redone (or read from
+    the cache) and the committed choice is checked against them. The quick profile reuses the cpu
+    profile's calibration (nothing to run)."""
     import argparse
 
-    from mdkl import chem_prior
-    from mdkl.chem_reward import Scorer
-    from mdkl.runtime import cached, write_csv
+    from mdkl.runtime import write_csv
 
     ap = argparse.ArgumentParser(prog="python -m mdkl.chem_calibration", description=main.__doc__)
     ap.add_argument("--profile", default=None, help="quick | cpu | paper (default: $MDKL_PROFILE or cpu)")
     ap.add_argument("--label", default="v1")
+    ap.add_argument("--recalibrate", action="store_true", help="overwrite the frozen file (use a new --label)")
     args = ap.parse_args(argv)
     profile = resolve_profile(args.profile)
     if profile == "quick":
-        print(f"the quick profile reuses {calibration_path('quick')} (calibrate the cpu profile)")
+        print(f"the quick profile reuses {calibration_path('quick').name} (calibrate the cpu profile)")
         return
     grid = CalibrationGrid()
-    pcfg = chem_prior.prior_config(profile)
-    path = chem_prior.train_prior(pcfg)
-    prior, vocab, _ = chem_prior.load_prior(path)
-    q = chem_prior.prior_quality(prior, vocab, 2000, [], seed=EVAL_SEEDS)
-
-    def compute():
-        return calibrate(prior, vocab, Scorer, grid, q["smiles"], progress=True)
-
-    table = cached("chem-calibration", {"prior": path.name, "grid": grid}, compute, code=[compute])
+    path = calibration_path(profile)
+    existing = load_calibration(path) if path.exists() else None
+    if args.recalibrate and existing is not None and existing.label == args.label:
+        raise ValueError(f"--recalibrate needs a new --label (the frozen file is {existing.label!r})")
+    frozen = None if args.recalibrate else existing
+    table, choice, cal = run_calibration(profile, frozen.label if frozen else args.label, grid, progress=True)
     write_csv(table, f"chem_{profile}_calibration_runs")
-    choice = choose(table, grid)
-    cal = calibration_from_choice(choice, grid, args.label, profile, path.name)
-    out = save_calibration(cal, calibration_path(profile))
-    print(table.round(4).to_string())
-    print(f"chosen: {choice['potency']} lr {choice['lr']}, worst miss x{math.exp(choice['miss']):.2f}, "
-          f"ALL-AMIDE harder: {choice['amide_harder']}, in the paper's regime: {choice['in_regime']}")
-    print(f"wrote {out} (version {cal.version})")
+    print(table.drop(columns=["vs_paper_0.80", "vs_paper_0.85"]).round(4).to_string())
+    print(f"chosen: potency {choice['potency']}, lr {choice['lr']} (worst miss by lr: "
+          + ", ".join(f"{k:g}: x{v:.2f}" for k, v in choice["lr_misses"].items())
+          + f"), worst miss over all seeds x{math.exp(choice['miss']):.2f}, ALL-AMIDE harder: {choice['amide_harder']}, "
+          f"in the paper's regime: {choice['in_regime']}")
+    if frozen is None:
+        save_calibration(cal, path)
+        print(f"wrote {path.name} (version {cal.version})")
+    elif cal.version == frozen.version:
+        print(f"{path.name} (version {frozen.version}) reproduced by these runs; left as it is")
+    else:
+        print(f"{path.name} is frozen at version {frozen.version}, but these runs choose {cal.version} "
+              f"(another prior or other numerics?): left as it is; `--recalibrate --label v2` replaces it")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import numpy as np
 
 from mdkl.chem_smiles import mol_from_smiles
 
-__all__ = ["morgan_fps", "tanimoto_matrix", "yield_", "ob100", "int_div1", "n_circles", "n_scaffolds",
+__all__ = ["morgan_fps", "tanimoto_matrix", "yield_", "ob100", "int_div1", "int_div1_both", "n_circles", "n_scaffolds",
            "summarize_run", "welch_greater"]
 
 
@@ -54,16 +54,26 @@ def ob100(canon, rewards, threshold: float, k: int = 100) -> float:
     return float("nan")
 
 
-def int_div1(smiles, chunk: int = 2000) -> float:
-    """IntDiv1 (MOSES): 1 - mean Tanimoto over all ordered pairs (self-pairs included) of the
-    set's Morgan fingerprints (radius 2, 1024 bits as MOSES). NaN for an empty set."""
-    if len(smiles) == 0:
-        return float("nan")
+def int_div1(smiles, chunk: int = 2000, self_pairs: bool = True) -> float:
+    """IntDiv1 (MOSES): 1 - mean Tanimoto over all ordered pairs of the set's Morgan fingerprints
+    (radius 2, 1024 bits as MOSES), self-pairs included as MOSES counts them (each adds a
+    similarity of 1, so a small set looks less diverse); ``self_pairs=False`` averages over the
+    n (n - 1) pairs of distinct molecules. NaN for an empty set (and for one molecule without self-pairs)."""
+    return int_div1_both(smiles, chunk)[0 if self_pairs else 1]
+
+
+def int_div1_both(smiles, chunk: int = 2000) -> tuple[float, float]:
+    """:func:`int_div1` with and without self-pairs from one pass over the similarity matrix."""
+    n = len(smiles)
+    if n == 0:
+        return float("nan"), float("nan")
     fp = morgan_fps(smiles, 2, 1024)
-    tot = 0.0
-    for i in range(0, len(fp), chunk):
-        tot += float(tanimoto_matrix(fp[i:i + chunk], fp).sum())
-    return 1.0 - tot / len(fp) ** 2
+    tot, diag = 0.0, 0.0
+    for i in range(0, n, chunk):
+        sim = tanimoto_matrix(fp[i:i + chunk], fp)
+        tot += float(sim.sum())
+        diag += float(np.trace(sim[:, i:i + chunk]))
+    return 1.0 - tot / n ** 2, (1.0 - (tot - diag) / (n * (n - 1)) if n > 1 else float("nan"))
 
 
 def n_circles(smiles, distance: float = 0.75) -> int:
@@ -96,8 +106,9 @@ def summarize_run(log, threshold: float) -> dict:
     with reward >= threshold, in order of discovery)."""
     canon, r = log["canonical"].tolist(), log["reward"].to_numpy()
     hits = list(dict.fromkeys(c for c, x in zip(canon, r) if c is not None and x >= threshold))
-    return {"yield": len(hits), "ob100": ob100(canon, r, threshold), "intdiv1": int_div1(hits),
-            "circles": n_circles(hits), "scaffolds": n_scaffolds(hits)}
+    div, div_distinct = int_div1_both(hits)
+    return {"yield": len(hits), "ob100": ob100(canon, r, threshold), "intdiv1": div,
+            "intdiv1_distinct": div_distinct, "circles": n_circles(hits), "scaffolds": n_scaffolds(hits)}
 
 
 def welch_greater(a, b) -> float:

@@ -18,8 +18,8 @@ import numpy as np
 from mdkl.paired import min_detectable_shift, t_power
 
 __all__ = ["PreRegistration", "log_yield_ratios", "paired_power",
-           "seeds_for_power", "min_detectable_effect", "welch_min_detectable_effect", "paired_log_ratio_test",
-           "noninferiority", "mara_activity_verdict"]
+           "seeds_for_power", "plan_seeds", "min_detectable_effect", "welch_min_detectable_effect", "paired_log_ratio_test",
+           "primary_verdict", "noninferiority", "mara_activity", "mara_activity_verdict"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,23 @@ def seeds_for_power(sd: float, effect: float = 0.25, alpha: float = 0.05, power:
     raise ValueError(f"more than {maximum} seeds needed (sd={sd}, effect={effect}): reduce the spread first")
 
 
+def plan_seeds(sd_between: float, prereg: "PreRegistration", cap: int) -> dict:
+    """Seeds per task from the calibration's between-seed spread ``sd_between`` of log yield,
+    before any MARA run. The paired sd of the log ratios is unknown until MARA has run; the plan
+    assumes the conservative sd_diff = sqrt(2) sd_between (pairs as good as independent: the
+    same-seed correlation, which only helps, is not counted). Returns ``sd_diff``, ``n_powered``
+    (:func:`seeds_for_power`, at least ``prereg.min_seeds``), ``n_run`` = min(n_powered, ``cap``:
+    the profile's budget) and the minimum detectable effect ``mde_run`` at ``n_run`` under that sd."""
+    if cap < 2:
+        raise ValueError(f"cap={cap}: a paired test needs >= 2 seeds")
+    sd_diff = math.sqrt(2.0) * sd_between
+    _check_sd_n(sd_diff, 2)
+    n_powered = seeds_for_power(sd_diff, prereg.effect, prereg.alpha, prereg.power, prereg.min_seeds)
+    n_run = min(n_powered, cap)
+    return {"sd_between": sd_between, "sd_diff": sd_diff, "n_powered": n_powered, "n_run": n_run,
+            "mde_run": min_detectable_effect(sd_diff, n_run, prereg.alpha, prereg.power)}
+
+
 def min_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
     """Smallest relative yield gain the paired test on ``n`` log ratios of spread ``sd`` detects
     with ``power``: exp(shift) - 1."""
@@ -153,6 +170,24 @@ def paired_log_ratio_test(y_mara, y_reinvent, alpha: float = 0.05, power: float 
     return out
 
 
+def primary_verdict(test: dict, activity: str, prereg: "PreRegistration" = None) -> str:
+    """The verdict on "MARA raises the yield by ``prereg.effect``" from :func:`paired_log_ratio_test`'s
+    result and :func:`mara_activity_verdict`: 'not tested (MARA inactive)' below the activity floor;
+    otherwise :func:`mdkl.paired.verdict` on the log scale (paper's effect log(1 + effect), the
+    test's measured minimum detectable effect, the one-sided interval of the mean log ratio):
+    'holds', 'FAILS', 'inconclusive' or 'not tested (underpowered)'."""
+    from mdkl.paired import verdict
+
+    prereg = PreRegistration() if prereg is None else prereg
+    if activity not in ("tested", "not tested"):
+        raise ValueError(f"activity={activity!r}: pass mara_activity_verdict(...)'s result")
+    if activity == "not tested":
+        return "not tested (MARA inactive)"
+    mde = math.log1p(test["mde"]) if math.isfinite(test["mde"]) else 0.0
+    half = test["mean"] - test["lower"]
+    return verdict(math.log1p(prereg.effect), mde, test["mean"], test["lower"], test["mean"] + half)
+
+
 def noninferiority(x_treat, x_base, margin: float, relative: bool = False, alpha: float = 0.05,
                    power: float = 0.8) -> dict:
     """Paired non-inferiority: one-sided t-test of mean(x_treat - x_base) > -margin (``relative``:
@@ -169,6 +204,16 @@ def noninferiority(x_treat, x_base, margin: float, relative: bool = False, alpha
     out["non_inferior"] = bool(out["p"] < alpha)
     out["min_margin"] = min_detectable_shift(out["se"], out["df"], alpha, power) if out["se"] > 0 else 0.0
     return out
+
+
+def mara_activity(anchors: dict, reward_calls: int) -> dict:
+    """One run's MARA activity from :func:`mdkl.chem.run_rl`'s ``anchors``: share of batches with
+    >= 2 samples at or above tau, share of reward calls whose reward MARA changed, and the mean
+    change over the changed samples."""
+    if reward_calls < 1 or anchors.get("batches", 0) < 1:
+        raise ValueError("need run_rl(...)['anchors'] of a run with >= 1 batch and reward_calls >= 1")
+    return {"batches_2plus_frac": anchors["batches_with_2plus"] / anchors["batches"],
+            "changed_frac": anchors["augmented"] / reward_calls, "mean_augmentation": anchors["mean_augmentation"]}
 
 
 def mara_activity_verdict(anchors: list[dict], reward_calls: int, prereg: PreRegistration = PreRegistration()) -> str:

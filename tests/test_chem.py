@@ -181,6 +181,11 @@ def test_metrics_on_hand_made_sets():
     d = int_div1(["c1ccccc1CCO", "CCCCCCCCCC(=O)O"])
     assert 0.4 < d < 0.5  # two unrelated molecules: 1 - (2*1 + 2*~0) / 4
     assert math.isnan(int_div1([]))
+    d2 = int_div1(["c1ccccc1CCO", "CCCCCCCCCC(=O)O"], self_pairs=False)
+    assert d2 == pytest.approx(2 * d)  # the 2 distinct ordered pairs only: 1 - s vs 1 - (2 + 2 s) / 4
+    assert int_div1(["c1ccccc1CCO"] * 5, self_pairs=False) == pytest.approx(0.0) and math.isnan(int_div1(["CCO"], self_pairs=False))
+    three = ["c1ccccc1CCO", "CCCCCCCCCC(=O)O", "C1CCNCC1"]
+    assert int_div1(three, chunk=2, self_pairs=False) == pytest.approx(int_div1(three, self_pairs=False))  # chunked diagonal
     assert n_circles(["CCO"] * 3) == 1 and n_circles([]) == 0
     assert n_circles(["c1ccccc1CCO", "CCCCCCCCCC(=O)O", "C1CCNCC1"]) == 3
     assert n_scaffolds(["c1ccccc1", "Cc1ccccc1", "C1CCCCC1", "CCO"]) == 3  # benzene, cyclohexane, ""

@@ -4,7 +4,6 @@ calibration (mdkl.chem_calibration) on a tiny prior and a fake scorer (seconds, 
 
 import json
 import zlib
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -74,7 +73,7 @@ class _Repeat(_Fake):
 def test_duplicates_zero_scores_repeats_0_and_counts_them_as_calls(tiny):
     model, v = tiny
     base = dict(reward_calls=20, batch_size=10, seed=3, mara="none")
-    cached = run_rl(model, v, _Repeat(), RLConfig(**base))
+    cached = run_rl(model, v, _Repeat(), RLConfig(duplicates="cached", **base))
     zero = run_rl(model, v, _Repeat(), RLConfig(duplicates="zero", **base))
     for out in (cached, zero):
         assert len(out["log"]) == 20 and out["anchors"]["duplicates"] == 2
@@ -87,20 +86,20 @@ def test_duplicates_zero_scores_repeats_0_and_counts_them_as_calls(tiny):
 
 def test_mara_activity_statistics(tiny):
     model, v = tiny
-    out = run_rl(model, v, _Repeat(), RLConfig(reward_calls=30, batch_size=10, mara="alg1", tau=0.85))
+    out = run_rl(model, v, _Repeat(), RLConfig(reward_calls=30, batch_size=10, mara="alg1", tau=0.85, duplicates="cached"))
     a, log = out["anchors"], out["log"]
     changed = log.reward_used != log.reward
     assert a["augmented"] == int(changed.sum()) and a["batches"] == 3
     assert a["augmentation_sum"] == pytest.approx(float((log.reward_used - log.reward).sum()), abs=1e-5)
     if a["augmented"]:
         assert a["mean_augmentation"] == pytest.approx(a["augmentation_sum"] / a["augmented"])
-    reinvent = run_rl(model, v, _Repeat(), RLConfig(reward_calls=30, batch_size=10))["anchors"]
+    reinvent = run_rl(model, v, _Repeat(), RLConfig(reward_calls=30, batch_size=10, duplicates="cached"))["anchors"]
     assert reinvent["augmented"] == 0 and reinvent["mean_augmentation"] == 0.0
 
 
-def test_default_rl_config_keeps_todays_loop():
+def test_default_rl_config_is_reinvent4s_loop():
     cfg = RLConfig()
-    assert (cfg.duplicates, cfg.lr, cfg.batch_size, cfg.sigma) == ("cached", 5e-4, 64, 128.0)
+    assert (cfg.duplicates, cfg.batch_size, cfg.sigma, cfg.mara) == ("zero", 64, 128.0, "none")
 
 
 @pytest.mark.parametrize("kw, match", [(dict(duplicates="drop"), "duplicates='drop'"), (dict(lr=0.0), "lr=0.0"),
@@ -172,6 +171,15 @@ def test_bad_calibration_file(tmp_path, edit, match):
         cc.load_calibration(path)
 
 
+def test_calibration_of_another_prior_is_refused(tmp_path, monkeypatch):
+    path = cc.save_calibration(_cal(prior="chem-prior-a"), tmp_path / "chem_reward_cpu.json")
+    monkeypatch.setattr(cc, "calibration_path", lambda profile=None: path)
+    assert cc.load_for_prior("cpu", "chem-prior-a").prior == "chem-prior-a"
+    assert cc.load_for_prior("quick", "chem-prior-q").prior == "chem-prior-a"  # quick borrows cpu's
+    with pytest.raises(ValueError, match="made on prior chem-prior-a.*make chem-calibrate PROFILE=cpu"):
+        cc.load_for_prior("cpu", "chem-prior-b")
+
+
 def test_missing_or_broken_calibration_file(tmp_path):
     with pytest.raises(ValueError, match="make chem-calibrate"):
         cc.load_calibration(tmp_path / "none.json")
@@ -183,34 +191,73 @@ def test_missing_or_broken_calibration_file(tmp_path):
 
 
 @pytest.mark.parametrize("kw, match", [(dict(seeds=(0,)), "overlap the evaluation seeds"), (dict(lr=()), "grid axis"),
-                                       (dict(sa=((3.0, 2.0),)), "sa_good < sa_bad"), (dict(tolerance=1.0), "tolerance")])
+                                       (dict(spread_seeds=(5,)), "overlap the evaluation seeds"),
+                                       (dict(spread_seeds=(1000,)), "must all differ"),
+                                       (dict(lr_check=(2.0,)), "lr=2.0"), (dict(reward_calls=0), "reward_calls=0"),
+                                       (dict(sa=((3.0, 2.0),)), "sa_good < sa_bad"), (dict(tolerance=1.0), "tolerance"),
+                                       (dict(potency=((-1.0, 0.5),)), "potency_ceiling <= 0"),
+                                       (dict(min_synth_fail=1.0), "min_synth_fail")])
 def test_bad_grid(kw, match):
     with pytest.raises(ValueError, match=match):
         cc.CalibrationGrid(**kw)
 
 
-def test_calibrate_runs_every_point_and_chooses(tiny):
+def _fake_run(model, v):
+    def run(rcfg, cfg):
+        return cc.calibration_run(model, v, _Fake(rcfg), cfg)
+    return run
+
+
+def test_calibrate_runs_three_stages_and_chooses(tiny):
     model, v = tiny
     grid = cc.CalibrationGrid(potency=((-3.0, -0.5), (-3.0, -0.1)), sa=((1.0, 2.0), (3.0, 3.5)),
-                              stock_max_heavy_atoms=(7, 14), lr=(1e-4, 5e-4), seeds=(1000, 1001), reward_calls=40,
-                              min_synth_fail=0.3)
-    prior_smiles = ["C", "CCCCCCCC", "CCCCCCCCCCCCCC", "CC"]
-    table = cc.calibrate(model, v, _Fake, grid, prior_smiles)
-    assert len(table) == 2 * (2 + 2) * 2 * 2  # potency x (sa + stock) x lr x seeds
-    assert set(table.seed) == {1000, 1001} and table["rate_0.80"].between(0, 1).all()
-    assert (table["rate_0.85"] <= table["rate_0.80"]).all()
+                              stock_max_heavy_atoms=(7, 14), lr=(5e-4,), lr_check=(1e-4,), seeds=(1000,),
+                              spread_seeds=(1001, 1002), reward_calls=40, min_synth_fail=0.3)
+    prior_sa = [1.5, 2.5, 3.2, 4.0]
+    table, choice = cc.calibrate(_fake_run(model, v), grid, prior_sa)
+    assert len(table) == grid.n_runs == 2 * (2 + 2) + 2 + 2 * 2  # coarse, lr check, spread
+    assert table.stage.value_counts().to_dict() == {"coarse": 8, "lr": 2, "spread": 4}
+    assert table["rate_0.80"].between(0, 1).all() and (table["rate_0.85"] <= table["rate_0.80"]).all()
+    assert (table["yield_0.85"] == (table["rate_0.85"] * 40).round()).all() and table.repeat_share.between(0, 1).all()
     syn = table[table.task == "synth"]
     assert syn.synth_fail_share.notna().all() and table[table.task == "amide"].synth_fail_share.isna().all()
-    choice = cc.choose(table, grid)
     assert choice["synth"]["synth_fail_share"] >= 0.3  # the SYNTH term binds at the chosen point
+    assert set(choice["lr_misses"]) == {1e-4, 5e-4} and set(table[table.stage == "spread"].lr) == {choice["lr"]}
     cal = cc.calibration_from_choice(choice, grid, "t", "cpu", "prior-x")
-    assert cal.synth.sa_good == choice["synth"]["sa_good"] and cal.lr == choice["lr"]
+    assert cal.synth.sa_good == choice["synth"]["sa_good"] and cal.lr == choice["lr"] and cal.seeds == (1000, 1001, 1002)
+    runs = cc.chosen_runs(table, cal)
+    assert len(runs) == 6 and set(runs.seed) == {1000, 1001, 1002}  # both tasks x every seed of the chosen point
     with pytest.raises(ValueError, match="binds"):
-        cc.choose(table, replace(grid, min_synth_fail=0.99))
+        cc.choose(table.assign(synth_fail_share=0.1), grid)
     with pytest.raises(ValueError, match="empty calibration table"):
         cc.choose(table.iloc[:0], grid)
     with pytest.raises(ValueError, match="empty run log"):
         cc.unique_hit_rates(table.iloc[:0])
+
+
+def test_seed_spread_and_its_bad_input():
+    cal = _cal()
+    rows = [{"task": t, **{k: getattr(cal.reward(t), k) for k in ("potency_floor", "potency_ceiling", "sa_good", "sa_bad",
+                                                                  "stock_max_heavy_atoms")},
+             "lr": cal.lr, "seed": s, "yield_0.85": y} for t in ("synth", "amide") for s, y in zip((1000, 1001), (100, 200))]
+    import pandas as pd
+
+    sp = cc.seed_spread(pd.DataFrame(rows), cal)
+    assert sp["synth"]["sd_log_yield"] == pytest.approx(np.log(2) / np.sqrt(2)) and sp["amide"]["n"] == 2
+    with pytest.raises(ValueError, match="needs >= 2 seeds"):
+        cc.seed_spread(pd.DataFrame(rows[:1] + rows[2:]), cal)
+    rows[0]["yield_0.85"] = 0
+    with pytest.raises(ValueError, match="no unique hit"):
+        cc.seed_spread(pd.DataFrame(rows), cal)
+
+
+def test_calibration_runs_reinvent_only(tiny):
+    model, v = tiny
+    with pytest.raises(ValueError, match="never MARA"):
+        cc.calibration_run(model, v, _Fake(), RLConfig(reward_calls=10, mara="alg1"))
+    with pytest.raises(ValueError, match="quick profile reuses"):
+        cc.run_calibration("quick")
+    assert cc.synth_fail_share([2.0, 3.0, 4.0], 2.5) == pytest.approx(2 / 3) and np.isnan(cc.synth_fail_share([], 2.5))
 
 
 def test_a_run_keyed_by_a_compute_that_names_its_scorer_depends_on_the_rewards():

@@ -7,9 +7,9 @@ import pytest
 from scipy import stats
 
 from mdkl import chem_stats, paired
-from mdkl.chem_stats import (PreRegistration, log_yield_ratios, mara_activity_verdict, min_detectable_effect,
-                             noninferiority, paired_log_ratio_test, paired_power, seeds_for_power,
-                             welch_min_detectable_effect)
+from mdkl.chem_stats import (PreRegistration, log_yield_ratios, mara_activity, mara_activity_verdict,
+                             min_detectable_effect, noninferiority, paired_log_ratio_test, paired_power, plan_seeds,
+                             primary_verdict, seeds_for_power, welch_min_detectable_effect)
 
 
 def test_paired_test_matches_scipy_one_sided_ttest():
@@ -92,3 +92,37 @@ def test_activity_verdict():
 def test_bad_input_is_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_plan_seeds_assumes_independent_pairs_and_caps():
+    pre = PreRegistration()
+    p = plan_seeds(0.2, pre, cap=6)
+    assert p["sd_diff"] == pytest.approx(math.sqrt(2) * 0.2)
+    assert p["n_powered"] == seeds_for_power(p["sd_diff"], 0.25) and p["n_run"] == min(p["n_powered"], 6)
+    assert p["mde_run"] == pytest.approx(min_detectable_effect(p["sd_diff"], p["n_run"]))
+    small = plan_seeds(0.01, pre, cap=100)
+    assert small["n_powered"] == pre.min_seeds == small["n_run"]  # the floor of 5 seeds
+    with pytest.raises(ValueError, match="cap=1"):
+        plan_seeds(0.2, pre, cap=1)
+    with pytest.raises(ValueError, match="positive, finite sd"):
+        plan_seeds(0.0, pre, cap=6)
+
+
+def test_primary_verdict():
+    pre = PreRegistration()
+    big = paired_log_ratio_test([130, 126, 128, 131, 125], [100, 101, 99, 100, 102])
+    assert primary_verdict(big, "tested", pre) == "holds"
+    assert primary_verdict(big, "not tested", pre) == "not tested (MARA inactive)"
+    null = paired_log_ratio_test([100, 99, 101, 100, 100], [100, 100, 100, 100, 100])
+    assert null["mde"] < 0.25 and primary_verdict(null, "tested", pre) == "FAILS"  # powered, +25% ruled out
+    noisy = paired_log_ratio_test([50, 200, 90, 150, 60], [100, 100, 100, 100, 100])
+    assert noisy["mde"] > 0.25 and primary_verdict(noisy, "tested", pre) == "not tested (underpowered)"
+    with pytest.raises(ValueError, match="activity="):
+        primary_verdict(big, "yes", pre)
+
+
+def test_mara_activity_per_run():
+    a = {"batches": 10, "batches_with_2plus": 4, "augmented": 50, "mean_augmentation": -0.01}
+    assert mara_activity(a, 640) == {"batches_2plus_frac": 0.4, "changed_frac": 50 / 640, "mean_augmentation": -0.01}
+    with pytest.raises(ValueError, match="anchors"):
+        mara_activity({"batches": 0}, 640)
