@@ -288,24 +288,25 @@ def calibrate(run, grid: CalibrationGrid = CalibrationGrid(), prior_sa=()):
     import pandas as pd
 
     rows = []
+
+    def add(stage, task, rcfg, lr, seed):
+        res = run(rcfg, grid.rl_config(lr, seed))
+        rows.append(_row(stage, task, rcfg, lr, seed, synth_fail_share(prior_sa, rcfg.sa_good), res))
+
     for task, rcfg in grid.rewards():
-        fail = synth_fail_share(prior_sa, rcfg.sa_good)
         for lr in grid.lr:
             for seed in grid.seeds:
-                rows.append(_row("coarse", task, rcfg, lr, seed, fail, run(rcfg, grid.rl_config(lr, seed))))
+                add("coarse", task, rcfg, lr, seed)
     choice = choose(pd.DataFrame(rows), grid)
     rewards = _chosen_rewards(choice, grid)
     for lr in grid.lr_check:
         for seed in grid.seeds:
             for task, rcfg in rewards.items():
-                fail = synth_fail_share(prior_sa, rcfg.sa_good)
-                rows.append(_row("lr", task, rcfg, lr, seed, fail, run(rcfg, grid.rl_config(lr, seed))))
-    table = pd.DataFrame(rows)
-    choice = choose_lr(table, choice, grid)
+                add("lr", task, rcfg, lr, seed)
+    choice = choose_lr(pd.DataFrame(rows), choice, grid)
     for seed in grid.spread_seeds:
         for task, rcfg in rewards.items():
-            fail = synth_fail_share(prior_sa, rcfg.sa_good)
-            rows.append(_row("spread", task, rcfg, choice["lr"], seed, fail, run(rcfg, grid.rl_config(choice["lr"], seed))))
+            add("spread", task, rcfg, choice["lr"], seed)
     table = pd.DataFrame(rows)
     return table, _final(table, choice, grid)
 

@@ -212,8 +212,13 @@ def mara_activity(anchors: dict, reward_calls: int) -> dict:
     change over the changed samples."""
     if reward_calls < 1 or anchors.get("batches", 0) < 1:
         raise ValueError("need run_rl(...)['anchors'] of a run with >= 1 batch and reward_calls >= 1")
+    return {**_activity_shares(anchors, reward_calls), "mean_augmentation": anchors["mean_augmentation"]}
+
+
+def _activity_shares(anchors: dict, reward_calls: int) -> dict:
+    """The two shares the activity floor is about: batches with >= 2 good samples, calls changed."""
     return {"batches_2plus_frac": anchors["batches_with_2plus"] / anchors["batches"],
-            "changed_frac": anchors["augmented"] / reward_calls, "mean_augmentation": anchors["mean_augmentation"]}
+            "changed_frac": anchors["augmented"] / reward_calls}
 
 
 def mara_activity_verdict(anchors: list[dict], reward_calls: int, prereg: PreRegistration = PreRegistration()) -> str:
@@ -227,7 +232,8 @@ def mara_activity_verdict(anchors: list[dict], reward_calls: int, prereg: PreReg
         missing = {"batches", "batches_with_2plus", "augmented"} - set(a)
         if missing or a["batches"] < 1:
             raise ValueError(f"anchors without {sorted(missing) or 'batches'}: pass run_rl(...)['anchors']")
-    changed = np.median([a["augmented"] / reward_calls for a in anchors])
-    two = np.median([a["batches_with_2plus"] / a["batches"] for a in anchors])
+    shares = [_activity_shares(a, reward_calls) for a in anchors]
+    changed = np.median([x["changed_frac"] for x in shares])
+    two = np.median([x["batches_2plus_frac"] for x in shares])
     ok = changed >= prereg.min_changed_frac and two >= prereg.min_batches_2plus_frac
     return "tested" if ok else "not tested"
