@@ -33,7 +33,7 @@ from mdkl.runtime import DATA_DIR, resolve_profile
 
 __all__ = ["TARGET_RATES", "SCREENS", "EVAL_SEEDS", "RewardCalibration", "calibration_path", "save_calibration",
            "load_calibration", "load_for_prior", "CalibrationGrid", "unique_hit_rates", "run_summary", "calibration_run",
-           "synth_fail_share", "calibrate", "choose", "choose_lr", "chosen_runs", "seed_spread",
+           "synth_fail_share", "calibrate", "frozen_choice", "frozen_choice_rewards", "describe_choice", "choose", "choose_lr", "chosen_runs", "seed_spread",
            "calibration_from_choice", "run_calibration", "main"]
 
 #: the paper's REINVENT: unique hits per reward call (Table 2; 10,000 calls)
@@ -62,6 +62,10 @@ class RewardCalibration:
     """the ALL-AMIDE analogue's reward."""
     seeds: tuple = ()
     """calibration seeds (disjoint from range(EVAL_SEEDS))."""
+    prior_recipe: str = ""
+    """the prior's recipe (:func:`mdkl.chem_prior.prior_recipe`: its config's hash, the same on every
+    machine and code version), which :func:`load_for_prior` checks; not part of the version (a
+    record of what the calibration belongs to, not a parameter). Empty: ``prior`` is checked."""
 
     def __post_init__(self):
         if not self.label or not isinstance(self.label, str):
@@ -79,6 +83,7 @@ class RewardCalibration:
         for t in TASKS:
             d[t].pop("version")
         d.pop("label")
+        d.pop("prior_recipe")
         d["seeds"] = list(self.seeds)
         return d
 
@@ -103,7 +108,7 @@ def calibration_path(profile: str | None = None) -> Path:
 
 def save_calibration(cal: RewardCalibration, path: Path) -> Path:
     """Write ``cal`` as JSON (with its version) and return the path."""
-    d = {"version": cal.version, "label": cal.label, **cal._params()}
+    d = {"version": cal.version, "label": cal.label, "prior_recipe": cal.prior_recipe, **cal._params()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(d, indent=1, sort_keys=True) + "\n")
     return Path(path)
@@ -120,6 +125,8 @@ def load_calibration(path: Path) -> RewardCalibration:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}): re-run `make chem-calibrate`") from None
     want = {f.name for f in fields(RewardCalibration)} | {"version"}
+    if isinstance(d, dict):
+        d.setdefault("prior_recipe", "")  # files written before it was recorded
     if not isinstance(d, dict) or set(d) != want:
         got = set(d) if isinstance(d, dict) else set()
         raise ValueError(f"{path}: keys {sorted(got)} != {sorted(want)} (missing {sorted(want - got)}, unknown "
@@ -133,7 +140,7 @@ def load_calibration(path: Path) -> RewardCalibration:
             raise ValueError(f"{path}: unknown {t} reward fields {sorted(unknown)}")
         rewards[t] = RewardConfig(**d[t])  # range checks
     cal = RewardCalibration(d["label"], d["profile"], d["prior"], float(d["lr"]), rewards["synth"],
-                            rewards["amide"], tuple(d["seeds"]))
+                            rewards["amide"], tuple(d["seeds"]), str(d["prior_recipe"]))
     if cal.version != d["version"]:
         raise ValueError(f"{path}: its parameters do not match version {d['version']!r} (now {cal.version!r}): the "
                          f"configuration is frozen once calibrated; re-run `make chem-calibrate` with a new label")
@@ -142,11 +149,13 @@ def load_calibration(path: Path) -> RewardCalibration:
 
 def load_for_prior(profile: str, prior: str) -> RewardCalibration:
     """The frozen calibration a profile's runs use (:func:`calibration_path`), checked against the
-    prior they start from (its cache folder name ``prior``): a calibration made on another prior
+    prior they start from (its recipe name ``prior``, :func:`mdkl.chem_prior.prior_recipe`: the same
+    recipe trained on another CPU kind is the same prior): a calibration made on another prior
     raises, naming the fix. The quick profile borrows the cpu profile's (made on the cpu prior)."""
     cal = load_calibration(calibration_path(profile))
-    if resolve_profile(profile) != "quick" and cal.prior != prior:
-        raise ValueError(f"the reward calibration {cal.version} was made on prior {cal.prior}, but the {profile} profile's "
+    made_on = cal.prior_recipe if cal.prior_recipe and prior.startswith("chem-prior-recipe-") else cal.prior
+    if resolve_profile(profile) != "quick" and made_on != prior:
+        raise ValueError(f"the reward calibration {cal.version} was made on prior {made_on}, but the {profile} profile's "
                          f"prior is {prior}: re-run `make chem-calibrate PROFILE={profile}` (with --recalibrate "
                          f"--label v2 if the committed file must be replaced)")
     return cal
@@ -278,13 +287,21 @@ def synth_fail_share(prior_sa, sa_good: float) -> float:
     return float((sa > sa_good).mean()) if len(sa) else float("nan")
 
 
-def calibrate(run, grid: CalibrationGrid = CalibrationGrid(), prior_sa=()):
+def calibrate(run, grid: CalibrationGrid = CalibrationGrid(), prior_sa=(), frozen: "RewardCalibration | None" = None):
     """The three stages of ``grid`` (REINVENT only). ``run(reward_config, rl_config)`` returns
     :func:`calibration_run`'s dict (the caller caches it and owns the scorers); ``prior_sa``: SA
     scores of valid prior samples (SYNTH's binding share). Returns ``(table, choice)``: one row per
     run (stage, task, parameters, lr, seed, rates, yields, ratios to the paper's, repeat share) and
     :func:`choose`'s result with the lr of :func:`choose_lr` and the rates at the chosen point
-    averaged over all its seeds."""
+    averaged over all its seeds.
+
+    ``frozen``: a committed calibration is a configuration, not a prediction of this machine's
+    runs (seeded runs differ in their last bits across CPU vendors, and a choice between two close
+    grid points can flip). With it, the coarse stage runs as usual and this machine's own choice is
+    reported as ``choice["rerun"]`` (its rewards, lr and rates), but the lr and spread stages run at
+    the *frozen* point and ``choice`` is the frozen point (its lr included): whatever reads the
+    table downstream (the spread of :func:`seed_spread`, :func:`chosen_runs`) finds the frozen
+    point's seeds whichever point this machine would have chosen."""
     import pandas as pd
 
     rows = []
@@ -297,18 +314,67 @@ def calibrate(run, grid: CalibrationGrid = CalibrationGrid(), prior_sa=()):
         for lr in grid.lr:
             for seed in grid.seeds:
                 add("coarse", task, rcfg, lr, seed)
-    choice = choose(pd.DataFrame(rows), grid)
-    rewards = _chosen_rewards(choice, grid)
+    own = choose(pd.DataFrame(rows), grid)
+    anchor = own if frozen is None else frozen_choice(frozen, grid)
+    rewards = _chosen_rewards(anchor, grid)
     for lr in grid.lr_check:
         for seed in grid.seeds:
             for task, rcfg in rewards.items():
                 add("lr", task, rcfg, lr, seed)
-    choice = choose_lr(pd.DataFrame(rows), choice, grid)
+    best = choose_lr(pd.DataFrame(rows), anchor, grid)
+    choice = best if frozen is None else {**_assess_at(pd.DataFrame(rows), anchor, frozen.lr, grid),
+                                          "lr_misses": best["lr_misses"]}
     for seed in grid.spread_seeds:
         for task, rcfg in rewards.items():
             add("spread", task, rcfg, choice["lr"], seed)
     table = pd.DataFrame(rows)
-    return table, _final(table, choice, grid)
+    final = _final(table, choice, grid)
+    if frozen is not None:
+        same_rewards = _chosen_rewards(own, grid) == rewards
+        final["rerun"] = _final(table, best if same_rewards else own, grid)
+    return table, final
+
+
+def frozen_choice(cal: "RewardCalibration", grid: CalibrationGrid = CalibrationGrid()) -> dict:
+    """The choice (in :func:`choose`'s form: potency, lr, per-task parameters) that a frozen
+    calibration ``cal`` fixed; its rewards must be a point of ``grid`` (else its runs could not be
+    compared with the grid's): raises ``ValueError`` naming the fix."""
+    s, a = cal.synth, cal.amide
+    choice = {"potency": (s.potency_floor, s.potency_ceiling), "lr": cal.lr,
+              "synth": {"sa_good": s.sa_good, "sa_bad": s.sa_bad}, "amide": {"stock_max_heavy_atoms": a.stock_max_heavy_atoms}}
+    grid_points = [replace(r, version="") for _, r in grid.rewards()]
+    missing = [t for t in TASKS if replace(cal.reward(t), version="") not in grid_points]
+    if missing:
+        raise ValueError(f"the frozen calibration {cal.version}'s {', '.join(missing)} reward is not a point of this "
+                         f"calibration grid: calibrate with the grid it was made on, or recalibrate "
+                         f"(`python -m mdkl.chem_calibration --recalibrate --label <new>`)")
+    return choice
+
+
+def frozen_choice_rewards(choice: dict, grid: CalibrationGrid = CalibrationGrid()) -> dict:
+    """Per task, the :class:`RewardConfig` a choice (of :func:`choose` or :func:`frozen_choice`) names."""
+    return _chosen_rewards(choice, grid)
+
+
+def _assess_at(table, choice: dict, lr: float, grid: CalibrationGrid) -> dict:
+    """``choice``'s rewards assessed at learning rate ``lr`` (rates over the seeds ``grid.seeds``)."""
+    rec = {}
+    for task, rcfg in _chosen_rewards(choice, grid).items():
+        t = _point(table[table.seed.isin(grid.seeds)], task, rcfg, lr)
+        if len(t) == 0:
+            raise ValueError(f"no calibration run of {task} at lr {lr:g} at the chosen rewards: the grid's lr and "
+                             f"lr_check must include it")
+        rec[task] = {**t.iloc[0].to_dict(), **t[_RATES].mean().to_dict()}
+    return _assess({"potency": choice["potency"], "lr": lr, **rec}, grid)
+
+
+def describe_choice(choice: dict) -> str:
+    """One line naming a calibration choice and its seed-averaged unique-hit rates per task."""
+    s, a = choice["synth"], choice["amide"]
+    rates = "; ".join(f"{t} " + " / ".join(f"{c[f'rate_{x:.2f}']:.3f}" for x in SCREENS) for t, c in (("SYNTH", s), ("ALL-AMIDE", a)))
+    return (f"potency ({choice['potency'][0]:g}, {choice['potency'][1]:g}), SYNTH SA {s['sa_good']:g}-{s['sa_bad']:g}, "
+            f"ALL-AMIDE stock <= {int(a['stock_max_heavy_atoms'])} heavy atoms, lr {choice['lr']:g}: unique hits per call at "
+            f"{' / '.join(f'{x:.2f}' for x in SCREENS)}: {rates} (worst miss x{math.exp(choice['miss']):.2f})")
 
 
 def _miss(row, task) -> float:
@@ -373,18 +439,12 @@ def choose_lr(table, choice: dict, grid: CalibrationGrid = CalibrationGrid()) ->
     the paper's regime (smallest worst-task miss; ties: the larger lr, which leaves the prior
     further within the same calls). Returns ``choice`` with that lr and its rows, plus
     ``lr_misses`` (lr -> worst miss as a factor)."""
-    rewards = _chosen_rewards(choice, grid)
     misses, cands = {}, []
     for lr in sorted(set(grid.lr) | set(grid.lr_check)):
-        rec = {}
-        for task, rcfg in rewards.items():
-            t = _point(table[table.seed.isin(grid.seeds)], task, rcfg, lr)
-            if len(t) == 0:
-                break
-            rec[task] = {**t.iloc[0].to_dict(), **t[_RATES].mean().to_dict()}
-        if len(rec) < 2:
+        try:
+            c = _assess_at(table, choice, lr, grid)
+        except ValueError:  # this lr was not run at these rewards
             continue
-        c = _assess({"potency": choice["potency"], "lr": lr, **rec}, grid)
         misses[lr] = math.exp(c["miss"])
         cands.append(c)
     if not cands:
@@ -423,18 +483,20 @@ def seed_spread(table, cal: "RewardCalibration", screen: float = 0.85) -> dict:
 
 
 def calibration_from_choice(choice: dict, grid: CalibrationGrid, label: str, profile: str,
-                            prior: str) -> RewardCalibration:
+                            prior: str, prior_recipe: str = "") -> RewardCalibration:
     """The :class:`RewardCalibration` of :func:`choose` / :func:`calibrate`'s choice."""
     r = _chosen_rewards(choice, grid)
     seeds = tuple(int(x) for x in tuple(grid.seeds) + tuple(grid.spread_seeds))
-    return RewardCalibration(label, profile, prior, float(choice["lr"]), r["synth"], r["amide"], seeds)
+    return RewardCalibration(label, profile, prior, float(choice["lr"]), r["synth"], r["amide"], seeds, prior_recipe)
 
 
 def run_calibration(profile: str, label: str = "v1", grid: CalibrationGrid = CalibrationGrid(),
-                    progress: bool = False) -> tuple:
+                    progress: bool = False, frozen: "RewardCalibration | None" = None) -> tuple:
     """Calibrate on the profile's prior (trained or loaded from the cache), every run cached
     (``chem-calibration-run``, keyed by the prior, the reward and the run's config). Returns
-    ``(table, choice, calibration)``. The quick profile has no calibration of its own."""
+    ``(table, choice, calibration)``; with ``frozen`` the later stages run at the frozen point
+    (:func:`calibrate`) and ``calibration`` is the frozen point's. The quick profile has no
+    calibration of its own."""
     from mdkl import chem_prior
     from mdkl.chem_reward import Scorer, sa_score
     from mdkl.chem_smiles import mol_from_smiles
@@ -467,11 +529,14 @@ def run_calibration(profile: str, label: str = "v1", grid: CalibrationGrid = Cal
         return cached("chem-calibration-run", key, compute, code=[run_rl, Scorer])
 
     try:
-        table, choice = calibrate(run, grid, prior_sa)
+        table, choice = calibrate(run, grid, prior_sa, frozen=frozen)
     finally:
         for sc in scorers.values():
             sc.close()
-    return table, choice, calibration_from_choice(choice, grid, label, profile, path.name)
+    if frozen is not None:  # the later stages ran at the frozen point: return the frozen calibration itself
+        return table, choice, frozen
+    recipe = chem_prior.prior_recipe(chem_prior.prior_config(profile))
+    return table, choice, calibration_from_choice(choice, grid, label, profile, path.name, recipe)
 
 
 def main(argv=None) -> None:
@@ -484,6 +549,7 @@ def main(argv=None) -> None:
     profile's calibration (nothing to run)."""
     import argparse
 
+    from mdkl import chem_prior
     from mdkl.runtime import write_csv
 
     ap = argparse.ArgumentParser(prog="python -m mdkl.chem_calibration", description=main.__doc__)
@@ -501,21 +567,32 @@ def main(argv=None) -> None:
     if args.recalibrate and existing is not None and existing.label == args.label:
         raise ValueError(f"--recalibrate needs a new --label (the frozen file is {existing.label!r})")
     frozen = None if args.recalibrate else existing
-    table, choice, cal = run_calibration(profile, frozen.label if frozen else args.label, grid, progress=True)
+    if frozen is not None:  # made on this profile's prior recipe, or an error naming the fix
+        load_for_prior(profile, chem_prior.prior_recipe(chem_prior.prior_config(profile)))
+    table, choice, cal = run_calibration(profile, frozen.label if frozen else args.label, grid, progress=True,
+                                         frozen=frozen)
     write_csv(table, f"chem_{profile}_calibration_runs")
     print(table.drop(columns=["vs_paper_0.80", "vs_paper_0.85"]).round(4).to_string())
-    print(f"chosen: potency {choice['potency']}, lr {choice['lr']} (worst miss by lr: "
+    print(f"{'frozen point' if frozen else 'chosen'}: {describe_choice(choice)}; worst miss by lr: "
           + ", ".join(f"{k:g}: x{v:.2f}" for k, v in choice["lr_misses"].items())
-          + f"), worst miss over all seeds x{math.exp(choice['miss']):.2f}, ALL-AMIDE harder: {choice['amide_harder']}, "
-          f"in the paper's regime: {choice['in_regime']}")
+          + f"; ALL-AMIDE harder: {choice['amide_harder']}, in the paper's regime: {choice['in_regime']}")
     if frozen is None:
         save_calibration(cal, path)
         print(f"wrote {path.name} (version {cal.version})")
-    elif cal.version == frozen.version:
+        return
+    own = calibration_from_choice(choice["rerun"], grid, frozen.label, profile, frozen.prior, frozen.prior_recipe)
+    if own.version == frozen.version:
         print(f"{path.name} (version {frozen.version}) reproduced by these runs; left as it is")
     else:
-        print(f"{path.name} is frozen at version {frozen.version}, but these runs choose {cal.version} "
-              f"(another prior or other numerics?): left as it is; `--recalibrate --label v2` replaces it")
+        print(f"{path.name} is frozen at version {frozen.version}; this machine's runs would choose {own.version}:\n"
+              f"  frozen (used): {describe_choice(choice)}\n"
+              f"  this machine:  {describe_choice(choice['rerun'])}\n"
+              f"A frozen calibration is a configuration: the lr and spread stages ran at the frozen point, and "
+              f"notebook 06 uses it (seeded runs differ in their last bits across CPU kinds, so a choice between "
+              f"close grid points can flip). `--recalibrate --label <new>` replaces it.")
+
+
+
 
 
 if __name__ == "__main__":

@@ -267,9 +267,21 @@ def _train_prior(cfg: PriorConfig, out: Path, progress: bool = True) -> None:
 
 
 def train_prior(cfg: PriorConfig = PriorConfig(), force: bool = False, progress: bool = True) -> Path:
-    """Train (or load from the cache) the prior; returns its folder (model.pt, vocab.json, losses)."""
+    """Train (or load from the cache) the prior; returns its folder (model.pt, vocab.json, losses).
+    The folder is keyed by the config, the code and the numeric path (a prior trained on another
+    CPU kind differs in its last bits); :func:`prior_recipe` names it without the path."""
     return cached_dir("chem-prior", cfg, lambda d: _train_prior(cfg, d, progress),
                       code=[_train_prior], force=force)
+
+
+def prior_recipe(cfg: PriorConfig) -> str:
+    """The prior's recipe name, ``chem-prior-recipe-<hash of its config>``: the same on every machine
+    and code version (unlike :func:`train_prior`'s folder, which also keys the code and the numeric
+    path). A frozen reward calibration records it, so it stays valid for the same recipe trained on
+    another CPU kind or after a refactor, and is refused for another recipe."""
+    from mdkl.runtime import cache_key
+
+    return f"chem-prior-recipe-{cache_key(cfg, numeric=False)}"
 
 
 def load_prior(path: Path) -> tuple[SmilesLSTM, Vocabulary, PriorConfig]:

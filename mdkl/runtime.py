@@ -118,6 +118,46 @@ def numeric_kernels() -> dict[str, Any]:
     return {"aten_capability": cap, **env, "torch_threads": torch.get_num_threads(), "pinned": pinned}
 
 
+def cpu_model() -> dict[str, str]:
+    """The CPU's vendor and model name as the operating system reports them (``/proc/cpuinfo`` on
+    Linux, ``platform.processor()`` elsewhere): e.g. ``{"vendor": "GenuineIntel", "model": "Intel(R)
+    Xeon(R) Processor"}``. Unknown fields read ``"unknown"``."""
+    import platform
+
+    vendor, model = "", ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "vendor_id" and not vendor:
+                vendor = value.strip()
+            elif key == "model name" and not model:
+                model = value.strip()
+            if vendor and model:
+                break
+    except OSError:
+        pass
+    return {"vendor": vendor or platform.processor() or "unknown", "model": model or platform.processor() or "unknown",
+            "machine": platform.machine().lower() or "unknown"}
+
+
+def numeric_path() -> str:
+    """One string naming the numeric path a seeded CPU run takes here, e.g.
+    ``"x86_64 GenuineIntel pinned-AVX2 torch 2.13.0"`` or ``"x86_64 AuthenticAMD native-AVX512 torch
+    2.13.0"``: the architecture, the CPU vendor, whether mdkl's kernel pin is in force (and the ATen
+    capability it runs) and the torch version. Runs on the same path repeat bit for bit; across
+    paths only their verdicts are meant to agree. The CPU vendor is part of it even under the pin:
+    MKL's conditional numerical reproducibility (``MKL_CBWR``) is an Intel guarantee, and AMD CPUs
+    take other MKL code paths, so pinned runs still differ in their last bits across vendors.
+    :func:`cache_key` includes it, so switching paths recomputes instead of reusing a result."""
+    import torch
+
+    k = numeric_kernels()
+    cpu = cpu_model()
+    return (f"{cpu['machine']} {cpu['vendor']} {'pinned' if k['pinned'] else 'native'}-{k['aten_capability']} "
+            f"torch {torch.__version__}")
+
+
 def check_numeric_kernels() -> None:
     """Warn (once per call site) when the x86-64 kernel path is not mdkl's pinned AVX2 path: then
     seeded results may differ in their last bits from the committed ones, and training amplifies
@@ -432,9 +472,16 @@ def code_version(*objects: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(config: Any, code: Iterable[Any] = ()) -> str:
-    """Stable key of a config (dataclass / dict / scalars) and the code it runs."""
-    payload = json.dumps({"config": _jsonable(config), "code": code_version(*code)}, sort_keys=True)
+def cache_key(config: Any, code: Iterable[Any] = (), numeric: bool = True) -> str:
+    """Stable key of a config (dataclass / dict / scalars), the code it runs and the numeric path in
+    force (:func:`numeric_path`: CPU vendor, pinned or native kernels, torch version), so a result
+    computed on one numeric path is never served on another. ``numeric=False`` leaves the path out:
+    the key of a *recipe* (config and code), the same on every machine, which names what a committed
+    artifact was made from (e.g. the prior a frozen reward calibration belongs to)."""
+    payload = {"config": _jsonable(config), "code": code_version(*code)}
+    if numeric:
+        payload["numeric_path"] = numeric_path()
+    payload = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 

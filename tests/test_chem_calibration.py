@@ -4,6 +4,7 @@ calibration (mdkl.chem_calibration) on a tiny prior and a fake scorer (seconds, 
 
 import json
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -274,3 +275,48 @@ def test_a_run_keyed_by_a_compute_that_names_its_scorer_depends_on_the_rewards()
     deps = runtime.module_dependencies(compute)
     assert {"mdkl.chem", "mdkl.chem_prior", "mdkl.chem_reward", "mdkl.shaping"} <= set(deps)
     assert "mdkl.chem_calibration" not in deps and "mdkl.chem_stats" not in deps
+
+
+def test_a_frozen_calibration_is_a_configuration(tiny):
+    """With a frozen calibration whose point differs from this machine's choice, the lr and spread
+    stages run at the frozen point (so the spread downstream has its seeds), the frozen point is
+    returned as the choice, and this machine's own choice is reported beside it."""
+    model, v = tiny
+    grid = cc.CalibrationGrid(potency=((-3.0, -0.5),), sa=((1.0, 2.0), (3.0, 3.5)), stock_max_heavy_atoms=(7, 14),
+                              lr=(5e-4,), lr_check=(1e-4,), seeds=(1000,), spread_seeds=(1001, 1002),
+                              reward_calls=40, min_synth_fail=0.0)
+    table, own = cc.calibrate(_fake_run(model, v), grid, [1.5, 2.5, 3.2, 4.0])
+    # the frozen point: the grid point of each task that this machine did not choose
+    pick = {t: next(r for tt, r in grid.rewards() if tt == t and r != cc.frozen_choice_rewards(own, grid)[t])
+            for t in ("synth", "amide")}
+    sa_other, other = (pick["synth"].sa_good, pick["synth"].sa_bad), {"amide": pick["amide"].stock_max_heavy_atoms}
+    frozen = cc.RewardCalibration("v1", "cpu", "chem-prior-x", 1e-4, pick["synth"], pick["amide"], (1000, 1001, 1002))
+    table_f, choice = cc.calibrate(_fake_run(model, v), grid, [1.5, 2.5, 3.2, 4.0], frozen=frozen)
+    assert choice["lr"] == 1e-4 and choice["synth"]["sa_good"] == sa_other[0]
+    assert choice["amide"]["stock_max_heavy_atoms"] == other["amide"]
+    assert choice["rerun"]["synth"]["sa_good"] == own["synth"]["sa_good"]  # this machine's choice, reported
+    spread = table_f[table_f.stage == "spread"]
+    assert set(spread.lr) == {1e-4} and set(spread.sa_good[spread.task == "synth"]) == {sa_other[0]}
+    assert set(spread.stock_max_heavy_atoms[spread.task == "amide"]) == {other["amide"]}
+    runs = cc.chosen_runs(table_f, frozen)  # the frozen point has all its seeds: the spread downstream works
+    assert sorted(runs.seed[runs.task == "synth"]) == sorted(runs.seed[runs.task == "amide"]) == [1000, 1001, 1002]
+    assert "ALL-AMIDE stock <=" in cc.describe_choice(choice)
+    off_grid = replace(frozen, amide=replace(pick["amide"], stock_max_heavy_atoms=9))
+    with pytest.raises(ValueError, match="not a point of this calibration grid"):
+        cc.calibrate(_fake_run(model, v), grid, [1.5, 2.5, 3.2, 4.0], frozen=off_grid)
+
+
+def test_the_prior_recipe_is_machine_independent(tmp_path, monkeypatch):
+    """A calibration records its prior's recipe (config hash, no code or numeric path): it stays
+    valid for that recipe trained on another CPU kind, and is refused for another recipe."""
+    cfg = chem_prior.prior_config("cpu")
+    recipe = chem_prior.prior_recipe(cfg)
+    monkeypatch.setattr(runtime, "numeric_path", lambda: "x86_64 AuthenticAMD native-AVX512 torch 0")
+    assert chem_prior.prior_recipe(cfg) == recipe and recipe.startswith("chem-prior-recipe-")
+    assert chem_prior.prior_recipe(replace(cfg, hidden=cfg.hidden + 1)) != recipe
+    path = cc.save_calibration(_cal(prior="chem-prior-a", prior_recipe=recipe), tmp_path / "chem_reward_cpu.json")
+    monkeypatch.setattr(cc, "calibration_path", lambda profile=None: path)
+    assert cc.load_for_prior("cpu", recipe).prior_recipe == recipe
+    with pytest.raises(ValueError, match="made on prior chem-prior-recipe-"):
+        cc.load_for_prior("cpu", chem_prior.prior_recipe(replace(cfg, hidden=cfg.hidden + 1)))
+    assert _cal(prior_recipe="x").version == _cal().version  # a record, not a parameter
