@@ -40,7 +40,7 @@ export ATEN_CPU_CAPABILITY MKL_CBWR ONEDNN_MAX_CPU_ISA
 endif
 endif
 
-.PHONY: all help env test unit nbval lab publish bench gpu-check chem-prior chem-calibrate clean-cache clean $(notdir $(basename $(NOTEBOOKS)))
+.PHONY: all help env test unit nbval nbval-native lab publish bench gpu-check check-machine chem-prior chem-calibrate clean-cache clean $(notdir $(basename $(NOTEBOOKS)))
 
 help: ## show this help
 	@echo "mdkl make targets (PROFILE=quick|cpu|paper, default cpu):"
@@ -86,10 +86,24 @@ executed/$(PROFILE)/06_chemistry.ipynb: | chem-prior chem-calibrate
 chem-calibrate: chem-prior ## calibrate the chemistry reward analogue on the prior of PROFILE (REINVENT only; run before notebook 06)
 	$(PY) -m mdkl.chem_calibration --profile $(PROFILE)
 
-test: $(ENV_STAMP) ## unit tests (pytest) + notebook validation (nbval, quick profile)
+# The training notebooks' checked claims must also hold on another numeric path: the CPU's native
+# kernels (MDKL_NATIVE_KERNELS=1, pin variables removed) are another path on every machine and the
+# closest stand-in for another CPU kind; their runs are cached under their own keys.
+TRAINING_NOTEBOOKS := $(filter notebooks/05_% notebooks/06_% notebooks/07_%,$(NOTEBOOKS))
+NATIVE := env -u ATEN_CPU_CAPABILITY -u MKL_CBWR -u ONEDNN_MAX_CPU_ISA MDKL_NATIVE_KERNELS=1
+
+test: $(ENV_STAMP) ## unit tests (pytest) + notebook validation (nbval, quick profile; 05-07 also on native kernels)
 	MDKL_PROFILE=quick $(PY) -m pytest tests $(NOTEBOOKS) -q -rs --durations=15 \
 	  --nbval-lax --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg \
 	  --nbval-cell-timeout $(NB_TIMEOUT)
+	@echo "== checked claims of $(notdir $(TRAINING_NOTEBOOKS)) on the CPU's native kernels (another numeric path)"
+	$(NATIVE) MDKL_PROFILE=quick $(PY) -m pytest $(TRAINING_NOTEBOOKS) -q -rs --durations=5 \
+	  --nbval-lax --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg \
+	  --nbval-cell-timeout $(NB_TIMEOUT)
+
+nbval-native: $(ENV_STAMP) ## nbval of the training notebooks (05-07) on the CPU's native kernels only
+	$(NATIVE) MDKL_PROFILE=quick $(PY) -m pytest $(TRAINING_NOTEBOOKS) -q --nbval-lax --nbval-current-env \
+	  --nbval-sanitize-with nbval_sanitize.cfg --nbval-cell-timeout $(NB_TIMEOUT)
 
 unit: $(ENV_STAMP) ## unit tests only
 	$(PY) -m pytest tests -q
@@ -111,6 +125,11 @@ bench: $(ENV_STAMP) ## run the benchmark scripts under benchmarks/
 GPU_CHECK_ARGS ?=
 gpu-check: $(ENV_STAMP) ## check every trainer on the GPU against the CPU (writes data/results/gpu_check.json)
 	TQDM_DISABLE=1 $(PY) -m mdkl.gpu_check $(GPU_CHECK_ARGS)
+
+# Where a difference comes from: the CPU and kernel path, the path the committed results were computed
+# on, and this machine's claim lines and result CSVs beside the committed ones (after `make all`).
+check-machine: $(ENV_STAMP) ## print this machine's numeric path and compare its results with the committed ones
+	$(PY) -m mdkl.reproduce --profile $(PROFILE)
 
 lab: $(ENV_STAMP) ## JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks

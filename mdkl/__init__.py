@@ -4,6 +4,8 @@ Collapse" (GX-Chen et al., arXiv 2510.20817).
 Modules (each says what it is for in its own docstring):
 
 - ``mdkl.runtime``  paths, profiles (quick / cpu / paper), devices, seeding, the atomic on-disk cache, claims
+- ``mdkl.machine``  the CPU, the kernel path in force and the numeric path they make (in every cache key)
+- ``mdkl.reproduce`` ``make check-machine``: this machine's results beside the committed ones (claims, CSVs)
 - ``mdkl.targets``  optimal targets of the regularized objectives (Rem. 3.1, 3.3, B.1) and ratios (§4)
 - ``mdkl.kl``       the k1 / k2 / k3 KL estimators and which divergence each placement optimizes
 - ``mdkl.mara``     Mode Anchored Reward Augmentation (Algorithms 1 and 2, Rem. B.3)
@@ -50,7 +52,9 @@ import warnings as _warnings
 #: preferred "1" by log 1.069 instead of 1.005, and flipped a claim). Each variable is needed: ATen's
 #: changes that pretraining, oneDNN's the bits of an LSTM trained 100 steps, MKL's those of the LM
 #: trainer's RL steps (``tests/test_shaping_regression.py``). Pinning all three to their AVX2 path
-#: (which every x86-64 CPU of the last decade has) makes seeded results identical across machines.
+#: (which every x86-64 CPU of the last decade has) makes seeded results repeat bit for bit on one kind
+#: of CPU; across CPU vendors the last bits still differ (MKL's reproducibility mode is an Intel
+#: guarantee), so what must agree everywhere is the verdicts (:mod:`mdkl.machine`).
 #: These variables are read lazily, at the first tensor operation, so setting them here works
 #: whenever ``mdkl`` is imported before any torch computation runs. ``setdefault``: values a user exports are kept, and
 #: :func:`mdkl.runtime.numeric_kernels` reports what is in force. ``MDKL_NATIVE_KERNELS=1`` skips

@@ -3,7 +3,8 @@
 - where things live (``ROOT``, ``DATA_DIR``, ``FIGURES_DIR``),
 - run profiles: ``quick`` (CI, minutes), ``cpu`` (default: the full set of results sized for 2 cores),
   ``paper`` (paper-size grids and seeds, GPU where available). Profiles only change sizes.
-- seeding, done once and visibly with :func:`seed_everything`,
+- seeding, done once and visibly with :func:`seed_everything` (the numeric path it runs on:
+  :mod:`mdkl.machine`),
 - devices: :func:`resolve_device` turns every config's ``device`` field (``"auto"``, ``"cpu"``,
   ``"cuda"``, ``"cuda:1"``) into a ``torch.device``, failing at once with the fix when it is not there,
 - :func:`cached`: expensive results stored under ``data/cache`` keyed by (config, code version),
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 import numpy as np
+
+from mdkl.machine import check_numeric_kernels, cpu_model, numeric_kernels, numeric_path  # noqa: F401 (re-exported)
 
 ROOT = Path(os.environ.get("MDKL_ROOT", Path(__file__).resolve().parent.parent))
 DATA_DIR = ROOT / "data"
@@ -100,79 +103,6 @@ def figures_dir(profile: str | None = None) -> Path:
 # ----------------------------------------------------------------------------------------------
 # seeding
 # ----------------------------------------------------------------------------------------------
-def numeric_kernels() -> dict[str, Any]:
-    """The CPU kernel path in force: ATen's instruction set (``torch.backends.cpu``), the
-    ``ATEN_CPU_CAPABILITY`` / ``MKL_CBWR`` / ``ONEDNN_MAX_CPU_ISA`` variables, torch's intra-op
-    thread count and whether it matches the path ``mdkl`` pins on x86-64
-    (:data:`mdkl.NUMERIC_KERNEL_ENV`: AVX2, so seeded runs repeat bit for bit on every machine)."""
-    import platform
-
-    import torch
-
-    from mdkl import NUMERIC_KERNEL_ENV
-
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
-    cap = torch.backends.cpu.get_cpu_capability()
-    env = {k: os.environ.get(k) for k in NUMERIC_KERNEL_ENV}
-    pinned = (not x86) or (cap == "AVX2" and all(os.environ.get(k) == v for k, v in NUMERIC_KERNEL_ENV.items()))
-    return {"aten_capability": cap, **env, "torch_threads": torch.get_num_threads(), "pinned": pinned}
-
-
-def cpu_model() -> dict[str, str]:
-    """The CPU's vendor and model name as the operating system reports them (``/proc/cpuinfo`` on
-    Linux, ``platform.processor()`` elsewhere): e.g. ``{"vendor": "GenuineIntel", "model": "Intel(R)
-    Xeon(R) Processor"}``. Unknown fields read ``"unknown"``."""
-    import platform
-
-    vendor, model = "", ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "vendor_id" and not vendor:
-                vendor = value.strip()
-            elif key == "model name" and not model:
-                model = value.strip()
-            if vendor and model:
-                break
-    except OSError:
-        pass
-    return {"vendor": vendor or platform.processor() or "unknown", "model": model or platform.processor() or "unknown",
-            "machine": platform.machine().lower() or "unknown"}
-
-
-def numeric_path() -> str:
-    """One string naming the numeric path a seeded CPU run takes here, e.g.
-    ``"x86_64 GenuineIntel pinned-AVX2 torch 2.13.0"`` or ``"x86_64 AuthenticAMD native-AVX512 torch
-    2.13.0"``: the architecture, the CPU vendor, whether mdkl's kernel pin is in force (and the ATen
-    capability it runs) and the torch version. Runs on the same path repeat bit for bit; across
-    paths only their verdicts are meant to agree. The CPU vendor is part of it even under the pin:
-    MKL's conditional numerical reproducibility (``MKL_CBWR``) is an Intel guarantee, and AMD CPUs
-    take other MKL code paths, so pinned runs still differ in their last bits across vendors.
-    :func:`cache_key` includes it, so switching paths recomputes instead of reusing a result."""
-    import torch
-
-    k = numeric_kernels()
-    cpu = cpu_model()
-    return (f"{cpu['machine']} {cpu['vendor']} {'pinned' if k['pinned'] else 'native'}-{k['aten_capability']} "
-            f"torch {torch.__version__}")
-
-
-def check_numeric_kernels() -> None:
-    """Warn (once per call site) when the x86-64 kernel path is not mdkl's pinned AVX2 path: then
-    seeded results may differ in their last bits from the committed ones, and training amplifies
-    that. The usual cause is a torch operation that ran before ``import mdkl``."""
-    k = numeric_kernels()
-    if not k["pinned"]:
-        import warnings
-
-        warnings.warn(f"numeric kernels not pinned (ATen {k['aten_capability']}, "
-                      f"ATEN_CPU_CAPABILITY={k['ATEN_CPU_CAPABILITY']}): seeded results may differ from the "
-                      f"committed ones. Import mdkl before running any torch operation, or export "
-                      f"ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2", RuntimeWarning,
-                      stacklevel=2)
-
-
 class fixed_threads:
     """Context manager: run torch with ``n`` intra-op threads, then restore the previous count.
 
@@ -566,10 +496,20 @@ def cached_dir(
     return final
 
 
+#: where :func:`write_csv` records the numeric path each result file was computed on
+PROVENANCE = RESULTS_DIR / "provenance.json"
+
+
 def write_csv(df: "Any", name: str) -> Path:
-    """Write a pandas DataFrame to ``data/results/<name>.csv`` atomically and return the path."""
+    """Write a pandas DataFrame to ``data/results/<name>.csv`` atomically and return the path; its
+    numeric path and CPU model go into ``data/results/provenance.json`` (files of the quick profile,
+    which are not committed, are not recorded), which ``make check-machine`` reports."""
     path = RESULTS_DIR / f"{name}.csv"
     atomic_write_bytes(path, df.to_csv(index=False).encode())
+    if "quick" not in name:
+        record = json.loads(PROVENANCE.read_text()) if PROVENANCE.exists() else {}
+        record[path.name] = {"numeric_path": numeric_path(), "cpu_model": cpu_model()["model"]}
+        atomic_write_bytes(PROVENANCE, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
     return path
 
 

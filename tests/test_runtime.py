@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import nbformat
 import pytest
 
-from mdkl import runtime
+from mdkl import machine, runtime
 from mdkl.runtime import (
     atomic_write_bytes,
     by_profile,
@@ -226,6 +226,7 @@ def test_module_dependencies_transitive_function_level_and_relative(tmp_path):
             "print(sorted(m for m in sys.modules if m.startswith('mdkl')))\n")
     # the fake package has no runtime module: run mdkl.runtime's code against it
     (root / "mdkl" / "runtime.py").write_text(runtime.__loader__.get_source("mdkl.runtime"))
+    (root / "mdkl" / "machine.py").write_text(machine.__loader__.get_source("mdkl.machine"))  # runtime imports it
     run = subprocess.run([sys.executable, "-c", prog], env={**os.environ, "PYTHONPATH": str(root)}, cwd=str(root),
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
@@ -233,7 +234,7 @@ def test_module_dependencies_transitive_function_level_and_relative(tmp_path):
     assert out[0] == str(["mdkl.a", "mdkl.b", "mdkl.c", "mdkl.d", "mdkl.e", "mdkl.f", "mdkl.g"])
     assert out[1] == str(["mdkl.c", "mdkl.sub", "mdkl.sub.inner"])
     assert out[2] == str(["mdkl.g"])  # __version__ is a name, not a module
-    assert out[3] == str(["mdkl", "mdkl.runtime"])  # nothing imported to find them
+    assert out[3] == str(["mdkl", "mdkl.machine", "mdkl.runtime"])  # nothing imported to find them
 
 
 def test_module_dependencies_of_functions_defined_outside_mdkl():
