@@ -28,12 +28,14 @@ from mdkl.runtime import PROVENANCE, RESULTS_DIR, ROOT, resolve_profile
 
 __all__ = ["claim_lines", "compare_claims", "compare_csv", "main"]
 
-_CLAIM = re.compile(r"^\[(holds|FAILS)\] (.*)$")
+#: a verdict line: ``[holds] ...``, ``[FAILS] ...``, ``[inconclusive] ...``, ``[not tested (reason)] ...``
+_CLAIM = re.compile(r"^\[(holds[^\]]*|FAILS|inconclusive|not tested[^\]]*)\] (.*)$")
 
 
 def claim_lines(notebook: Path) -> dict[str, str]:
-    """``statement -> 'holds' | 'FAILS'`` for every claim line an executed notebook printed (the
-    format of :func:`mdkl.runtime.claim`). A statement printed twice keeps its last verdict."""
+    """``statement -> verdict`` for every claim line an executed notebook printed (the format of
+    :func:`mdkl.runtime.claim`, and verdict lines such as ``[not tested (MARA inactive)] ...``). A
+    statement printed twice keeps its last verdict."""
     nb = json.loads(Path(notebook).read_text())
     out = {}
     for cell in nb.get("cells", []):

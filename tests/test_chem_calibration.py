@@ -22,7 +22,7 @@ SMILES = ["CCO", "c1ccccc1", "CC(=O)O", "CCN", "CCCl", "OCCO", "C1CC1", "CN"]
 def test_prior_cache_key_ignores_the_rl_loop_and_the_rewards():
     deps = runtime.module_dependencies(chem_prior.train_prior)
     assert "mdkl.chem" not in deps and "mdkl.chem_reward" not in deps
-    assert deps == ["mdkl.chem_prior", "mdkl.chem_smiles", "mdkl.runtime"]
+    assert deps == ["mdkl.chem_prior", "mdkl.chem_smiles", "mdkl.machine", "mdkl.runtime"]
 
 
 def test_in_batch_duplicates_marks_later_repeats_only():

@@ -19,9 +19,10 @@ def _nb(path, lines):
 
 
 def test_claim_lines_and_their_comparison(tmp_path):
-    a = _nb(tmp_path / "a.ipynb", ["[holds] one\n    measured: 1\n", "[FAILS] two\nnoise [holds] not a claim\n"])
+    a = _nb(tmp_path / "a.ipynb", ["[holds] one\n    measured: 1\n", "[FAILS] two\nnoise [holds] not a claim\n",
+                                   "[not tested (MARA inactive)] four\n[other] not a verdict\n"])
     b = _nb(tmp_path / "b.ipynb", ["[holds] one\n", "[holds] two\n[holds] three\n"])
-    assert reproduce.claim_lines(a) == {"one": "holds", "two": "FAILS"}
+    assert reproduce.claim_lines(a) == {"one": "holds", "two": "FAILS", "four": "not tested (MARA inactive)"}
     rows = {r["claim"]: r for r in reproduce.compare_claims(a, b)}
     assert rows["one"]["same"] and not rows["two"]["same"] and rows["three"]["committed"] is None
 
