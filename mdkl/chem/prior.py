@@ -9,7 +9,7 @@ MOSES, sampling, likelihoods and sample quality.
 
 Its own module so that the prior's cache key (the source of every mdkl module
 :func:`train_prior` imports, :func:`mdkl.runtime.module_dependencies`) does not change when the RL
-loop (:mod:`mdkl.chem`) or the rewards (:mod:`mdkl.chem_reward`) are edited.
+loop (:mod:`mdkl.chem.reinvent`) or the rewards (:mod:`mdkl.chem.reward`) are edited.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mdkl.chem_smiles import canonical, load_moses
+from mdkl.chem.smiles import canonical, load_moses
 from mdkl.runtime import cached, cached_dir, fixed_threads, progress_bar, resolve_device
 
 __all__ = ["SMILES_REGEX", "tokenize", "Vocabulary", "PriorConfig", "SmilesLSTM", "train_prior",
@@ -283,7 +283,7 @@ def load_prior(path: Path) -> tuple[SmilesLSTM, Vocabulary, PriorConfig]:
 
 
 #: the prior's sizes per profile (profiles only change sizes): training set, epochs, prior samples
-#: for validity / uniqueness / novelty. The RL sizes are :data:`mdkl.chem.RL_SIZES`.
+#: for validity / uniqueness / novelty. The RL sizes are :data:`mdkl.chem.reinvent.RL_SIZES`.
 PRIOR_SIZES = {
     "quick": dict(n_train=40_000, epochs=1, n_quality=1_000),
     "cpu": dict(n_train=1_000_000, epochs=1, n_quality=10_000),
