@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 import torch
 
-from mdkl import lm, onetwo
-from mdkl.smalllm import SmallLMConfig, load_small_lm
+from mdkl import lm
+from mdkl.tasks import onetwo
+from mdkl.lm.smalllm import SmallLMConfig, load_small_lm
 from mdkl.toy import GaussianPolicy, ToyConfig, train_categorical, train_toy
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "shaping_reference.json").read_text())
