@@ -18,7 +18,7 @@ PY := $(VENV)/bin/python
 ENV_STAMP := $(VENV)/.mdkl-installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 EXECUTED := $(patsubst notebooks/%.ipynb,executed/$(PROFILE)/%.ipynb,$(NOTEBOOKS))
-MDKL_SOURCES := $(wildcard mdkl/*.py)
+MDKL_SOURCES := $(wildcard mdkl/*.py mdkl/*/*.py)
 NB_TIMEOUT ?= 3600
 
 export HF_HUB_OFFLINE := 1
@@ -80,7 +80,7 @@ executed/$(PROFILE)/06_chemistry.ipynb: | chem-prior chem-calibrate
 # reward configuration data/chem_reward_<profile>.json only if it is missing (a committed one is
 # checked against the runs, never overwritten); quick reuses cpu's. `make all` runs it before 06.
 chem-calibrate: chem-prior ## calibrate the chemistry reward analogue on the prior of PROFILE (REINVENT only; run before notebook 06)
-	$(PY) -m mdkl.chem_calibration --profile $(PROFILE)
+	$(PY) -m mdkl.chem.calibration --profile $(PROFILE)
 
 test: $(ENV_STAMP) ## unit tests (pytest) + notebook validation (nbval, quick profile)
 	MDKL_PROFILE=quick $(PY) -m pytest tests $(NOTEBOOKS) -q -rs --durations=15 \
@@ -106,7 +106,7 @@ bench: $(ENV_STAMP) ## run the benchmark scripts under benchmarks/
 # Without a GPU it says so and exits 0. GPU_CHECK_ARGS, e.g. --quick or --only toy,small_lm.
 GPU_CHECK_ARGS ?=
 gpu-check: $(ENV_STAMP) ## check every trainer on the GPU against the CPU (writes data/results/gpu_check.json)
-	TQDM_DISABLE=1 $(PY) -m mdkl.gpu_check $(GPU_CHECK_ARGS)
+	TQDM_DISABLE=1 $(PY) -m mdkl.checks.gpu $(GPU_CHECK_ARGS)
 
 lab: $(ENV_STAMP) ## JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
