@@ -321,7 +321,7 @@ def training_set_canonical(cfg: PriorConfig, force: bool = False) -> list[str | 
 
     def compute():
         smiles = load_moses(cfg.n_train, cfg.seed)
-        # spawn, as chem_reward.Scorer: no fork of a process holding torch / BLAS threads
+        # spawn, as mdkl.chem.reward.Scorer: no fork of a process holding torch / BLAS threads
         with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=mp.get_context("spawn")) as ex:
             return list(ex.map(canonical, smiles, chunksize=2000))
 
