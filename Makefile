@@ -18,7 +18,7 @@ PY := $(VENV)/bin/python
 ENV_STAMP := $(VENV)/.mdkl-installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 EXECUTED := $(patsubst notebooks/%.ipynb,executed/$(PROFILE)/%.ipynb,$(NOTEBOOKS))
-MDKL_SOURCES := $(wildcard mdkl/*.py)
+MDKL_SOURCES := $(wildcard mdkl/*.py mdkl/*/*.py)
 NB_TIMEOUT ?= 3600
 
 export HF_HUB_OFFLINE := 1
@@ -84,7 +84,7 @@ executed/$(PROFILE)/06_chemistry.ipynb: | chem-prior chem-calibrate
 # reward configuration data/chem_reward_<profile>.json only if it is missing (a committed one is
 # checked against the runs, never overwritten); quick reuses cpu's. `make all` runs it before 06.
 chem-calibrate: chem-prior ## calibrate the chemistry reward analogue on the prior of PROFILE (REINVENT only; run before notebook 06)
-	$(PY) -m mdkl.chem_calibration --profile $(PROFILE)
+	$(PY) -m mdkl.chem.calibration --profile $(PROFILE)
 
 # The training notebooks' checked claims must also hold on another numeric path: the CPU's native
 # kernels (MDKL_NATIVE_KERNELS=1, pin variables removed) are another path on every machine and the
@@ -124,7 +124,7 @@ bench: $(ENV_STAMP) ## run the benchmark scripts under benchmarks/
 # Without a GPU it says so and exits 0. GPU_CHECK_ARGS, e.g. --quick or --only toy,small_lm.
 GPU_CHECK_ARGS ?=
 gpu-check: $(ENV_STAMP) ## check every trainer on the GPU against the CPU (writes data/results/gpu_check.json)
-	TQDM_DISABLE=1 $(PY) -m mdkl.gpu_check $(GPU_CHECK_ARGS)
+	TQDM_DISABLE=1 $(PY) -m mdkl.checks.gpu $(GPU_CHECK_ARGS)
 
 # Where a difference comes from: the CPU and kernel path, the path the committed results were computed
 # on, and this machine's claim lines and result CSVs beside the committed ones (after `make all`).

@@ -1,4 +1,4 @@
-"""Throughput of the chemistry RL loop (mdkl.chem.run_rl): reward calls per second with the time
+"""Throughput of the chemistry RL loop (mdkl.chem.reinvent.run_rl): reward calls per second with the time
 split into sampling, scoring (process pool, all cores; the prior / agent forward passes run in the
 main process while the pool scores) and the DAP update, measured side by side in one process with
 (b) the same SMILES scored alone through the same pool, batch by batch (no RL work), and (c) the
@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mdkl import chem, chem_prior, chem_reward, chem_smiles  # noqa: E402
-from mdkl.chem_reward import RewardConfig, Scorer  # noqa: E402
+from mdkl.chem import prior as chem_prior, reinvent as chem, reward as chem_reward, smiles as chem_smiles  # noqa: E402
+from mdkl.chem.reward import RewardConfig, Scorer  # noqa: E402
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ Rows:
 - ``trl``: ``GRPOTrainer`` with TRL's defaults except ``gradient_checkpointing=False`` and
   ``disable_dropout=True`` (what a small-model user sets; TRL's default recomputes activations).
 - ``trl_default_gc``: the same with TRL's default ``gradient_checkpointing=True``.
-- ``trl+mdkl``: :class:`mdkl.trl_ext.MDKLGRPOTrainer` (our MARA/KL hooks; one extra no-grad pass).
+- ``trl+mdkl``: :class:`mdkl.lm.trl_ext.MDKLGRPOTrainer` (our MARA/KL hooks; one extra no-grad pass).
 
 Protocol, against contention (other jobs on the machine slow the arms by different, erratic
 factors: one committed run measured TRL 26x below its idle speed while ours lost 2.4x):
@@ -58,8 +58,9 @@ if "--pinned" not in sys.argv:
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from mdkl import lm, runtime, smalllm  # noqa: E402
-from mdkl.onetwo import PROMPT, OneTwoTask  # noqa: E402
+from mdkl import lm, runtime  # noqa: E402
+from mdkl.lm import smalllm  # noqa: E402
+from mdkl.tasks.onetwo import PROMPT, OneTwoTask  # noqa: E402
 
 CONTENDED_LOAD = 1.5  # 1-minute load average above which a run on the 2-core machine is flagged
 
@@ -92,7 +93,8 @@ def trl_benchmark(model_dir, st: dict, steps: int, warmup: int, variant: str = "
     from transformers import PreTrainedTokenizerFast, PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from mdkl.trl_ext import MDKLGRPOConfig, MDKLGRPOTrainer, onetwo_reward
+    from mdkl.lm.trl_ext import MDKLGRPOConfig, MDKLGRPOTrainer
+    from mdkl.tasks.onetwo_trl import onetwo_reward
 
     class Clock(TrainerCallback):
         def __init__(self):
@@ -216,7 +218,7 @@ def main(argv=None):
     contended = max(load_before, load_after) > CONTENDED_LOAD
     if not a.no_smollm2:
         del model
-        from mdkl.models import smollm2_dir
+        from mdkl.lm.models import smollm2_dir
 
         # same trainer settings, sized for a 135M model on 2 cores: one prompt group per step
         scfg = lm.LMConfig(model="smollm2", prompts_per_step=a.smollm2_prompts)

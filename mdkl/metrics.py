@@ -2,7 +2,7 @@
 sampling errors, and the text-diversity metrics of the creative QA table (the paper's
 Table 1): n-gram EAD, semantic diversity, NoveltyBench-style distinct answers, bootstrap SEM.
 Molecule metrics live with their task. Everything here is pure numpy (embeddings are computed
-by :func:`mdkl.models.embed`).
+by :func:`mdkl.lm.models.embed`).
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def _unit_rows(embeddings, what: str = "embeddings") -> np.ndarray:
     e = np.asarray(embeddings, dtype=np.float64)
     if e.ndim != 2 or e.shape[0] == 0:
         raise ValueError(f"{what} must be a 2-D array [n_texts, dim] with n_texts >= 1 "
-                         f"(got shape {e.shape}): use mdkl.models.embed(texts)")
+                         f"(got shape {e.shape}): use mdkl.lm.models.embed(texts)")
     if not np.isfinite(e).all():
         raise ValueError(f"{what} contain NaN/inf: re-embed the texts")
     norms = np.linalg.norm(e, axis=1, keepdims=True)

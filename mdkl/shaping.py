@@ -2,7 +2,7 @@
 entropy bonus and group advantages of KL-regularized policy-gradient RL (paper §3-§5).
 
 The toy trainer (:mod:`mdkl.toy`), the LM trainer (:mod:`mdkl.lm`, 1-2 and creative tasks), the
-TRL extension (:mod:`mdkl.trl_ext`) and the chemistry loop (:mod:`mdkl.chem`, MARA Algorithm 1 on
+TRL extension (:mod:`mdkl.lm.trl_ext`) and the chemistry loop (:mod:`mdkl.chem.reinvent`, MARA Algorithm 1 on
 the rewards with beta = 1/sigma) all configure it with a :class:`ShapingConfig` and call, per batch:
 
 1. :func:`shape_rewards`: the Unlikely transform (``unlikely`` > 0) -> MARA within each group

@@ -1,4 +1,4 @@
-"""Chemistry (mdkl.chem_prior, mdkl.chem, mdkl.chem_reward): tokenizer, bad input, reward components against RDKit
+"""Chemistry (mdkl.chem.prior, mdkl.chem.reinvent, mdkl.chem.reward): tokenizer, bad input, reward components against RDKit
 directly, the ALL-AMIDE check, metrics on hand-made sets, the DAP loss target, MARA usage in the
 RL loop, and atomic caching of the prior."""
 
@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from mdkl import chem, chem_prior, chem_reward, chem_smiles, runtime
-from mdkl.chem import RLConfig, dap_loss, run_rl
-from mdkl.chem_prior import PriorConfig, SmilesLSTM, Vocabulary, log_likelihood, sample, tokenize
-from mdkl.chem_metrics import int_div1, n_circles, n_scaffolds, ob100, welch_greater, yield_
-from mdkl.chem_reward import (RewardConfig, Scorer, aggregate_reward, amide_leaves, amide_solved,
+from mdkl import runtime
+from mdkl.chem import prior as chem_prior, reinvent as chem, reward as chem_reward, smiles as chem_smiles
+from mdkl.chem.reinvent import RLConfig, dap_loss, run_rl
+from mdkl.chem.prior import PriorConfig, SmilesLSTM, Vocabulary, log_likelihood, sample, tokenize
+from mdkl.chem.metrics import int_div1, n_circles, n_scaffolds, ob100, welch_greater, yield_
+from mdkl.chem.reward import (RewardConfig, Scorer, aggregate_reward, amide_leaves, amide_solved,
                               sa_desirability, score_smiles)
-from mdkl.chem_smiles import canonical, mol_from_smiles
+from mdkl.chem.smiles import canonical, mol_from_smiles
 from mdkl.targets import reverse_kl_target
 
 ASPIRIN = "CC(=O)Oc1ccccc1C(=O)O"

@@ -1,6 +1,6 @@
 """The chemistry prior's cache-key isolation, REINVENT 4's duplicate rule and MARA's activity
 statistics in run_rl, the saturating potency transform, and the frozen, versioned reward
-calibration (mdkl.chem_calibration) on a tiny prior and a fake scorer (seconds, no RDKit runs)."""
+calibration (mdkl.chem.calibration) on a tiny prior and a fake scorer (seconds, no RDKit runs)."""
 
 import json
 import zlib
@@ -10,19 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from mdkl import chem_calibration as cc
-from mdkl import chem_prior, runtime
-from mdkl.chem import RLConfig, in_batch_duplicates, run_rl
-from mdkl.chem_prior import SmilesLSTM, Vocabulary
-from mdkl.chem_reward import RewardConfig, potency
+from mdkl import runtime
+from mdkl.chem import calibration as cc, prior as chem_prior
+from mdkl.chem.reinvent import RLConfig, in_batch_duplicates, run_rl
+from mdkl.chem.prior import SmilesLSTM, Vocabulary
+from mdkl.chem.reward import RewardConfig, potency
 
 SMILES = ["CCO", "c1ccccc1", "CC(=O)O", "CCN", "CCCl", "OCCO", "C1CC1", "CN"]
 
 
 def test_prior_cache_key_ignores_the_rl_loop_and_the_rewards():
     deps = runtime.module_dependencies(chem_prior.train_prior)
-    assert "mdkl.chem" not in deps and "mdkl.chem_reward" not in deps
-    assert deps == ["mdkl.chem_prior", "mdkl.chem_smiles", "mdkl.machine", "mdkl.runtime"]
+    assert "mdkl.chem.reinvent" not in deps and "mdkl.chem.reward" not in deps
+    assert deps == ["mdkl.chem.prior", "mdkl.chem.smiles", "mdkl.machine", "mdkl.runtime"]
 
 
 def test_in_batch_duplicates_marks_later_repeats_only():
@@ -263,8 +263,8 @@ def test_calibration_runs_reinvent_only(tiny):
 
 def test_a_run_keyed_by_a_compute_that_names_its_scorer_depends_on_the_rewards():
     # notebook 06 keys each run by its compute function; the rewards come in through the scorer it names
-    from mdkl import chem
-    from mdkl.chem_reward import Scorer
+    from mdkl.chem import reinvent as chem
+    from mdkl.chem.reward import Scorer
 
     def get_scorer(task):
         return Scorer(RewardConfig(task))
@@ -273,8 +273,8 @@ def test_a_run_keyed_by_a_compute_that_names_its_scorer_depends_on_the_rewards()
         return chem.run_rl(None, None, get_scorer("synth"), RLConfig())
 
     deps = runtime.module_dependencies(compute)
-    assert {"mdkl.chem", "mdkl.chem_prior", "mdkl.chem_reward", "mdkl.shaping"} <= set(deps)
-    assert "mdkl.chem_calibration" not in deps and "mdkl.chem_stats" not in deps
+    assert {"mdkl.chem.reinvent", "mdkl.chem.prior", "mdkl.chem.reward", "mdkl.shaping"} <= set(deps)
+    assert "mdkl.chem.calibration" not in deps and "mdkl.chem.stats" not in deps
 
 
 def test_a_frozen_calibration_is_a_configuration(tiny):

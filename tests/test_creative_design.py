@@ -1,4 +1,4 @@
-"""Table 1's design (mdkl.creative_design): each row's regularizer and effective beta, the matched
+"""Table 1's design (mdkl.tasks.creative_design): each row's regularizer and effective beta, the matched
 controls, the MARA-activity prediction against closed forms and against the shaping path, the
 trainer's per-step count of changed rewards, and the bad inputs of the creative task (a group with
 no sample above tau, a prompt file without a test split)."""
@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from mdkl import creative, creative_design as cd, lm, onetwo, smalllm
+from mdkl import lm
+from mdkl.lm import smalllm
+from mdkl.tasks import creative, creative_design as cd, onetwo
 from mdkl.shaping import ShapingConfig, shape_rewards
 
 BASE = lm.LMConfig(model="smollm2", beta=0.05, group_size=4, prompts_per_step=4, lora_r=8, reward_floor=1.0)

@@ -1,7 +1,7 @@
 """Device plumbing on the CPU: every trainer and evaluator takes ``device='cpu'`` explicitly and gives
 bit for bit the result of the default ('auto', which is the CPU here); a config asking for CUDA on a
 machine without it fails at once with the fix (:func:`mdkl.runtime.resolve_device`), not inside a
-forward pass; cache keys record the resolved device; ``python -m mdkl.gpu_check`` says "no GPU" and
+forward pass; cache keys record the resolved device; ``python -m mdkl.checks.gpu`` says "no GPU" and
 exits 0, and its CPU-against-CPU dry run passes."""
 
 import copy
@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from mdkl import chem, chem_prior, creative, lm, models, onetwo, runtime
-from mdkl.chem import RLConfig
-from mdkl.chem_prior import PriorConfig, SmilesLSTM, Vocabulary
-from mdkl.smalllm import SmallLMConfig, load_small_lm, small_lm_dir
+from mdkl import lm, runtime
+from mdkl.chem import prior as chem_prior, reinvent as chem
+from mdkl.lm import models
+from mdkl.tasks import creative, onetwo
+from mdkl.chem.reinvent import RLConfig
+from mdkl.chem.prior import PriorConfig, SmilesLSTM, Vocabulary
+from mdkl.lm.smalllm import SmallLMConfig, load_small_lm, small_lm_dir
 from mdkl.toy import GaussianPolicy, ToyConfig, train_categorical, train_toy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +139,7 @@ def test_chem_agent_cpu_equals_default():
 
 
 def test_chem_prior_training_cpu_equals_default(tmp_path, monkeypatch):
-    from mdkl.chem_smiles import moses_path
+    from mdkl.chem.smiles import moses_path
 
     try:
         moses_path("train")
@@ -215,7 +218,7 @@ def test_bf16_autocast_needs_cuda():
 # ---------------------------------------------------------------------------------------------
 def _gpu_check(*args, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    return subprocess.run([sys.executable, "-m", "mdkl.gpu_check", "--out", str(tmp_path), *args], env=env,
+    return subprocess.run([sys.executable, "-m", "mdkl.checks.gpu", "--out", str(tmp_path), *args], env=env,
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
 
 

@@ -1,4 +1,4 @@
-"""The collapse diagnostic (mdkl.diagnose) and the exact 1-2 answer split (mdkl.onetwo): the targets
+"""The collapse diagnostic (mdkl.lm.diagnose) and the exact 1-2 answer split (mdkl.tasks.onetwo): the targets
 it reports are the paper's (Rem. 3.1, 3.3, B.3, Alg. 2), the Rem. 4.4 flip points are where the
 preference swaps, exact log-probs match sampling, and bad input is refused with a clear message."""
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mdkl import diagnose, onetwo, smalllm
+from mdkl.lm import diagnose, smalllm
+from mdkl.tasks import onetwo
 from mdkl.mara import mara_forward_target, mara_target
 from mdkl.targets import forward_kl_target, reverse_kl_target
 

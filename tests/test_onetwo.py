@@ -1,4 +1,4 @@
-"""The 1-2 task (mdkl.onetwo): the parser never crashes, rewards, valid-answer entropy."""
+"""The 1-2 task (mdkl.tasks.onetwo): the parser never crashes, rewards, valid-answer entropy."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from mdkl import onetwo
+from mdkl.tasks import onetwo
 from mdkl.metrics import binary_entropy_with_se
 
 

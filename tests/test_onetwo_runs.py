@@ -1,4 +1,4 @@
-"""The 1-2 experiment's bookkeeping (mdkl.onetwo_runs): arm configs, the split KL, run summaries
+"""The 1-2 experiment's bookkeeping (mdkl.tasks.onetwo_runs): arm configs, the split KL, run summaries
 (means of the last checkpoints, reward collapses, MARA's activity) and per-arm tables."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from mdkl import onetwo_runs
+from mdkl.tasks import onetwo_runs
 from mdkl.lm import LMConfig, LMResult
 
 

@@ -1,4 +1,4 @@
-"""Paired comparisons (mdkl.paired): differences matched by prompt (and seed), the two-way paired
+"""Paired comparisons (mdkl.stats.paired): differences matched by prompt (and seed), the two-way paired
 bootstrap, the minimum detectable effect against hand-computed values, the paper's effect on our
 scale, and the four verdicts."""
 
@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mdkl import creative_design, paired
+from mdkl.stats import paired
+from mdkl.tasks import creative_design
 
 
 def test_paired_differences_match_units_and_name_the_fix():

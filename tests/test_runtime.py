@@ -144,7 +144,7 @@ def _copy_package(dst):
     return dst
 
 
-def _key_in_subprocess(root, code_expr, imports="import mdkl.chem as chem"):
+def _key_in_subprocess(root, code_expr, imports="import mdkl.chem.reinvent as chem"):
     """``cache_key`` of a fixed config and ``code=[<code_expr>]`` computed by a fresh interpreter
     that imports mdkl from ``root``."""
     import subprocess
@@ -176,13 +176,14 @@ def test_editing_plotting_keeps_lm_run_keys(tmp_path):
     plot_b = b / "mdkl" / "plotting.py"
     plot_b.write_text(plot_b.read_text() + "\n\ndef new_figure_helper():\n    return 1\n")
     assert "mdkl.plotting" not in runtime.module_dependencies("mdkl.lm")
-    for expr in ("'mdkl.lm'", "'mdkl.onetwo'"):  # by name: the subprocess imports nothing of mdkl.lm
+    for expr in ("'mdkl.lm'", "'mdkl.tasks.onetwo'"):  # by name: the subprocess imports nothing of mdkl.lm
         assert _key_in_subprocess(a, expr, "") == _key_in_subprocess(b, expr, "")
     assert _key_in_subprocess(a, "'mdkl.plotting'", "") != _key_in_subprocess(b, "'mdkl.plotting'", "")
 
 
 def test_code_version_reads_what_is_on_disk(monkeypatch):
-    from mdkl import chem, lm
+    from mdkl import lm
+    from mdkl.chem import reinvent as chem
 
     before_chem, before_lm = runtime.code_version(chem.run_rl), runtime.code_version(lm)
     real = runtime._read_source
@@ -237,9 +238,40 @@ def test_module_dependencies_transitive_function_level_and_relative(tmp_path):
     assert out[3] == str(["mdkl", "mdkl.machine", "mdkl.runtime"])  # nothing imported to find them
 
 
+def test_module_dependencies_follow_the_subpackages():
+    # a package's __init__ that re-exports its submodules pulls them in; submodule imports name the submodule
+    lm_deps = runtime.module_dependencies("mdkl.lm")
+    assert {"mdkl.lm", "mdkl.lm.trainer", "mdkl.lm.rollout", "mdkl.lm.smalllm", "mdkl.lm.models", "mdkl.shaping",
+            "mdkl.kl", "mdkl.runtime"} <= set(lm_deps)
+    assert not {m for m in lm_deps if m.startswith(("mdkl.tasks", "mdkl.chem", "mdkl.lm.diagnose"))}
+    assert runtime.module_dependencies("mdkl.lm.trainer") == sorted(set(lm_deps) - {"mdkl.lm"})
+    assert {"mdkl.tasks.onetwo_runs", "mdkl.lm.trainer", "mdkl.lm.smalllm"} <= set(
+        runtime.module_dependencies("mdkl.tasks.onetwo_runs"))
+    assert runtime.module_dependencies("mdkl.chem.stats") == ["mdkl.chem.stats", "mdkl.stats.paired"]
+
+    def scores():
+        from mdkl.chem import reward
+
+        return reward.Scorer
+
+    def trains():
+        from mdkl.lm import trainer
+
+        return trainer.train
+
+    # `from mdkl.chem import reward` names the package too (its __init__ runs; it imports nothing)
+    assert runtime.module_dependencies(scores) == sorted({"mdkl.chem", "mdkl.chem.reward", "mdkl.chem.smiles"}
+                                                         | set(runtime.module_dependencies("mdkl.runtime")))
+    assert runtime.module_dependencies(trains) == lm_deps  # the package mdkl.lm and the trainer's closure
+    from mdkl import lm
+
+    assert runtime.module_dependencies(lm.train) == runtime.module_dependencies("mdkl.lm.trainer")
+    assert runtime.module_dependencies(lm) == lm_deps
+
+
 def test_module_dependencies_of_functions_defined_outside_mdkl():
     import mdkl
-    from mdkl import chem
+    from mdkl.chem import reinvent as chem
     from mdkl.targets import reverse_kl_target
 
     def helper():
@@ -254,9 +286,9 @@ def test_module_dependencies_of_functions_defined_outside_mdkl():
         return maximize_exact_objective
 
     deps = runtime.module_dependencies(compute)
-    assert {"mdkl.chem", "mdkl.chem_prior", "mdkl.mara", "mdkl.targets", "mdkl.kl"} <= set(deps)
+    assert {"mdkl.chem.reinvent", "mdkl.chem.prior", "mdkl.mara", "mdkl.targets", "mdkl.kl"} <= set(deps)
     # the RL loop takes any scorer: the rewards enter a run's key through the scorer the caller names
-    assert "mdkl.chem_reward" not in deps
+    assert "mdkl.chem.reward" not in deps
     assert "mdkl.lm" not in deps and "mdkl.plotting" not in deps
     assert runtime.module_dependencies(helper) == ["mdkl.targets"]
     assert runtime.module_dependencies(imports_inside) == ["mdkl.exact", "mdkl.targets"]
@@ -271,10 +303,10 @@ def test_module_dependencies_of_functions_defined_outside_mdkl():
 def test_code_version_is_deterministic_across_processes():
     import subprocess
 
-    from mdkl import chem
+    from mdkl.chem import reinvent as chem
 
     root = runtime._mdkl_dir().parent
-    prog = ("import mdkl.chem as chem, mdkl.lm as lm\nfrom mdkl.runtime import code_version\n"
+    prog = ("import mdkl.chem.reinvent as chem, mdkl.lm as lm\nfrom mdkl.runtime import code_version\n"
             "print(code_version(chem.run_rl), code_version(lm.train, 'mdkl.plotting'))")
     outs = {subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONPATH": str(root), "PYTHONHASHSEED": str(seed)}).stdout

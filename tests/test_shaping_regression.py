@@ -49,8 +49,9 @@ import numpy as np
 import pytest
 import torch
 
-from mdkl import lm, onetwo, runtime, shaping
-from mdkl.smalllm import SmallLMConfig, load_small_lm
+from mdkl import lm, runtime, shaping
+from mdkl.tasks import onetwo
+from mdkl.lm.smalllm import SmallLMConfig, load_small_lm
 from mdkl.toy import GaussianPolicy, ToyConfig, train_categorical, train_toy
 
 DATA = Path(__file__).parent / "data"

@@ -159,7 +159,9 @@ def test_lm_trainer_runs_every_method():
     few steps on the tiny model, and FlowRL with its learned log Z per prompt."""
     import copy
 
-    from mdkl import lm, onetwo, smalllm
+    from mdkl import lm
+    from mdkl.lm import smalllm
+    from mdkl.tasks import onetwo
     tiny = smalllm.SmallLMConfig(n_docs=400, steps=40, hidden_size=32, n_layers=2, n_heads=2, intermediate_size=64,
                                   vocab_size=300, batch_size=16, max_len=64)
     model, tok = smalllm.load_small_lm(tiny, progress=False)
@@ -178,7 +180,8 @@ def test_lm_trainer_runs_every_method():
 
 def test_task_outcomes_are_the_parsed_answers():
     """IPS counts the 1-2 task's answers, not its strings: whitespace variants of "1" are one outcome."""
-    from mdkl import lm, onetwo
+    from mdkl import lm
+    from mdkl.tasks import onetwo
     texts = ["<answer>1</answer>", " <answer>1</answer>", "<answer>2</answer>", "junk", "<answer>3</answer>"]
     ids = lm.task_outcomes(onetwo.OneTwoTask(), texts)
     assert ids.tolist() == [onetwo.ONE, onetwo.ONE, onetwo.TWO, onetwo.INVALID, onetwo.INVALID]

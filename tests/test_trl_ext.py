@@ -1,4 +1,4 @@
-"""mdkl.trl_ext: MARA and the KL direction inside TRL's GRPOTrainer, end to end on CPU.
+"""mdkl.lm.trl_ext: MARA and the KL direction inside TRL's GRPOTrainer, end to end on CPU.
 
 A few GRPO steps of a tiny causal LM; then the batch the trainer scored is re-scored independently
 (reward function on the decoded completions, reference / policy forward passes) and the trainer's
@@ -24,7 +24,7 @@ from trl import GRPOTrainer  # noqa: E402
 from mdkl.kl import KL_PLACEMENTS, k1, kl_gradient_direction, kl_loss  # noqa: E402
 from mdkl.mara_kl import anchored_kl_loss  # noqa: E402
 from mdkl.mara import batch_percentile_tau, mara_rewards, mara_substitute  # noqa: E402
-from mdkl.trl_ext import MDKLGRPOConfig, MDKLGRPOTrainer  # noqa: E402
+from mdkl.lm.trl_ext import MDKLGRPOConfig, MDKLGRPOTrainer  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -247,11 +247,11 @@ def test_scale_rewards_defaults_to_none_with_mara_or_k1_in_the_reward(tmp_path, 
 
 
 def test_two_process_launch(model_dir, tmp_path):
-    """``python -m mdkl.trl_ext`` under torchrun with 2 CPU processes: prompt groups span processes, so
+    """``python -m mdkl.tasks.onetwo_trl`` under torchrun with 2 CPU processes: prompt groups span processes, so
     rewards and reference log-probs are gathered before MARA and sliced back (smoke test)."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mdkl.trl_ext",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mdkl.tasks.onetwo_trl",
            "--model", str(model_dir), "--output_dir", str(tmp_path), "--max_steps", "1",
            "--per_device_train_batch_size", "4", "--num_generations", "8", "--max_completion_length", "8",
            "--beta", "0.05", "--kl", "forward", "--kl_placement", "loss", "--mara", "auto",

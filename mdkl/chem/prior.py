@@ -9,7 +9,7 @@ MOSES, sampling, likelihoods and sample quality.
 
 Its own module so that the prior's cache key (the source of every mdkl module
 :func:`train_prior` imports, :func:`mdkl.runtime.module_dependencies`) does not change when the RL
-loop (:mod:`mdkl.chem`) or the rewards (:mod:`mdkl.chem_reward`) are edited.
+loop (:mod:`mdkl.chem.reinvent`) or the rewards (:mod:`mdkl.chem.reward`) are edited.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mdkl.chem_smiles import canonical, load_moses
+from mdkl.chem.smiles import canonical, load_moses
 from mdkl.runtime import cached, cached_dir, fixed_threads, progress_bar, resolve_device
 
 __all__ = ["SMILES_REGEX", "tokenize", "Vocabulary", "PriorConfig", "SmilesLSTM", "train_prior",
@@ -295,7 +295,7 @@ def load_prior(path: Path) -> tuple[SmilesLSTM, Vocabulary, PriorConfig]:
 
 
 #: the prior's sizes per profile (profiles only change sizes): training set, epochs, prior samples
-#: for validity / uniqueness / novelty. The RL sizes are :data:`mdkl.chem.RL_SIZES`.
+#: for validity / uniqueness / novelty. The RL sizes are :data:`mdkl.chem.reinvent.RL_SIZES`.
 PRIOR_SIZES = {
     "quick": dict(n_train=40_000, epochs=1, n_quality=1_000),
     "cpu": dict(n_train=1_000_000, epochs=1, n_quality=10_000),
@@ -333,7 +333,7 @@ def training_set_canonical(cfg: PriorConfig, force: bool = False) -> list[str | 
 
     def compute():
         smiles = load_moses(cfg.n_train, cfg.seed)
-        # spawn, as chem_reward.Scorer: no fork of a process holding torch / BLAS threads
+        # spawn, as mdkl.chem.reward.Scorer: no fork of a process holding torch / BLAS threads
         with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=mp.get_context("spawn")) as ex:
             return list(ex.map(canonical, smiles, chunksize=2000))
 

@@ -22,7 +22,20 @@ import torch
 from mdkl.runtime import atomic_write_bytes, cached_dir, progress_bar, resolve_device
 
 __all__ = ["SmallLMConfig", "generate_corpus", "build_tokenizer", "pretrain_small_lm", "small_lm_dir",
-           "load_small_lm", "SPECIAL_TOKENS", "ROLE_TOKENS", "CHAT_TEMPLATE"]
+           "load_small_lm", "SPECIAL_TOKENS", "ROLE_TOKENS", "CHAT_TEMPLATE", "ONETWO_PROMPT", "ONETWO_PROMPTS"]
+
+#: the 1-2 task's prompt [reading: the paper does not print its exact wording]. It lives here, in the
+#: LM layer, because the small LM's pretraining corpus is built from it and its paraphrases
+#: (:func:`generate_corpus`); :mod:`mdkl.tasks.onetwo` re-exports both as ``PROMPT`` / ``PROMPTS``
+#: and :mod:`mdkl.lm.diagnose` takes it as its default prompt.
+ONETWO_PROMPT = ("Generate a uniformly random integer that is either 1 or 2. "
+                 "Reply in the format <answer>N</answer>.")
+#: paraphrases (the small model's corpus uses them all; RL uses ONETWO_PROMPT unless told otherwise)
+ONETWO_PROMPTS = (
+    ONETWO_PROMPT,
+    "Pick 1 or 2 uniformly at random. Reply in the format <answer>N</answer>.",
+    "Flip a fair coin: answer 1 or 2. Reply in the format <answer>N</answer>.",
+)
 
 SPECIAL_TOKENS = {"bos_token": "<|bos|>", "eos_token": "<|end|>", "pad_token": "<|pad|>"}
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -74,14 +87,12 @@ class SmallLMConfig:
 def generate_corpus(cfg: SmallLMConfig = SmallLMConfig()) -> list[tuple[str, str]]:
     """``[(user_prompt, assistant_answer), ...]``, ``cfg.n_docs`` pairs, seeded by ``cfg.seed``.
 
-    1-2 documents use the prompts of :data:`mdkl.onetwo.PROMPTS` and answer in several XML
+    1-2 documents use the prompts of :data:`ONETWO_PROMPTS` and answer in several XML
     formats (``<answer>1</answer>``, ``<answer> 2 </answer>``, ...) with P("1" | valid) =
-    ``p_one``; a ``p_invalid`` share is invalid under :func:`mdkl.onetwo.parse_answer` (no tags, a
+    ``p_one``; a ``p_invalid`` share is invalid under :func:`mdkl.tasks.onetwo.parse_answer` (no tags, a
     word instead of the digit, an unclosed tag, a 3, a refusal, text around the element). Generic documents are small additions and
     copy tasks, so the model is a language model and not a lookup table.
     """
-    from mdkl.onetwo import PROMPTS
-
     rng = np.random.default_rng(cfg.seed)
     valid_fmt = ["<answer>{d}</answer>", "<answer>{d}</answer>", "<answer> {d} </answer>",
                  "<answer>{d} </answer>"]
@@ -100,7 +111,7 @@ def generate_corpus(cfg: SmallLMConfig = SmallLMConfig()) -> list[tuple[str, str
     docs = []
     for _ in range(cfg.n_docs):
         if rng.random() < cfg.frac_onetwo:
-            prompt = PROMPTS[int(rng.integers(len(PROMPTS)))]
+            prompt = ONETWO_PROMPTS[int(rng.integers(len(ONETWO_PROMPTS)))]
             d = "1" if rng.random() < cfg.p_one else "2"
             pool = invalid_fmt if rng.random() < cfg.p_invalid else valid_fmt
             ans = pool[int(rng.integers(len(pool)))].format(d=d, w=words[d])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mdkl.paired import min_detectable_shift, t_power
+from mdkl.stats.paired import min_detectable_shift, t_power
 
 __all__ = ["PreRegistration", "log_yield_ratios", "paired_power",
            "seeds_for_power", "plan_seeds", "min_detectable_effect", "welch_min_detectable_effect", "paired_log_ratio_test",
@@ -95,7 +95,7 @@ def paired_power(effect: float, sd: float, n: int, alpha: float = 0.05) -> float
 def seeds_for_power(sd: float, effect: float = 0.25, alpha: float = 0.05, power: float = 0.8,
                     minimum: int = 5, maximum: int = 1000) -> int:
     """Seeds (pairs) the paired test needs: the smallest n >= ``minimum`` with
-    :func:`paired_power` >= ``power`` (exact noncentral t, :func:`mdkl.paired.t_power`; the normal approximation
+    :func:`paired_power` >= ``power`` (exact noncentral t, :func:`mdkl.stats.paired.t_power`; the normal approximation
     n ~ ((z_{1-alpha} + z_{power}) sd / log(1 + effect))^2 is a little smaller). Raises past ``maximum``."""
     _check_sd_n(sd, 2)
     for n in range(max(2, minimum), maximum + 1):
@@ -173,10 +173,10 @@ def paired_log_ratio_test(y_mara, y_reinvent, alpha: float = 0.05, power: float 
 def primary_verdict(test: dict, activity: str, prereg: "PreRegistration" = None) -> str:
     """The verdict on "MARA raises the yield by ``prereg.effect``" from :func:`paired_log_ratio_test`'s
     result and :func:`mara_activity_verdict`: 'not tested (MARA inactive)' below the activity floor;
-    otherwise :func:`mdkl.paired.verdict` on the log scale (paper's effect log(1 + effect), the
+    otherwise :func:`mdkl.stats.paired.verdict` on the log scale (paper's effect log(1 + effect), the
     test's measured minimum detectable effect, the one-sided interval of the mean log ratio):
     'holds', 'FAILS', 'inconclusive' or 'not tested (underpowered)'."""
-    from mdkl.paired import verdict
+    from mdkl.stats.paired import verdict
 
     prereg = PreRegistration() if prereg is None else prereg
     if activity not in ("tested", "not tested"):
@@ -207,7 +207,7 @@ def noninferiority(x_treat, x_base, margin: float, relative: bool = False, alpha
 
 
 def mara_activity(anchors: dict, reward_calls: int) -> dict:
-    """One run's MARA activity from :func:`mdkl.chem.run_rl`'s ``anchors``: share of batches with
+    """One run's MARA activity from :func:`mdkl.chem.reinvent.run_rl`'s ``anchors``: share of batches with
     >= 2 samples at or above tau, share of reward calls whose reward MARA changed, and the mean
     change over the changed samples."""
     if reward_calls < 1 or anchors.get("batches", 0) < 1:
@@ -222,7 +222,7 @@ def _activity_shares(anchors: dict, reward_calls: int) -> dict:
 
 
 def mara_activity_verdict(anchors: list[dict], reward_calls: int, prereg: PreRegistration = PreRegistration()) -> str:
-    """'tested' if MARA acted enough in its runs (``anchors`` of :func:`mdkl.chem.run_rl`, one per
+    """'tested' if MARA acted enough in its runs (``anchors`` of :func:`mdkl.chem.reinvent.run_rl`, one per
     run): the median share of reward calls it changed >= ``prereg.min_changed_frac`` and the
     median share of batches with >= 2 good samples >= ``prereg.min_batches_2plus_frac``; else
     'not tested' (a comparison where MARA hardly acts says nothing about MARA)."""

@@ -69,8 +69,9 @@ Choices to know about:
   small LM) and can overflow on long completions: hence the per-token default.
 - With ``use_vllm`` the k1 penalty uses the trained model's log-probs of the vLLM samples.
 
-Launch on several GPUs: ``accelerate launch [--config_file zero2.yaml] -m mdkl.trl_ext --model ...
---beta 0.01 --kl forward --kl_placement loss --mara auto`` (every config field is a flag).
+The 1-2 task on it (its TRL reward function and command line) is :mod:`mdkl.tasks.onetwo_trl`:
+launch on several GPUs with ``accelerate launch [--config_file zero2.yaml] -m mdkl.tasks.onetwo_trl
+--model ... --beta 0.01 --kl forward --kl_placement loss --mara auto`` (every config field is a flag).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ from mdkl.kl import k1, kl_loss
 from mdkl.mara_kl import anchored_kl_loss
 from mdkl.shaping import ShapingConfig, shape_rewards
 
-__all__ = ["MDKLGRPOConfig", "MDKLGRPOTrainer", "onetwo_reward", "OneTwoScriptArguments", "main"]
+__all__ = ["MDKLGRPOConfig", "MDKLGRPOTrainer"]
 
 
 #: TRL 1.16 loss types whose per-token aggregation MDKLGRPOTrainer._aggregate mirrors
@@ -287,63 +288,3 @@ class MDKLGRPOTrainer(GRPOTrainer):
         if train:
             norm = norm * accum / self.args.steps_per_generation
         return x.sum() / norm
-
-
-# ----------------------------------------------------------------------------------------------
-# the 1-2 task on TRL: `accelerate launch -m mdkl.trl_ext ...` (see the README, "Scale-out with TRL")
-# ----------------------------------------------------------------------------------------------
-def onetwo_reward(completions, **kwargs) -> list[float]:
-    """TRL reward function for the 1-2 task (:func:`mdkl.onetwo.rewards`); TRL passes conversational
-    completions as ``[{'role': 'assistant', 'content': ...}]``."""
-    from mdkl.onetwo import rewards
-
-    return rewards([c if isinstance(c, str) else c[-1]["content"] for c in completions]).tolist()
-
-
-@dataclass
-class OneTwoScriptArguments:
-    """What :func:`main` needs besides :class:`MDKLGRPOConfig`."""
-
-    model: str = field(default="small", metadata={"help": "'small' (mdkl.smalllm's from-scratch LM), 'smollm2', "
-                                                          "or a folder with a causal LM and its tokenizer"})
-    """'small' (the cached from-scratch LM of :mod:`mdkl.smalllm`), 'smollm2', or a model folder."""
-    n_prompts: int = field(default=4096, metadata={"help": "Rows of the prompt dataset (the 1-2 prompt)."})
-    """Rows of the prompt dataset (all the 1-2 prompt; ``max_steps`` bounds the run)."""
-
-
-def main(argv=None) -> MDKLGRPOTrainer:
-    """Train on the 1-2 task with :class:`MDKLGRPOTrainer`; every ``MDKLGRPOConfig`` field is a flag."""
-    from accelerate import PartialState
-    from datasets import Dataset
-    from transformers import AutoTokenizer, HfArgumentParser
-
-    from mdkl.onetwo import PROMPT
-
-    script, args = HfArgumentParser((OneTwoScriptArguments, MDKLGRPOConfig)).parse_args_into_dataclasses(argv)
-    with PartialState().main_process_first():  # the first process builds the cached weights
-        if script.model == "small":
-            from mdkl.smalllm import small_lm_dir
-            path = str(small_lm_dir(progress=False))
-        elif script.model == "smollm2":
-            from mdkl.models import smollm2_dir
-            path = str(smollm2_dir())
-        else:
-            path = script.model
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    ds = Dataset.from_dict({"prompt": [[{"role": "user", "content": PROMPT}]] * script.n_prompts})
-    trainer = MDKLGRPOTrainer(model=path, reward_funcs=onetwo_reward, args=args, train_dataset=ds,
-                              processing_class=tok)
-    trainer.train()
-    return trainer
-
-
-if __name__ == "__main__":
-    main()
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        # join the process group's threads before exit: left to interpreter shutdown, a torchrun
-        # rank could abort ("terminate called without an active exception", SIGABRT)
-        dist.destroy_process_group()

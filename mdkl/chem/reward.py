@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mdkl.chem_smiles import load_moses, mol_from_smiles, quiet_rdkit
+from mdkl.chem.smiles import load_moses, mol_from_smiles, quiet_rdkit
 from mdkl.runtime import installed_package_dir
 
 __all__ = ["RewardConfig", "COMPONENTS", "drd2_features",
@@ -83,7 +83,7 @@ class RewardConfig:
     rule ~2% of the SYNTH-analogue hits had an amide route vs 27% with it). 0 turns the rule off."""
     version: str = ""
     """version of the calibrated reward configuration these values come from
-    (:class:`mdkl.chem_calibration.RewardCalibration`; '' for the uncalibrated defaults). Part of
+    (:class:`mdkl.chem.calibration.RewardCalibration`; '' for the uncalibrated defaults). Part of
     every run's cache key through this config."""
 
     def __post_init__(self):
@@ -449,7 +449,7 @@ class Scorer:
 
     Every reward call is counted. Identical SMILES strings are scored once per run: the result is
     memoized (deterministic: the same string always gets the same components) until ``reset()``
-    (called by :func:`mdkl.chem.run_rl` at the start of each run); different spellings of the same
+    (called by :func:`mdkl.chem.reinvent.run_rl` at the start of each run); different spellings of the same
     molecule are scored separately (with equal results). Parsing and canonicalization run in the
     workers. ``submit(smiles)`` starts a batch and returns at once (``.get()`` waits), so the caller
     can compute while the pool scores; ``score(smiles)`` = ``submit(smiles).get()``.

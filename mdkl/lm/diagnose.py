@@ -19,7 +19,7 @@ target of vanilla RL keeps the reference's split (Remark 4.3), whatever beta, wh
 uniform over the good candidates. :func:`diagnose_logprobs` is the same computation from given
 log-probabilities (no model). Command line::
 
-    python -m mdkl.diagnose --model small --candidates "<answer>1</answer>" "<answer>2</answer>" \\
+    python -m mdkl.lm.diagnose --model small --candidates "<answer>1</answer>" "<answer>2</answer>" \\
         --rewards 1 1 --labels 1 2 --betas 0.001 0.01 0.03 --rest-reward 0
 """
 
@@ -170,8 +170,8 @@ def reference_logprobs(model, tokenizer, prompt: str, candidates: Sequence[str],
     prompt (``chat=False``: used as is), then ``answer_prefix`` (text the assistant turn is
     pre-filled with; candidates are the continuations after it). Each candidate is tokenized
     canonically and followed by the end-of-turn token if ``append_eos``
-    (:func:`mdkl.rollout.completion_logprobs`)."""
-    from mdkl.rollout import completion_logprobs
+    (:func:`mdkl.lm.rollout.completion_logprobs`)."""
+    from mdkl.lm.rollout import completion_logprobs
 
     text = _formatted_prompt(tokenizer, prompt, chat, answer_prefix)
     check_prompt(tokenizer, text, _context_length(model))
@@ -285,7 +285,7 @@ def diagnose(model, tokenizer, prompt: str, candidates: Sequence[str], rewards, 
 def _load(name: str):
     """'small' (the from-scratch LM), 'smollm2', or a local folder with a causal LM + tokenizer."""
     if name in ("small", "smollm2"):
-        from mdkl.lm import load_model
+        from mdkl.lm.trainer import load_model
 
         return load_model(name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -295,8 +295,8 @@ def _load(name: str):
 
 
 def main(argv=None) -> Diagnosis:
-    """``python -m mdkl.diagnose``: print the candidate table, the targets and the flip points."""
-    ap = argparse.ArgumentParser(prog="python -m mdkl.diagnose", description=__doc__.split("\n\n")[0])
+    """``python -m mdkl.lm.diagnose``: print the candidate table, the targets and the flip points."""
+    ap = argparse.ArgumentParser(prog="python -m mdkl.lm.diagnose", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="small", help="'small', 'smollm2' or a local model folder")
     ap.add_argument("--prompt", default=None, help="user prompt (default: the 1-2 task's)")
     ap.add_argument("--candidates", nargs="+", required=True, help="candidate completions")
@@ -310,9 +310,9 @@ def main(argv=None) -> Diagnosis:
     ap.add_argument("--no-chat", action="store_true", help="use the prompt as is (no chat template)")
     a = ap.parse_args(argv)
     if a.prompt is None:
-        from mdkl.onetwo import PROMPT
+        from mdkl.lm.smalllm import ONETWO_PROMPT
 
-        a.prompt = PROMPT
+        a.prompt = ONETWO_PROMPT
     cands, r, _ = check_candidates(a.candidates, a.rewards, a.labels)  # before loading a model
     _check_betas(a.betas)
     model, tok = _load(a.model)

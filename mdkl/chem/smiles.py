@@ -1,6 +1,6 @@
 """SMILES data and parsing shared by the chemistry prior, rewards and metrics (paper §4): the MOSES
 training set inside the molsets wheel, and RDKit parsing / canonicalization that never raises on
-a bad string. Kept apart from the rewards so that the prior's cache key (:mod:`mdkl.chem_prior`)
+a bad string. Kept apart from the rewards so that the prior's cache key (:mod:`mdkl.chem.prior`)
 does not depend on the reward code.
 """
 

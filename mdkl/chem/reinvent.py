@@ -1,5 +1,5 @@
 """Chemistry RL (paper §4, Table 2): REINVENT's augmented-likelihood ("DAP") loop with and without
-MARA, on the prior of :mod:`mdkl.chem_prior`.
+MARA, on the prior of :mod:`mdkl.chem.prior`.
 
 - :func:`dap_loss`: REINVENT's (log pi_prior + sigma R - log pi_theta)^2, whose minimizer is
   pi_prior exp(sigma R), i.e. reverse-KL-regularized RL with beta = 1/sigma,
@@ -9,8 +9,8 @@ MARA, on the prior of :mod:`mdkl.chem_prior`.
   and logp_ref = prior log-likelihood, one group per sampled batch,
 - :func:`profile_sizes`: the experiment's sizes per profile.
 
-Rewards live in :mod:`mdkl.chem_reward`, Table 2's metrics in :mod:`mdkl.chem_metrics`, the
-calibration of the reward analogue in :mod:`mdkl.chem_calibration`, its tests in :mod:`mdkl.chem_stats`.
+Rewards live in :mod:`mdkl.chem.reward`, Table 2's metrics in :mod:`mdkl.chem.metrics`, the
+calibration of the reward analogue in :mod:`mdkl.chem.calibration`, its tests in :mod:`mdkl.chem.stats`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mdkl.chem_prior import (SmilesLSTM, Vocabulary, log_likelihood, prior_config, prior_sizes, sample,
+from mdkl.chem.prior import (SmilesLSTM, Vocabulary, log_likelihood, prior_config, prior_sizes, sample,
                              train_prior, training_set_canonical)
 from mdkl.runtime import progress_bar, resolve_device
 from mdkl.shaping import ShapingConfig, shape_rewards
@@ -31,9 +31,9 @@ __all__ = ["RL_SIZES", "profile_sizes", "RLConfig", "dap_loss", "in_batch_duplic
 
 #: RL sizes per profile (profiles only change sizes): reward calls per run and the most seeds per
 #: arm the profile's time budget allows (the seeds actually run are the smaller of this cap and the
-#: number the pre-registered power calculation asks for, :func:`mdkl.chem_stats.seeds_for_power`;
+#: number the pre-registered power calculation asks for, :func:`mdkl.chem.stats.seeds_for_power`;
 #: the paper profile's cap is never the binding one). The prior's sizes are
-#: :data:`mdkl.chem_prior.PRIOR_SIZES`.
+#: :data:`mdkl.chem.prior.PRIOR_SIZES`.
 RL_SIZES = {
     "quick": dict(reward_calls=1_000, max_seeds=2),
     "cpu": dict(reward_calls=10_000, max_seeds=6),
@@ -42,7 +42,7 @@ RL_SIZES = {
 
 
 def profile_sizes(profile: str) -> dict:
-    """Sizes of the chemistry experiment for a profile: the prior's (:func:`mdkl.chem_prior.prior_sizes`)
+    """Sizes of the chemistry experiment for a profile: the prior's (:func:`mdkl.chem.prior.prior_sizes`)
     and the RL runs' (``RL_SIZES``) in one dict."""
     from mdkl.runtime import by_profile
 
@@ -54,7 +54,7 @@ class RLConfig:
     """One REINVENT / MARA run (defaults: REINVENT 4's staged learning as the paper runs it: DAP with
     sigma 128, batch 64, in-batch repeats scored 0, no diversity filter, no experience replay; the
     paper's 10,000 reward calls). The learning rate of a calibrated run is the calibration's
-    (:class:`mdkl.chem_calibration.RewardCalibration`). The MARA fields carry the names of :class:`mdkl.shaping.ShapingConfig` (:attr:`shaping`)."""
+    (:class:`mdkl.chem.calibration.RewardCalibration`). The MARA fields carry the names of :class:`mdkl.shaping.ShapingConfig` (:attr:`shaping`)."""
 
     sigma: float = 128.0
     """DAP sigma (REINVENT default 128); the KL coefficient is beta = 1/sigma."""
@@ -63,7 +63,7 @@ class RLConfig:
     (the value the paper's REINVENT 4 runs start from; it is not REINVENT 4's code default)."""
     lr: float = 5e-4
     """Adam learning rate of the agent: REINVENT's 5e-4 (Olivecrona et al. 2017, PMO's REINVENT);
-    REINVENT 4's is 1e-4 (a sensitivity check; :mod:`mdkl.chem_calibration` picks one per profile)."""
+    REINVENT 4's is 1e-4 (a sensitivity check; :mod:`mdkl.chem.calibration` picks one per profile)."""
     reward_calls: int = 10_000
     """Length of a run in reward calls, one per sampled molecule (paper: 10,000): every sampled
     string counts, invalid ones, repeats within a batch and repeats of earlier batches included,
@@ -266,7 +266,3 @@ def main(argv=None) -> None:
     print(f"prior {path.name}: trained in {stats['train_seconds'] / 60:.1f} min ({cfg})")
     training_set_canonical(cfg)
     print(f"prior and canonical training set ready ({time.perf_counter() - t:.0f} s in this call)")
-
-
-if __name__ == "__main__":
-    main()

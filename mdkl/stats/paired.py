@@ -9,7 +9,7 @@ smallest true difference a design detects with the wanted power, :func:`standard
 :func:`paper_effect` put the paper's reported differences on our metric's scale, and
 :func:`verdict` / :func:`compare` / :func:`print_verdict` turn these into [holds] / [FAILS] /
 [inconclusive] / [not tested (underpowered)] / [not tested (did not act)] / [not tested (control
-did not train)]. Mean +- bootstrap SEM per row is :func:`mdkl.creative.table_row`
+did not train)]. Mean +- bootstrap SEM per row is :func:`mdkl.tasks.creative.table_row`
 (:func:`mdkl.metrics.bootstrap_sem`).
 """
 
@@ -33,7 +33,7 @@ VERDICTS = ("holds", "not tested (did not act)", "not tested (control did not tr
 
 def paired_differences(a: pd.DataFrame, b: pd.DataFrame, col: str, on=("prompt_id",)) -> pd.DataFrame:
     """Per-unit differences ``b[col] - a[col]`` of two methods' per-prompt metrics (e.g.
-    :func:`mdkl.creative.per_prompt_metrics`), matched on the key columns ``on`` (``prompt_id``,
+    :func:`mdkl.tasks.creative.per_prompt_metrics`), matched on the key columns ``on`` (``prompt_id``,
     plus ``seed`` for several training seeds). Returns the keys and ``diff``, sorted by the keys.
     Both methods must cover exactly the same units, each once."""
     on = list(on)
@@ -158,7 +158,7 @@ def standardized_effect(diff: float, sem_a: float, sem_b: float, n: int) -> floa
 
 def paper_effect(table: pd.DataFrame, a: str, b: str, col: str, n: int, our_sd: float) -> float:
     """The paper's difference ``b - a`` on metric ``col`` (``table``: one row per method with
-    ``col`` and ``col_sem``, e.g. :data:`mdkl.creative_design.PAPER_TABLE1`, over ``n`` prompts),
+    ``col`` and ``col_sem``, e.g. :data:`mdkl.tasks.creative_design.PAPER_TABLE1`, over ``n`` prompts),
     carried to our scale through its standardized effect: d * ``our_sd`` (our per-prompt sd of the
     metric, e.g. the base model's). Our metrics' units differ from the paper's (other reward
     models and model sizes); the standardized effect is what can be compared."""

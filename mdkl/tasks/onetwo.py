@@ -24,21 +24,15 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from mdkl.lm.smalllm import ONETWO_PROMPT as PROMPT, ONETWO_PROMPTS as PROMPTS
 from mdkl.metrics import binary_entropy_with_se
 
 __all__ = ["PROMPT", "PROMPTS", "ANSWER_RE", "parse_answer", "parse_answers", "rewards",
            "answer_counts", "valid_entropy", "prompt_text", "OneTwoTask", "answer_preference",
            "valid_answer_strings", "exact_answer_split", "ENUM_WHITESPACE", "INVALID", "ONE", "TWO"]
 
-#: the task prompt [reading: the paper does not print its exact wording]
-PROMPT = ("Generate a uniformly random integer that is either 1 or 2. "
-          "Reply in the format <answer>N</answer>.")
-#: paraphrases (the small model's corpus uses them all; RL uses PROMPT unless told otherwise)
-PROMPTS = (
-    PROMPT,
-    "Pick 1 or 2 uniformly at random. Reply in the format <answer>N</answer>.",
-    "Flip a fair coin: answer 1 or 2. Reply in the format <answer>N</answer>.",
-)
+# PROMPT (the task prompt) and PROMPTS (its paraphrases) are defined with the small LM's corpus,
+# which is built from them (mdkl.lm.smalllm.ONETWO_PROMPT / ONETWO_PROMPTS), and imported from there.
 #: first <answer>...</answer> element (non-greedy, across newlines)
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 #: the whole completion is one answer element
@@ -160,7 +154,7 @@ def answer_preference(model, tokenizer, prompt: str = PROMPT,
 
     Returns ``{'logp1', 'logp2', 'log_ratio'}`` (log ratio = logp1 - logp2, > 0 prefers "1").
     """
-    from mdkl.rollout import sequence_logprobs, tokenize_prompts
+    from mdkl.lm.rollout import sequence_logprobs, tokenize_prompts
 
     if not all(a.startswith(answer_prefix) for a in answers):
         raise ValueError(f"answers must start with answer_prefix {answer_prefix!r}")
@@ -196,12 +190,12 @@ def exact_answer_split(model, tokenizer, prompts=(PROMPT,), answer_prefix: str =
                        whitespace: tuple[str, ...] = ENUM_WHITESPACE) -> dict[str, float]:
     """Exact probabilities of answering "1" and "2" under ``model``, summed over the enumerated valid
     strings S_1, S_2 (:func:`valid_answer_strings`, canonical tokenization, each followed by the
-    end-of-turn token: :func:`mdkl.rollout.completion_logprobs`), averaged over ``prompts``.
+    end-of-turn token: :func:`mdkl.lm.rollout.completion_logprobs`), averaged over ``prompts``.
 
     Returns ``p1_exact``, ``p2_exact`` (probability mass of S_1, S_2: a lower bound on P(valid "1"),
     P(valid "2")), ``valid_exact`` (their sum), ``p1_valid_exact`` = p1 / (p1 + p2) and
     ``valid_entropy_exact`` (nats), the split of the valid answers without sampling error."""
-    from mdkl.rollout import completion_logprobs
+    from mdkl.lm.rollout import completion_logprobs
 
     sets = valid_answer_strings(answer_prefix, whitespace)
     texts = sets[ONE] + sets[TWO]

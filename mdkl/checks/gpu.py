@@ -1,6 +1,6 @@
 """``make gpu-check``: every trainer on the GPU against the CPU, in one short script.
 
-``python -m mdkl.gpu_check [--out DIR] [--device cuda] [--quick] [--only toy,small_lm,...]``
+``python -m mdkl.checks.gpu [--out DIR] [--device cuda] [--quick] [--only toy,small_lm,...]``
 
 Per trainer, two kinds of rows:
 
@@ -150,7 +150,7 @@ def check_toy(device, quick: bool) -> list[dict]:
 def _lm_step(cfg, model0, tok, p_ids, p_mask, c_ids, c_mask, r, dev, lora: bool):
     """Loss, per-token log-probs and gradient of one RL step of :func:`mdkl.lm.train` (steps 2-4 of
     its loop) on given completions, on ``dev`` (a copy of ``model0``)."""
-    from mdkl.rollout import sequence_logprobs
+    from mdkl.lm.rollout import sequence_logprobs
     from mdkl.shaping import advantages, policy_loss, shape_rewards
 
     model = copy.deepcopy(model0).to(dev)
@@ -176,8 +176,8 @@ def _lm_step(cfg, model0, tok, p_ids, p_mask, c_ids, c_mask, r, dev, lora: bool)
 
 
 def _lm_rows(name, cfg, model, tok, task, device, steps: int, cpu_steps: int, lora: bool) -> list[dict]:
-    from mdkl import lm
-    from mdkl.rollout import sample_completions, tokenize_prompts
+    from mdkl.lm import trainer as lm
+    from mdkl.lm.rollout import sample_completions, tokenize_prompts
 
     # fixed inputs: completions sampled once on the CPU, rewards from the task
     ids, mask = tokenize_prompts(tok, task.prompts(tok))
@@ -227,9 +227,9 @@ def _lm_rows(name, cfg, model, tok, task, device, steps: int, cpu_steps: int, lo
 
 
 def check_small_lm(device, quick: bool) -> list[dict]:
-    from mdkl.lm import LMConfig
-    from mdkl.onetwo import OneTwoTask
-    from mdkl.smalllm import SmallLMConfig, load_small_lm, small_lm_dir
+    from mdkl.lm.trainer import LMConfig
+    from mdkl.tasks.onetwo import OneTwoTask
+    from mdkl.lm.smalllm import SmallLMConfig, load_small_lm, small_lm_dir
 
     small = SmallLMConfig(device=str(device))
     if quick:
@@ -245,9 +245,9 @@ def check_small_lm(device, quick: bool) -> list[dict]:
 
 
 def check_smollm2(device, quick: bool) -> list[dict]:
-    from mdkl.lm import LMConfig
-    from mdkl.models import load_smollm2, smollm2_gguf_path
-    from mdkl.onetwo import OneTwoTask
+    from mdkl.lm.trainer import LMConfig
+    from mdkl.lm.models import load_smollm2, smollm2_gguf_path
+    from mdkl.tasks.onetwo import OneTwoTask
 
     try:
         smollm2_gguf_path()
@@ -263,7 +263,8 @@ def check_smollm2(device, quick: bool) -> list[dict]:
 
 
 def check_creative(device, quick: bool) -> list[dict]:
-    from mdkl import creative, models
+    from mdkl.lm import models
+    from mdkl.tasks import creative
 
     try:
         models.smollm2_gguf_path()
@@ -295,7 +296,7 @@ def check_creative(device, quick: bool) -> list[dict]:
 def write_smiles(path: Path, n: int = 4000, seed: int = 0) -> Path:
     """Write ``n`` MOSES training SMILES (seeded subset, from the ``molsets`` wheel) to ``path``,
     one per line: the chemistry check's data on a machine without the wheel."""
-    from mdkl.chem_smiles import load_moses
+    from mdkl.chem.smiles import load_moses
 
     atomic_write_bytes(Path(path), ("\n".join(load_moses(n, seed)) + "\n").encode())
     return Path(path)
@@ -305,7 +306,7 @@ def _smiles(path: Path | None, n: int) -> list[str]:
     if path is not None and Path(path).exists():
         return [s for s in Path(path).read_text().split() if s][:n]
     try:
-        from mdkl.chem_smiles import load_moses
+        from mdkl.chem.smiles import load_moses
 
         return load_moses(n, 0)
     except (ModuleNotFoundError, FileNotFoundError) as e:
@@ -326,7 +327,7 @@ class _StandInScorer:
 
 
 def check_chem(device, quick: bool, smiles_path: Path | None) -> list[dict]:
-    from mdkl import chem, chem_prior
+    from mdkl.chem import prior as chem_prior, reinvent as chem
 
     smiles = _smiles(smiles_path, 500 if quick else 4000)
     vocab = chem_prior.Vocabulary.from_smiles(smiles)
@@ -371,7 +372,7 @@ def check_chem(device, quick: bool, smiles_path: Path | None) -> list[dict]:
     # RL: run_rl on the device with the real scorer (CPU worker processes) if it loads
     calls = 128 if quick else 1280
     try:
-        from mdkl.chem_reward import RewardConfig, Scorer
+        from mdkl.chem.reward import RewardConfig, Scorer
 
         scorer, note = Scorer(RewardConfig("synth")), "SYNTH scorer in CPU worker processes"
     except Exception as e:  # noqa: BLE001 - any missing piece of the scorer: use the stand-in
@@ -405,12 +406,12 @@ def check_trl(device, quick: bool) -> list[dict]:
 
     if importlib.util.find_spec("trl") is None or importlib.util.find_spec("accelerate") is None:
         raise Skip("trl / accelerate not installed")
-    from mdkl.smalllm import SmallLMConfig, small_lm_dir
+    from mdkl.lm.smalllm import SmallLMConfig, small_lm_dir
 
     model_dir = small_lm_dir(SmallLMConfig(device=str(device)), progress=False)
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mdkl.trl_ext", "--model", str(model_dir),
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mdkl.tasks.onetwo_trl", "--model", str(model_dir),
                "--output_dir", out, "--max_steps", "3", "--per_device_train_batch_size", "8", "--num_generations", "8",
                "--max_completion_length", "16", "--beta", "0.05", "--kl", "forward", "--kl_placement", "loss",
                "--mara", "auto", "--tau_percentile", "90", "--report_to", "none", "--save_strategy", "no",
@@ -421,7 +422,7 @@ def check_trl(device, quick: bool) -> list[dict]:
         res, sec = _timed(lambda: subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT))
     ok = res.returncode == 0 and "train_runtime" in res.stdout
     tail = " ".join((res.stderr or res.stdout).strip().splitlines()[-2:])[-300:]
-    return [_row("trl", "accelerate launch -m mdkl.trl_ext --max_steps 3 (s)", device=sec,
+    return [_row("trl", "accelerate launch -m mdkl.tasks.onetwo_trl --max_steps 3 (s)", device=sec,
                  status="pass" if ok else "FAIL", note="" if ok else f"exit {res.returncode}: {tail}")]
 
 
@@ -464,7 +465,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mdkl.gpu_check", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m mdkl.checks.gpu", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", help="device checked against the CPU (default cuda; 'cpu' = dry run)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for gpu_check.json / .csv")
     ap.add_argument("--only", default=",".join(CHECKS), help=f"comma-separated subset of {','.join(CHECKS)}")
@@ -483,7 +484,7 @@ def main(argv=None) -> int:
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         print(f"no GPU: torch.cuda.is_available() is False (torch {torch.__version__}, CUDA build "
               f"{torch.version.cuda}); nothing to check. Run `make gpu-check` on a machine with an NVIDIA GPU, "
-              f"or `python -m mdkl.gpu_check --device cpu --quick` for a dry run of the script.")
+              f"or `python -m mdkl.checks.gpu --device cpu --quick` for a dry run of the script.")
         return 0
     device = resolve_device(args.device)
     try:  # no weight-loading progress bars in the table's output

@@ -1,0 +1,6 @@
+"""Whole-system checks: the one layer allowed to import every other (core, ``mdkl.lm``,
+``mdkl.tasks``, ``mdkl.chem``), because it exercises every trainer; nothing in ``mdkl`` imports it.
+
+- ``mdkl.checks.gpu`` ``make gpu-check`` (``python -m mdkl.checks.gpu``): every trainer on the GPU
+  against the CPU, throughput, memory
+"""
