@@ -67,8 +67,8 @@ def _git_show(path: Path) -> str | None:
 
 def compare_csv(path: Path, committed_text: str | None = None) -> dict | None:
     """How a result CSV on disk differs from its committed version (``committed_text``, default the
-    file at git HEAD): rows, the largest relative difference over numeric columns (wall-time columns,
-    named ``seconds`` or ``*_s``, skipped) and the number of differing text cells (verdicts and labels
+    file at git HEAD): rows, the largest relative difference over numeric columns, |a - b| / max(|a|, |b|)
+    (1 where a count moved from 0; wall-time columns, named ``seconds`` or ``*_s``, skipped) and the number of differing text cells (verdicts and labels
     live in text columns). ``None`` when there is no committed version or the file is unchanged."""
     import numpy as np
     import pandas as pd
@@ -91,7 +91,7 @@ def compare_csv(path: Path, committed_text: str | None = None) -> dict | None:
         if pd.api.types.is_numeric_dtype(x) and pd.api.types.is_numeric_dtype(y):
             x, y = x.to_numpy(np.float64), y.to_numpy(np.float64)
             both = np.isfinite(x) & np.isfinite(y)
-            rel = np.abs(x - y)[both] / np.maximum(np.abs(x[both]), 1e-12)
+            rel = np.abs(x - y)[both] / np.maximum(np.maximum(np.abs(x[both]), np.abs(y[both])), 1e-12)  # <= 2
             nan_moved = int((np.isnan(x) != np.isnan(y)).sum())
             m = float(rel.max()) if rel.size else 0.0
             if nan_moved:

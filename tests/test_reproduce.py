@@ -34,7 +34,7 @@ def test_compare_csv_reports_numbers_text_and_layout(tmp_path):
     assert reproduce.compare_csv(f, committed) is None  # unchanged
     pd.DataFrame({"x": [1.0, 2.2], "verdict": ["holds", "holds"], "seconds": [9.0, 9.0]}).to_csv(f, index=False)
     row = reproduce.compare_csv(f, committed)
-    assert row["max_rel_diff"] == pytest.approx(0.1) and row["columns"] == "x" and row["text_cells_differ"] == 1
+    assert row["max_rel_diff"] == pytest.approx(0.2 / 2.2) and row["columns"] == "x" and row["text_cells_differ"] == 1
     pd.DataFrame({"y": [1.0]}).to_csv(f, index=False)
     assert reproduce.compare_csv(f, committed)["columns"] == "layout changed"
 
