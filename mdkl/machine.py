@@ -11,6 +11,7 @@ a machine's results with the committed ones.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -35,6 +36,7 @@ def numeric_kernels() -> dict[str, Any]:
     return {"aten_capability": cap, **env, "torch_threads": torch.get_num_threads(), "pinned": pinned}
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_model() -> dict[str, str]:
     """The CPU's vendor and model name as the operating system reports them (``/proc/cpuinfo`` on
     Linux, ``platform.processor()`` elsewhere): e.g. ``{"vendor": "GenuineIntel", "model": "Intel(R)

@@ -287,7 +287,7 @@ def test_a_frozen_calibration_is_a_configuration(tiny):
                               reward_calls=40, min_synth_fail=0.0)
     table, own = cc.calibrate(_fake_run(model, v), grid, [1.5, 2.5, 3.2, 4.0])
     # the frozen point: the grid point of each task that this machine did not choose
-    pick = {t: next(r for tt, r in grid.rewards() if tt == t and r != cc.frozen_choice_rewards(own, grid)[t])
+    pick = {t: next(r for tt, r in grid.rewards() if tt == t and r != cc.chosen_rewards(own, grid)[t])
             for t in ("synth", "amide")}
     sa_other, other = (pick["synth"].sa_good, pick["synth"].sa_bad), {"amide": pick["amide"].stock_max_heavy_atoms}
     frozen = cc.RewardCalibration("v1", "cpu", "chem-prior-x", 1e-4, pick["synth"], pick["amide"], (1000, 1001, 1002))

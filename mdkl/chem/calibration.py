@@ -33,7 +33,7 @@ from mdkl.runtime import DATA_DIR, resolve_profile
 
 __all__ = ["TARGET_RATES", "SCREENS", "EVAL_SEEDS", "RewardCalibration", "calibration_path", "save_calibration",
            "load_calibration", "load_for_prior", "CalibrationGrid", "unique_hit_rates", "run_summary", "calibration_run",
-           "synth_fail_share", "calibrate", "frozen_choice", "frozen_choice_rewards", "describe_choice", "choose", "choose_lr", "chosen_runs", "seed_spread",
+           "synth_fail_share", "calibrate", "frozen_choice", "chosen_rewards", "describe_choice", "choose", "choose_lr", "chosen_runs", "seed_spread",
            "calibration_from_choice", "run_calibration", "main"]
 
 #: the paper's REINVENT: unique hits per reward call (Table 2; 10,000 calls)
@@ -316,7 +316,7 @@ def calibrate(run, grid: CalibrationGrid = CalibrationGrid(), prior_sa=(), froze
                 add("coarse", task, rcfg, lr, seed)
     own = choose(pd.DataFrame(rows), grid)
     anchor = own if frozen is None else frozen_choice(frozen, grid)
-    rewards = _chosen_rewards(anchor, grid)
+    rewards = chosen_rewards(anchor, grid)
     for lr in grid.lr_check:
         for seed in grid.seeds:
             for task, rcfg in rewards.items():
@@ -330,7 +330,7 @@ def calibrate(run, grid: CalibrationGrid = CalibrationGrid(), prior_sa=(), froze
     table = pd.DataFrame(rows)
     final = _final(table, choice, grid)
     if frozen is not None:
-        same_rewards = _chosen_rewards(own, grid) == rewards
+        same_rewards = chosen_rewards(own, grid) == rewards
         final["rerun"] = _final(table, best if same_rewards else own, grid)
     return table, final
 
@@ -351,15 +351,10 @@ def frozen_choice(cal: "RewardCalibration", grid: CalibrationGrid = CalibrationG
     return choice
 
 
-def frozen_choice_rewards(choice: dict, grid: CalibrationGrid = CalibrationGrid()) -> dict:
-    """Per task, the :class:`RewardConfig` a choice (of :func:`choose` or :func:`frozen_choice`) names."""
-    return _chosen_rewards(choice, grid)
-
-
 def _assess_at(table, choice: dict, lr: float, grid: CalibrationGrid) -> dict:
     """``choice``'s rewards assessed at learning rate ``lr`` (rates over the seeds ``grid.seeds``)."""
     rec = {}
-    for task, rcfg in _chosen_rewards(choice, grid).items():
+    for task, rcfg in chosen_rewards(choice, grid).items():
         t = _point(table[table.seed.isin(grid.seeds)], task, rcfg, lr)
         if len(t) == 0:
             raise ValueError(f"no calibration run of {task} at lr {lr:g} at the chosen rewards: the grid's lr and "
@@ -419,7 +414,8 @@ def _assess(c: dict, grid: CalibrationGrid) -> dict:
     return {**c, "miss": miss, "amide_harder": harder, "in_regime": harder and miss <= math.log(grid.tolerance)}
 
 
-def _chosen_rewards(choice: dict, grid: CalibrationGrid) -> dict:
+def chosen_rewards(choice: dict, grid: CalibrationGrid = CalibrationGrid()) -> dict:
+    """Per task, the :class:`RewardConfig` a choice (of :func:`choose` or :func:`frozen_choice`) names."""
     lo, hi = choice["potency"]
     pot = dict(potency_floor=lo, potency_ceiling=hi, potency_transform=grid.potency_transform, **grid.base)
     s, a = choice["synth"], choice["amide"]
@@ -455,7 +451,7 @@ def choose_lr(table, choice: dict, grid: CalibrationGrid = CalibrationGrid()) ->
 
 def _final(table, choice: dict, grid: CalibrationGrid) -> dict:
     """``choice`` with its rates averaged over every seed of the chosen point (all stages)."""
-    rewards = _chosen_rewards(choice, grid)
+    rewards = chosen_rewards(choice, grid)
     rec = {t: {**choice[t], **_point(table, t, r, choice["lr"])[_RATES].mean().to_dict()} for t, r in rewards.items()}
     return {**_assess({**choice, **rec}, grid), "lr_misses": choice.get("lr_misses", {})}
 
@@ -485,7 +481,7 @@ def seed_spread(table, cal: "RewardCalibration", screen: float = 0.85) -> dict:
 def calibration_from_choice(choice: dict, grid: CalibrationGrid, label: str, profile: str,
                             prior: str, prior_recipe: str = "") -> RewardCalibration:
     """The :class:`RewardCalibration` of :func:`choose` / :func:`calibrate`'s choice."""
-    r = _chosen_rewards(choice, grid)
+    r = chosen_rewards(choice, grid)
     seeds = tuple(int(x) for x in tuple(grid.seeds) + tuple(grid.spread_seeds))
     return RewardCalibration(label, profile, prior, float(choice["lr"]), r["synth"], r["amide"], seeds, prior_recipe)
 
