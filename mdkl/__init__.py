@@ -50,13 +50,16 @@ Chemistry (``mdkl.chem``):
 - ``mdkl.chem.prior`` SMILES LSTM prior: tokenizer, training on MOSES, sampling, likelihoods
 - ``mdkl.chem.reinvent`` REINVENT's DAP loop with and without MARA (REINVENT 4's duplicate rule optional)
 - ``mdkl.chem.calibration`` versioned, frozen reward configuration calibrated on REINVENT runs only
-- ``mdkl.chem.stats`` pre-registered paired test, power, minimum detectable effects, non-inferiority
+- ``mdkl.chem.stats`` pre-registered paired test, power, minimum detectable effects, non-inferiority, the gates
+  and the headline verdicts from the per-run table
 - ``mdkl.chem.reward`` offline analogues of the chemistry rewards (DRD2, QED, HBD, SA, amide routes)
 - ``mdkl.chem.metrics`` Table 2's metrics of a chemistry run (yield, OB100, IntDiv1, #Circles, scaffolds)
 
 Statistics (``mdkl.stats``):
 
-- ``mdkl.stats.paired`` paired comparisons over prompts: bootstrap intervals, minimum detectable effect, verdicts
+- ``mdkl.stats.paired`` paired comparisons over prompts: bootstrap intervals, minimum detectable effect
+- ``mdkl.stats.verdicts`` the one verdict rule set of every notebook: gates (acted, control trained, powered by
+  the planned MDE) before holds / holds, smaller than the paper's / inconclusive / FAILS; Holm adjustment
 
 Checks (``mdkl.checks``, the application layer above everything):
 

@@ -320,3 +320,16 @@ def test_the_prior_recipe_is_machine_independent(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="made on prior chem-prior-recipe-"):
         cc.load_for_prior("cpu", chem_prior.prior_recipe(replace(cfg, hidden=cfg.hidden + 1)))
     assert _cal(prior_recipe="x").version == _cal().version  # a record, not a parameter
+
+
+def test_the_planning_spread_is_frozen_with_the_calibration(tmp_path):
+    """planning_sd travels with the frozen file, is not part of the version, and is checked."""
+    cal = replace(_cal(), planning_sd={"synth": 0.15, "amide": 0.31})
+    assert cal.version == _cal().version  # a measurement at the frozen point, not a parameter
+    path = cc.save_calibration(cal, tmp_path / "chem_reward_cpu.json")
+    assert cc.load_calibration(path).planning_sd == {"synth": 0.15, "amide": 0.31}
+    for bad in ({"synth": 0.15}, {"synth": 0.15, "amide": -1.0}, {"synth": 0.15, "amide": float("nan")}):
+        with pytest.raises(ValueError, match="planning_sd"):
+            replace(_cal(), planning_sd=bad)
+    committed = cc.load_calibration(cc.calibration_path("cpu"))
+    assert set(committed.planning_sd) == {"synth", "amide"}

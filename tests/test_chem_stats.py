@@ -10,7 +10,7 @@ from mdkl.chem import stats as chem_stats
 from mdkl.stats import paired
 from mdkl.chem.stats import (PreRegistration, log_yield_ratios, mara_activity, mara_activity_verdict,
                              min_detectable_effect, noninferiority, paired_log_ratio_test, paired_power, plan_seeds,
-                             primary_verdict, seeds_for_power, welch_min_detectable_effect)
+                             primary_verdict, seeds_for_power, control_trained, acted_enough, welch_min_detectable_effect)
 
 
 def test_paired_test_matches_scipy_one_sided_ttest():
@@ -110,16 +110,70 @@ def test_plan_seeds_assumes_independent_pairs_and_caps():
 
 
 def test_primary_verdict():
-    pre = PreRegistration()
-    big = paired_log_ratio_test([130, 126, 128, 131, 125], [100, 101, 99, 100, 102])
-    assert primary_verdict(big, "tested", pre) == "holds"
-    assert primary_verdict(big, "not tested", pre) == "not tested (MARA inactive)"
+    """The rule set on the log scale, gated by the planned MDE (not the measured one)."""
+    big = paired_log_ratio_test([140, 136, 138, 141, 135], [100, 101, 99, 100, 102])
+    assert primary_verdict(big, 0.36, 0.2, True, True) == "holds"
+    assert primary_verdict(big, 0.36, 0.2, False, True) == "not tested (did not act)"
+    assert primary_verdict(big, 0.36, 0.2, True, False) == "not tested (control did not train)"
+    assert primary_verdict(big, 0.36, 0.5, True, True) == "not tested (underpowered)"  # planned MDE > paper's gain
+    small = paired_log_ratio_test([111, 109, 110, 112, 108], [100, 101, 99, 100, 102])
+    assert primary_verdict(small, 0.36, 0.2, True, True) == "holds, smaller than the paper's"
     null = paired_log_ratio_test([100, 99, 101, 100, 100], [100, 100, 100, 100, 100])
-    assert null["mde"] < 0.25 and primary_verdict(null, "tested", pre) == "FAILS"  # powered, +25% ruled out
+    assert primary_verdict(null, 0.36, 0.2, True, True) == "FAILS"  # powered, +36% ruled out
     noisy = paired_log_ratio_test([50, 200, 90, 150, 60], [100, 100, 100, 100, 100])
-    assert noisy["mde"] > 0.25 and primary_verdict(noisy, "tested", pre) == "not tested (underpowered)"
-    with pytest.raises(ValueError, match="activity="):
-        primary_verdict(big, "yes", pre)
+    assert primary_verdict(noisy, 0.36, 0.2, True, True) == "inconclusive"
+    with pytest.raises(ValueError, match="pass paired_log_ratio_test"):
+        primary_verdict({"mean": 0.1}, 0.36, 0.2, True, True)
+    with pytest.raises(ValueError, match="positive paper gain"):
+        primary_verdict(big, -0.1, 0.2, True, True)
+
+
+def test_control_trained_and_acted_enough():
+    assert control_trained([0.1, 0.2, 0.15], [0.5, 0.6, 0.55])["trained"]
+    assert not control_trained([0.5, 0.2, 0.15], [0.1, 0.25, 0.1])["trained"]
+    assert control_trained([0.1], [0.2])["trained"] and not control_trained([0.2], [0.1])["trained"]
+    with pytest.raises(ValueError, match="one first and one last"):
+        control_trained([0.1, 0.2], [0.3])
+    pre = PreRegistration()
+    assert acted_enough([0.06, 0.1, 0.0], [0.2, 0.3, 0.0], pre)
+    assert not acted_enough([0.06, 0.01, 0.0], [0.2, 0.3, 0.0], pre)
+    with pytest.raises(ValueError, match="both shares"):
+        acted_enough([0.1], [0.1, 0.2], pre)
+
+
+def _runs_table(mara_gain=1.4, seeds=6, changed=0.1, rise=0.3):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for t in ("synth", "amide"):
+        for s in range(seeds):
+            base = 1000 * rng.lognormal(0, 0.1)
+            for arm, y, ch in (("REINVENT", base, 0.0), ("MARA", base * mara_gain * rng.lognormal(0, 0.05), changed)):
+                rows.append({"task": t, "arm": arm, "seed": s, "screen": 0.85, "yield": round(y), "changed_frac": ch,
+                             "batches_2plus_frac": 0.5 if ch else 0.0, "reward_first": 0.2,
+                             "reward_last": 0.2 + rise + 0.01 * s})
+                rows.append({**rows[-1], "screen": 0.8, "yield": round(y * 2)})
+    return pd.DataFrame(rows)
+
+
+def test_primary_tests_from_the_per_run_table():
+    from mdkl.chem.stats import paper_gain, primary_statement, primary_tests
+
+    sd = {"synth": 0.1, "amide": 0.1}
+    out = primary_tests(_runs_table(), sd).set_index("task")
+    assert list(out.verdict) == ["holds", "holds"]
+    assert (out.p_holm >= out.p).all() and out.n.tolist() == [6, 6]
+    assert out.loc["synth", "paper_gain"] == pytest.approx(paper_gain("synth")) == pytest.approx(2196 / 1614 - 1)
+    assert set(primary_tests(_runs_table(changed=0.0), sd).verdict) == {"not tested (did not act)"}
+    assert set(primary_tests(_runs_table(rise=-0.3), sd).verdict) == {"not tested (control did not train)"}
+    assert set(primary_tests(_runs_table(), {"synth": 0.5, "amide": 0.5}).verdict) == {"not tested (underpowered)"}
+    assert set(primary_tests(_runs_table(mara_gain=1.1), sd).verdict) == {"holds, smaller than the paper's"}
+    assert "raises the unique-hit yield" in primary_statement("SYNTH")
+    with pytest.raises(ValueError, match="lacks columns"):
+        primary_tests(_runs_table().drop(columns="reward_first"), sd)
+    with pytest.raises(ValueError, match="no planning sd"):
+        primary_tests(_runs_table(), {"synth": 0.1})
 
 
 def test_mara_activity_per_run():

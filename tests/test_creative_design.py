@@ -236,3 +236,45 @@ def test_prompt_ids_key_every_subset_by_the_csv_id():
 def test_evaluate_policy_needs_two_samples_per_prompt():
     with pytest.raises(ValueError, match="k must be an integer >= 2"):
         creative.evaluate_policy(None, None, creative.CreativeTask(split="test", n_prompts=2), 1, 8)
+
+
+def _per_prompt(effect=0.1, n=60, seeds=(0,), control_rise=1.0):
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in seeds:
+        for i in range(n):
+            base = {c: rng.normal(0.5, 0.1) for c in ("r_in", "r_out", "ead", "n_distinct")}
+            for m in ("Base", "RLOO", "RLOO + k3", "MARA (rev)", "MARA (fwd)"):
+                v = dict(base)
+                if m != "Base":
+                    v["r_in"] += control_rise + rng.normal(0, 0.05)
+                if m.startswith("MARA"):
+                    for c in ("r_out", "ead", "n_distinct"):
+                        v[c] += effect + rng.normal(0, 0.02)
+                rows.append({"method": m, "seed": s, "prompt_id": f"p{i:03d}", **v})
+    return pd.DataFrame(rows)
+
+
+def _planned(mde=0.05, paper=0.1):
+    return pd.DataFrame([{"claim": f"{m} - {c}", "metric": col, "MDE": mde, "paper (our scale)": paper}
+                         for m, c, col, _ in cd.CLAIMS])
+
+
+def test_claim_comparisons_apply_the_rule_set_with_the_planned_mde():
+    acted = {"MARA (rev)": True, "MARA (fwd)": True}
+    out = cd.claim_comparisons(_per_prompt(), _planned(), acted)
+    assert out.verdict.tolist() == ["holds"] * 6 and (out.p_holm >= out.p).all()
+    assert set(cd.claim_comparisons(_per_prompt(effect=0.03), _planned(), acted).verdict) == {
+        "holds, smaller than the paper's"}
+    assert set(cd.claim_comparisons(_per_prompt(), _planned(mde=0.2), acted).verdict) == {"not tested (underpowered)"}
+    assert set(cd.claim_comparisons(_per_prompt(control_rise=0.0), _planned(), acted).verdict) == {
+        "not tested (control did not train)"}
+    out = cd.claim_comparisons(_per_prompt(), _planned(), {"MARA (rev)": False, "MARA (fwd)": True})
+    assert set(out[out.method == "MARA (rev)"].verdict) == {"not tested (did not act)"}
+    assert cd.claim_statement("MARA (rev)", "RLOO", "ead") == "MARA (rev) raises the n-gram EAD over RLOO"
+    with pytest.raises(ValueError, match="acted has no entry"):
+        cd.claim_comparisons(_per_prompt(), _planned(), {"MARA (rev)": True})
+    with pytest.raises(ValueError, match="planned lacks"):
+        cd.claim_comparisons(_per_prompt(), _planned().drop(columns="MDE"), acted)
+    with pytest.raises(ValueError, match="metric="):
+        cd.claim_statement("MARA (rev)", "RLOO", "bleu")

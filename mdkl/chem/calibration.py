@@ -11,10 +11,8 @@ disjoint from the evaluation seeds, over a small stated grid (:class:`Calibratio
 factor ``tolerance``, ALL-AMIDE harder than SYNTH). The result is a :class:`RewardCalibration`,
 written once to ``data/chem_reward_<profile>.json`` and frozen: its ``version`` (a label plus a
 hash of every parameter) goes into each run's cache key through :attr:`RewardConfig.version`,
-and :func:`load_calibration` refuses a file edited after calibration.
-
-``python -m mdkl.chem.calibration --profile P`` (``make chem-calibrate``) runs it for the
-profile's prior; the quick profile reuses the cpu profile's file.
+and :func:`load_calibration` refuses a file edited after calibration. ``python -m
+mdkl.chem.calibration --profile P`` (``make chem-calibrate``) runs it; quick reuses cpu's file.
 """
 
 from __future__ import annotations
@@ -66,6 +64,10 @@ class RewardCalibration:
     """the prior's recipe (:func:`mdkl.chem.prior.prior_recipe`: its config's hash, the same on every
     machine and code version), which :func:`load_for_prior` checks; not part of the version (a
     record of what the calibration belongs to, not a parameter). Empty: ``prior`` is checked."""
+    planning_sd: dict = field(default_factory=dict)
+    """per task, the between-seed sd of log yield at 0.85 of the spread runs when the point was frozen
+    (:func:`seed_spread`): the primary test's planning data (:func:`mdkl.chem.stats.plan_seeds`), frozen
+    so every machine plans the same seeds and MDE. Not in the version (a measurement, not a parameter)."""
 
     def __post_init__(self):
         if not self.label or not isinstance(self.label, str):
@@ -77,6 +79,10 @@ class RewardCalibration:
         bad = [s for s in self.seeds if not isinstance(s, int) or 0 <= s < EVAL_SEEDS]
         if bad:
             raise ValueError(f"calibration seeds {bad} overlap the evaluation seeds range({EVAL_SEEDS}): use >= {EVAL_SEEDS}")
+        sd = self.planning_sd
+        if not isinstance(sd, dict) or (sd and (set(sd) != set(TASKS) or not all(
+                isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in sd.values()))):
+            raise ValueError(f"planning_sd={sd!r}: one positive, finite sd per task {TASKS} (or none yet)")
 
     def _params(self) -> dict:
         d = asdict(self)
@@ -84,6 +90,7 @@ class RewardCalibration:
             d[t].pop("version")
         d.pop("label")
         d.pop("prior_recipe")
+        d.pop("planning_sd")
         d["seeds"] = list(self.seeds)
         return d
 
@@ -108,7 +115,8 @@ def calibration_path(profile: str | None = None) -> Path:
 
 def save_calibration(cal: RewardCalibration, path: Path) -> Path:
     """Write ``cal`` as JSON (with its version) and return the path."""
-    d = {"version": cal.version, "label": cal.label, "prior_recipe": cal.prior_recipe, **cal._params()}
+    d = {"version": cal.version, "label": cal.label, "prior_recipe": cal.prior_recipe, "planning_sd": cal.planning_sd,
+         **cal._params()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(d, indent=1, sort_keys=True) + "\n")
     return Path(path)
@@ -125,8 +133,8 @@ def load_calibration(path: Path) -> RewardCalibration:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}): re-run `make chem-calibrate`") from None
     want = {f.name for f in fields(RewardCalibration)} | {"version"}
-    if isinstance(d, dict):
-        d.setdefault("prior_recipe", "")  # files written before it was recorded
+    if isinstance(d, dict):  # files written before these were recorded
+        d.setdefault("prior_recipe", ""), d.setdefault("planning_sd", {})
     if not isinstance(d, dict) or set(d) != want:
         got = set(d) if isinstance(d, dict) else set()
         raise ValueError(f"{path}: keys {sorted(got)} != {sorted(want)} (missing {sorted(want - got)}, unknown "
@@ -139,8 +147,8 @@ def load_calibration(path: Path) -> RewardCalibration:
         if unknown:
             raise ValueError(f"{path}: unknown {t} reward fields {sorted(unknown)}")
         rewards[t] = RewardConfig(**d[t])  # range checks
-    cal = RewardCalibration(d["label"], d["profile"], d["prior"], float(d["lr"]), rewards["synth"],
-                            rewards["amide"], tuple(d["seeds"]), str(d["prior_recipe"]))
+    cal = RewardCalibration(d["label"], d["profile"], d["prior"], float(d["lr"]), rewards["synth"], rewards["amide"],
+                            tuple(d["seeds"]), str(d["prior_recipe"]), d["planning_sd"])
     if cal.version != d["version"]:
         raise ValueError(f"{path}: its parameters do not match version {d['version']!r} (now {cal.version!r}): the "
                          f"configuration is frozen once calibrated; re-run `make chem-calibrate` with a new label")
@@ -536,13 +544,10 @@ def run_calibration(profile: str, label: str = "v1", grid: CalibrationGrid = Cal
 
 
 def main(argv=None) -> None:
-    """``python -m mdkl.chem.calibration [--profile P] [--label v1] [--recalibrate]``: calibrate the
-    reward analogue on the profile's prior (REINVENT-only runs, each cached) and write
-    ``data/results/chem_<profile>_calibration_runs.csv``. The frozen file
-    ``data/chem_reward_<profile>.json`` is written only if it does not exist (or with
-    ``--recalibrate``, which needs a new ``--label``); otherwise the runs are redone (or read from
-    the cache) and the committed choice is checked against them. The quick profile reuses the cpu
-    profile's calibration (nothing to run)."""
+    """``python -m mdkl.chem.calibration [--profile P] [--label v1] [--recalibrate]``: calibrate on the
+    profile's prior (REINVENT-only runs, each cached), write ``data/results/chem_<profile>_calibration_runs.csv``,
+    and freeze ``data/chem_reward_<profile>.json`` if it does not exist (or with ``--recalibrate`` and a
+    new ``--label``); otherwise check the frozen choice against the runs. quick reuses cpu's file."""
     import argparse
 
     from mdkl.chem import prior as chem_prior
@@ -573,6 +578,7 @@ def main(argv=None) -> None:
           + ", ".join(f"{k:g}: x{v:.2f}" for k, v in choice["lr_misses"].items())
           + f"; ALL-AMIDE harder: {choice['amide_harder']}, in the paper's regime: {choice['in_regime']}")
     if frozen is None:
+        cal = replace(cal, planning_sd={t: v["sd_log_yield"] for t, v in seed_spread(table, cal).items()})
         save_calibration(cal, path)
         print(f"wrote {path.name} (version {cal.version})")
         return
@@ -581,14 +587,13 @@ def main(argv=None) -> None:
         print(f"{path.name} (version {frozen.version}) reproduced by these runs; left as it is")
     else:
         print(f"{path.name} is frozen at version {frozen.version}; this machine's runs would choose {own.version}:\n"
-              f"  frozen (used): {describe_choice(choice)}\n"
-              f"  this machine:  {describe_choice(choice['rerun'])}\n"
-              f"A frozen calibration is a configuration: the lr and spread stages ran at the frozen point, and "
-              f"notebook 06 uses it (seeded runs differ in their last bits across CPU kinds, so a choice between "
-              f"close grid points can flip). `--recalibrate --label <new>` replaces it.")
-
-
-
+              f"  frozen (used): {describe_choice(choice)}\n  this machine:  {describe_choice(choice['rerun'])}\n"
+              f"A frozen calibration is a configuration: the lr and spread stages ran at the frozen point, and notebook 06 "
+              f"uses it (seeded runs differ in their last bits across CPU kinds, so a choice between close grid points "
+              f"can flip). `--recalibrate --label <new>` replaces it.")
+    if frozen.planning_sd and (here := seed_spread(table, frozen)):
+        print("planning sd of log yield, frozen (used) vs this machine's runs: "
+              + ", ".join(f"{t} {frozen.planning_sd[t]:.3f} vs {here[t]['sd_log_yield']:.3f}" for t in TASKS))
 
 
 if __name__ == "__main__":

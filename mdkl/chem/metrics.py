@@ -11,7 +11,7 @@ import numpy as np
 
 from mdkl.chem.smiles import mol_from_smiles
 
-__all__ = ["morgan_fps", "tanimoto_matrix", "yield_", "ob100", "int_div1", "int_div1_both", "n_circles", "n_scaffolds",
+__all__ = ["morgan_fps", "reward_first_last", "tanimoto_matrix", "yield_", "ob100", "int_div1", "int_div1_both", "n_circles", "n_scaffolds",
            "summarize_run", "welch_greater"]
 
 
@@ -109,6 +109,19 @@ def summarize_run(log, threshold: float) -> dict:
     div, div_distinct = int_div1_both(hits)
     return {"yield": len(hits), "ob100": ob100(canon, r, threshold), "intdiv1": div,
             "intdiv1_distinct": div_distinct, "circles": n_circles(hits), "scaffolds": n_scaffolds(hits)}
+
+
+def reward_first_last(log, share: float = 0.2) -> dict:
+    """Mean reward over the first and the last ``share`` of a run's reward calls (invalid SMILES
+    count as 0): whether the agent's reward rose, the control-trained gate of the primary test
+    (:func:`mdkl.chem.stats.control_trained`)."""
+    if not 0 < share <= 0.5:
+        raise ValueError(f"share={share}: take a fraction in (0, 0.5] so the two parts do not overlap")
+    r = log["reward"].fillna(0.0).to_numpy(np.float64)
+    k = int(len(r) * share)
+    if k < 1:
+        raise ValueError(f"a log of {len(r)} calls has no {share:.0%} part: run longer or raise share")
+    return {"reward_first": float(r[:k].mean()), "reward_last": float(r[-k:].mean())}
 
 
 def welch_greater(a, b) -> float:

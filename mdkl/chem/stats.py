@@ -1,8 +1,9 @@
 """Pre-registered statistics of the chemistry comparison (paper §4, Table 2): the primary paired,
 one-sided test of MARA against REINVENT on log yield ratios at the same seed, its power and the
 number of seeds it needs, the minimum detectable effect of any t-test from a measured spread,
-non-inferiority of the diversity metrics (IntDiv1, #Circles), and MARA's activity floor below
-which a comparison is 'not tested' rather than failed.
+non-inferiority of the diversity metrics (IntDiv1, #Circles), MARA's activity floor and the
+control's training (the gates of :mod:`mdkl.stats.verdicts`), and the headline verdicts computed
+from the per-run table (:func:`primary_tests`).
 
 Why paired: REINVENT and MARA runs with the same seed sample identical batches until MARA first
 changes a reward, so the seed-to-seed spread cancels in log(yield_MARA / yield_REINVENT).
@@ -15,11 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mdkl.stats import verdicts
 from mdkl.stats.paired import min_detectable_shift, t_power
 
 __all__ = ["PreRegistration", "log_yield_ratios", "paired_power",
            "seeds_for_power", "plan_seeds", "min_detectable_effect", "welch_min_detectable_effect", "paired_log_ratio_test",
-           "primary_verdict", "noninferiority", "mara_activity", "mara_activity_verdict"]
+           "primary_verdict", "control_trained", "acted_enough", "PAPER_YIELD", "TASK_LABELS", "paper_gain", "primary_tests",
+           "primary_statement", "noninferiority", "mara_activity", "mara_activity_verdict"]
 
 
 @dataclass(frozen=True)
@@ -170,22 +173,111 @@ def paired_log_ratio_test(y_mara, y_reinvent, alpha: float = 0.05, power: float 
     return out
 
 
-def primary_verdict(test: dict, activity: str, prereg: "PreRegistration" = None) -> str:
-    """The verdict on "MARA raises the yield by ``prereg.effect``" from :func:`paired_log_ratio_test`'s
-    result and :func:`mara_activity_verdict`: 'not tested (MARA inactive)' below the activity floor;
-    otherwise :func:`mdkl.stats.paired.verdict` on the log scale (paper's effect log(1 + effect), the
-    test's measured minimum detectable effect, the one-sided interval of the mean log ratio):
-    'holds', 'FAILS', 'inconclusive' or 'not tested (underpowered)'."""
-    from mdkl.stats.paired import verdict
+def primary_verdict(test: dict, paper_gain: float, planned_mde: float, acted: bool, control_trained: bool,
+                    alpha: float = 0.05) -> str:
+    """The verdict of the rule set (:func:`mdkl.stats.verdicts.decide`) on "MARA raises the unique-hit
+    yield by the paper's ``paper_gain``" (e.g. +0.36), on the log scale: the paper's effect
+    log(1 + paper_gain), the design's minimum detectable gain ``planned_mde`` fixed before the
+    MARA runs (:func:`plan_seeds` from the frozen planning spread), and the two-sided
+    (1 - 2 alpha) interval of the mean log ratio from :func:`paired_log_ratio_test`'s result. Gates:
+    ``acted`` (:func:`acted_enough`), ``control_trained`` (:func:`control_trained`)."""
+    for k in ("mean", "lower", "df", "se"):
+        if k not in test:
+            raise ValueError(f"test lacks {k!r}: pass paired_log_ratio_test(...)'s result")
+    if not (paper_gain > 0 and planned_mde >= 0):
+        raise ValueError(f"paper_gain={paper_gain}, planned_mde={planned_mde}: need a positive paper gain (the claim "
+                         f"is oriented as MARA over REINVENT) and a non-negative planned MDE")
+    half = test["mean"] - test["lower"]   # the one-sided (1 - alpha) bound is the two-sided (1 - 2 alpha) end
+    return verdicts.decide(math.log1p(paper_gain), test["mean"], test["lower"], test["mean"] + half,
+                           math.log1p(planned_mde), bool(acted), bool(control_trained))
+
+
+def control_trained(reward_first, reward_last, alpha: float = 0.05) -> dict:
+    """Did the REINVENT control train? Per seed, its mean reward over the first and the last fifth
+    of its reward calls (:func:`mdkl.chem.metrics.reward_first_last`); trained when the one-sided
+    paired t-test of last - first > 0 rejects at ``alpha`` (one seed: the rise must be > 0)."""
+    a, b = _vector(reward_last, "reward_last"), _vector(reward_first, "reward_first")
+    if a.shape != b.shape or len(a) == 0:
+        raise ValueError(f"need one first and one last reward per seed (got {len(b)} and {len(a)})")
+    if len(a) == 1:
+        return {"rise": float(a[0] - b[0]), "p": float("nan"), "trained": bool(a[0] > b[0])}
+    out = _one_sided(a - b, 0.0, alpha)
+    return {"rise": out["mean"], "p": out["p"], "trained": bool(out["p"] < alpha)}
+
+
+def acted_enough(changed_frac, batches_2plus_frac, prereg: "PreRegistration" = None) -> bool:
+    """MARA acted enough to be tested: over its runs, the median share of reward calls it changed
+    >= ``prereg.min_changed_frac`` and the median share of batches with >= 2 good samples >=
+    ``prereg.min_batches_2plus_frac`` (a comparison where MARA hardly acts says nothing about MARA)."""
+    prereg = PreRegistration() if prereg is None else prereg
+    c, t = _vector(changed_frac, "changed_frac"), _vector(batches_2plus_frac, "batches_2plus_frac")
+    if len(c) == 0 or c.shape != t.shape:
+        raise ValueError("need both shares for every MARA run (>= 1 run)")
+    return bool(np.median(c) >= prereg.min_changed_frac and np.median(t) >= prereg.min_batches_2plus_frac)
+
+
+#: how the notebook names the two tasks (the paper's Table 2a and 2b, here as offline analogues)
+TASK_LABELS = {"synth": "SYNTH analogue (Table 2a)", "amide": "ALL-AMIDE analogue (Table 2b)"}
+
+#: the paper's Table 2 unique-hit yields of MARA (tau = 0.85) and REINVENT at the 0.85 screen
+PAPER_YIELD = {("synth", "REINVENT"): 1614, ("synth", "MARA"): 2196, ("amide", "REINVENT"): 1098,
+               ("amide", "MARA"): 1438}
+
+
+def paper_gain(task: str) -> float:
+    """The paper's relative yield gain of MARA over REINVENT on ``task`` (Table 2, 0.85 screen)."""
+    if (task, "MARA") not in PAPER_YIELD:
+        raise ValueError(f"task={task!r}: the paper's Table 2 has 'synth' and 'amide'")
+    return PAPER_YIELD[task, "MARA"] / PAPER_YIELD[task, "REINVENT"] - 1
+
+
+def primary_tests(runs, planning_sd: dict, prereg: "PreRegistration" = None):
+    """The headline of the chemistry notebook as a function of the per-run table ``runs`` (the
+    committed ``data/results/chem_<profile>_runs.csv``: task, arm, seed, screen, yield,
+    changed_frac, batches_2plus_frac, reward_first, reward_last) and the frozen planning spread
+    ``planning_sd`` (per task, sd of log yield between seeds at the frozen calibration point).
+
+    Per task: the paired test on log(yield_MARA / yield_REINVENT) at ``prereg.screen``, the gates
+    (MARA acted, REINVENT trained, planned MDE at this number of seeds <= the paper's gain), the
+    verdict of the rule set and Holm-adjusted p-values over the tasks. Returns one row per task."""
+    import pandas as pd
 
     prereg = PreRegistration() if prereg is None else prereg
-    if activity not in ("tested", "not tested"):
-        raise ValueError(f"activity={activity!r}: pass mara_activity_verdict(...)'s result")
-    if activity == "not tested":
-        return "not tested (MARA inactive)"
-    mde = math.log1p(test["mde"]) if math.isfinite(test["mde"]) else 0.0
-    half = test["mean"] - test["lower"]
-    return verdict(math.log1p(prereg.effect), mde, test["mean"], test["lower"], test["mean"] + half)
+    need = {"task", "arm", "seed", "screen", "yield", "changed_frac", "batches_2plus_frac", "reward_first", "reward_last"}
+    if missing := need - set(runs.columns):
+        raise ValueError(f"runs lacks columns {sorted(missing)}: pass the per-run table notebook 06 writes")
+    rows = []
+    for t in dict.fromkeys(runs.task):
+        if t not in planning_sd:
+            raise ValueError(f"no planning sd for task {t!r}: the frozen calibration records one per task")
+        d = runs[(runs.task == t) & np.isclose(runs.screen, prereg.screen)]
+        y = d.pivot(index="seed", columns="arm", values="yield")
+        if set(y.columns) != {"MARA", "REINVENT"} or y.isna().any().any():
+            raise ValueError(f"{t}: every seed needs one MARA and one REINVENT run at screen {prereg.screen}")
+        pseudo = 1.0 if (y.to_numpy() == 0).any() else 0.0
+        res = paired_log_ratio_test(y["MARA"], y["REINVENT"], prereg.alpha, prereg.power, pseudo=pseudo)
+        mara, ctl = d[d.arm == "MARA"], d[d.arm == "REINVENT"].sort_values("seed")
+        acted = acted_enough(mara.changed_frac, mara.batches_2plus_frac, prereg)
+        trained = control_trained(ctl.reward_first, ctl.reward_last, prereg.alpha)
+        planned = min_detectable_effect(math.sqrt(2.0) * planning_sd[t], res["n"], prereg.alpha, prereg.power)
+        gain = paper_gain(t)
+        v = primary_verdict(res, gain, planned, acted, trained["trained"], prereg.alpha)
+        half = res["mean"] - res["lower"]
+        rows.append({"task": t, "n": res["n"], "ratio": res["ratio"], "ratio_low": res["ratio_lower"],
+                     "ratio_high": math.exp(res["mean"] + half), "p": res["p"], "sd": res["sd"],
+                     "planned_mde": planned, "measured_mde": res["mde"], "paper_gain": gain, "acted": acted,
+                     "control_rise": trained["rise"], "control_trained": trained["trained"], "pseudo": pseudo,
+                     "verdict": v})
+    out = pd.DataFrame(rows)
+    out.insert(out.columns.get_loc("p") + 1, "p_holm", verdicts.holm(out.p))
+    return out
+
+
+def primary_statement(task_label: str, prereg: "PreRegistration" = None) -> str:
+    """The claim a primary verdict is about, as the notebook prints it."""
+    prereg = PreRegistration() if prereg is None else prereg
+    return (f"{task_label}: MARA (tau={prereg.tau:g}) raises the unique-hit yield at the {prereg.screen:g} screen by "
+            f"the paper's gain (paired over seeds, one-sided)")
 
 
 def noninferiority(x_treat, x_base, margin: float, relative: bool = False, alpha: float = 0.05,
@@ -233,7 +325,5 @@ def mara_activity_verdict(anchors: list[dict], reward_calls: int, prereg: PreReg
         if missing or a["batches"] < 1:
             raise ValueError(f"anchors without {sorted(missing) or 'batches'}: pass run_rl(...)['anchors']")
     shares = [_activity_shares(a, reward_calls) for a in anchors]
-    changed = np.median([x["changed_frac"] for x in shares])
-    two = np.median([x["batches_2plus_frac"] for x in shares])
-    ok = changed >= prereg.min_changed_frac and two >= prereg.min_batches_2plus_frac
+    ok = acted_enough([x["changed_frac"] for x in shares], [x["batches_2plus_frac"] for x in shares], prereg)
     return "tested" if ok else "not tested"

@@ -7,9 +7,8 @@ each prompt is. :func:`paired_bootstrap` gives their mean with a bootstrap confi
 resampling prompts (and seeds, when there are several), :func:`minimum_detectable_effect` the
 smallest true difference a design detects with the wanted power, :func:`standardized_effect` /
 :func:`paper_effect` put the paper's reported differences on our metric's scale, and
-:func:`verdict` / :func:`compare` / :func:`print_verdict` turn these into [holds] / [FAILS] /
-[inconclusive] / [not tested (underpowered)] / [not tested (did not act)] / [not tested (control
-did not train)]. Mean +- bootstrap SEM per row is :func:`mdkl.tasks.creative.table_row`
+:func:`compare` / :func:`print_verdict` turn these into a verdict of the one rule set,
+:func:`mdkl.stats.verdicts.decide`. Mean +- bootstrap SEM per row is :func:`mdkl.tasks.creative.table_row`
 (:func:`mdkl.metrics.bootstrap_sem`).
 """
 
@@ -22,13 +21,11 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from mdkl.stats import verdicts
+
 __all__ = ["paired_differences", "PairedEstimate", "paired_bootstrap", "t_power", "min_detectable_shift",
            "minimum_detectable_effect",
-           "standardized_effect", "paper_effect", "verdict", "Comparison", "compare", "print_verdict", "VERDICTS"]
-
-#: the four verdicts, in the order :func:`verdict` checks them
-VERDICTS = ("holds", "not tested (did not act)", "not tested (control did not train)", "not tested (underpowered)",
-            "FAILS", "inconclusive")
+           "standardized_effect", "paper_effect", "Comparison", "compare", "print_verdict"]
 
 
 def paired_differences(a: pd.DataFrame, b: pd.DataFrame, col: str, on=("prompt_id",)) -> pd.DataFrame:
@@ -86,6 +83,8 @@ class PairedEstimate(NamedTuple):
     """sd (ddof 1) of the per-unit differences (prompt x seed): what :func:`minimum_detectable_effect` plans with."""
     n_prompts: int
     n_seeds: int
+    p_greater: float
+    """one-sided bootstrap p-value of "mean > 0": (1 + #resampled means <= 0) / (1 + n_boot)."""
 
 
 def paired_bootstrap(diff, level: float = 0.90, n_boot: int = 2000, seed: int = 0) -> PairedEstimate:
@@ -107,7 +106,8 @@ def paired_bootstrap(diff, level: float = 0.90, n_boot: int = 2000, seed: int = 
     means = np.take_along_axis(d[rows], np.broadcast_to(cols, (int(n_boot), n, s)), axis=2).mean((1, 2))
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     sd = float(d.std(ddof=1)) if d.size > 1 else 0.0
-    return PairedEstimate(float(d.mean()), float(lo), float(hi), float(means.std(ddof=1)), sd, n, s)
+    p = (1 + int((means <= 0).sum())) / (1 + int(n_boot))
+    return PairedEstimate(float(d.mean()), float(lo), float(hi), float(means.std(ddof=1)), sd, n, s, p)
 
 
 def t_power(shift: float, se: float, df: float, alpha: float = 0.05) -> float:
@@ -172,41 +172,6 @@ def paper_effect(table: pd.DataFrame, a: str, b: str, col: str, n: int, our_sd: 
     return float(d * our_sd)
 
 
-def verdict(paper_effect: float, mde: float, estimate: float, ci_low: float, ci_high: float,
-            acted: bool = True, control_trained: bool = True) -> str:
-    """The verdict on a claim "B - A > 0" whose size in the paper is ``paper_effect`` (> 0, on our
-    scale), given this design's minimum detectable effect ``mde`` and the measured difference with
-    its one-sided interval [``ci_low``, ``ci_high``] (:func:`paired_bootstrap` at level 0.90):
-
-    * ``'holds'``: ci_low > 0 (the data show B above A, whatever the power);
-    * ``'not tested (did not act)'``: otherwise, if ``acted`` is False (the method never changed
-      what it is meant to change in this run: missing its effect says nothing about it);
-    * ``'not tested (control did not train)'``: otherwise, if ``control_trained`` is False (the
-      matched control's training did not move it, so the two arms are not compared at matched
-      training: the claim "at similar reward" is not what the run measures);
-    * ``'not tested (underpowered)'``: otherwise, if paper_effect < mde (a true effect of the
-      paper's size would usually be missed, so missing it says nothing);
-    * ``'FAILS'``: powered, and ci_high < paper_effect (the data rule out an effect as large as
-      the paper's);
-    * ``'inconclusive'``: powered, but the interval holds both 0 and the paper's effect."""
-    vals = (paper_effect, mde, estimate, ci_low, ci_high)
-    if not all(math.isfinite(x) for x in vals):
-        raise ValueError(f"verdict needs finite numbers (got {vals})")
-    if paper_effect <= 0:
-        raise ValueError(f"paper_effect must be > 0 (got {paper_effect}): orient the claim as B - A > 0")
-    if not ci_low <= estimate <= ci_high:
-        raise ValueError(f"the estimate {estimate} is outside its interval [{ci_low}, {ci_high}]")
-    if ci_low > 0:
-        return "holds"
-    if not acted:
-        return "not tested (did not act)"
-    if not control_trained:
-        return "not tested (control did not train)"
-    if paper_effect < mde:
-        return "not tested (underpowered)"
-    return "FAILS" if ci_high < paper_effect else "inconclusive"
-
-
 class Comparison(NamedTuple):
     """What :func:`compare` returns: the paired estimate, the design's power and the verdict."""
 
@@ -215,34 +180,42 @@ class Comparison(NamedTuple):
     ci_high: float
     se: float
     mde: float
-    """minimum detectable effect of this design (from the bootstrap se, so seed variation counts)."""
+    """minimum detectable effect of the design, fixed before the run (the power gate uses it)."""
+    mde_measured: float
+    """the same computed after the run from the bootstrap se (seed variation counts): shown, never gates."""
     paper_effect: float
+    p: float
+    """one-sided bootstrap p-value of "difference > 0"."""
     verdict: str
     n_prompts: int
     n_seeds: int
 
 
-def compare(diff, paper_effect: float, alpha: float = 0.05, power: float = 0.8, n_boot: int = 2000,
+def compare(diff, paper_effect: float, mde: float, alpha: float = 0.05, power: float = 0.8, n_boot: int = 2000,
             seed: int = 0, acted: bool = True, control_trained: bool = True) -> Comparison:
-    """:func:`paired_bootstrap` at level 1 - 2 alpha, the minimum detectable effect of this design
-    (:func:`minimum_detectable_effect` with sd = se sqrt(n_prompts), n = n_prompts, which counts
-    the seeds' shared variation) and the :func:`verdict` against ``paper_effect`` (our scale;
-    ``acted``, ``control_trained``: see :func:`verdict`)."""
+    """:func:`paired_bootstrap` at level 1 - 2 alpha and the verdict of
+    :func:`mdkl.stats.verdicts.decide` against ``paper_effect`` (our scale), gated by the design's
+    minimum detectable effect ``mde`` fixed before the run (e.g. :func:`minimum_detectable_effect`
+    from a pilot's spread), ``acted`` and ``control_trained``. The minimum detectable effect this
+    run's own spread implies (:func:`minimum_detectable_effect` with sd = se sqrt(n_prompts)) is
+    returned as ``mde_measured`` for comparison with the plan."""
     e = paired_bootstrap(diff, level=1 - 2 * alpha, n_boot=n_boot, seed=seed)
     if e.n_prompts < 2:
         raise ValueError("a paired comparison needs >= 2 prompts")
-    mde = minimum_detectable_effect(e.se * math.sqrt(e.n_prompts), e.n_prompts, alpha, power)
-    v = verdict(paper_effect, mde, e.estimate, e.ci_low, e.ci_high, acted, control_trained)
-    return Comparison(e.estimate, e.ci_low, e.ci_high, e.se, mde, float(paper_effect), v, e.n_prompts, e.n_seeds)
+    measured = minimum_detectable_effect(e.se * math.sqrt(e.n_prompts), e.n_prompts, alpha, power)
+    v = verdicts.decide(paper_effect, e.estimate, e.ci_low, e.ci_high, mde, acted, control_trained)
+    return Comparison(e.estimate, e.ci_low, e.ci_high, e.se, float(mde), measured, float(paper_effect), e.p_greater, v,
+                      e.n_prompts, e.n_seeds)
 
 
-def print_verdict(statement: str, c: Comparison, digits: int = 3) -> str:
-    """Print ``[verdict] statement`` and, on a second line, the numbers (estimate, interval, MDE,
-    paper's effect, prompts x seeds; profile-dependent, so kept out of the statement as in
-    :func:`mdkl.runtime.claim`). Returns the verdict."""
+def print_verdict(statement: str, c: Comparison, digits: int = 3, p_holm: float | None = None) -> str:
+    """Print ``[verdict] statement`` and, on a second line, the numbers (estimate, interval,
+    planned and measured MDE, paper's effect, p with its Holm adjustment when given, prompts x
+    seeds; profile-dependent, so kept out of the statement as in :func:`mdkl.runtime.claim`).
+    Returns the verdict."""
     print(f"[{c.verdict}] {statement}")
     f = f"{{:+.{digits}f}}"
-    print(f"    measured: {f.format(c.estimate)} [{f.format(c.ci_low)}, {f.format(c.ci_high)}] over "
-          f"{c.n_prompts} prompts x {c.n_seeds} seeds; detectable >= {c.mde:.{digits}f}, "
-          f"paper's effect {c.paper_effect:.{digits}f}")
+    print("    " + verdicts.format_measured(
+        c.estimate, c.ci_low, c.ci_high, c.mde, c.paper_effect, f, c.p, p_holm,
+        f"measured MDE {c.mde_measured:.{digits}f}; {c.n_prompts} prompts x {c.n_seeds} seeds"))
     return c.verdict

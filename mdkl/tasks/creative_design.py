@@ -29,7 +29,7 @@ from mdkl.shaping import ShapingConfig
 __all__ = ["TABLE1_ROWS", "MATCHED_CONTROL", "CLAIM_ROWS", "TABLE_ORDER", "CLAIMS", "PREMISE", "PAPER_TABLE1",
            "PAPER_N_PROMPTS", "paper_difference", "regularizer", "effective_beta",
            "matched_beta", "target_tilt", "group_reward_sd", "row_table", "mara_changed_count", "prompt_reward_spreads",
-           "expected_mara_activity"]
+           "expected_mara_activity", "METRIC_NAMES", "claim_statement", "row_differences", "claim_comparisons"]
 
 #: the trained rows of Table 1 as changes to one shared LMConfig (Base and Ensemble are not trained)
 TABLE1_ROWS: dict[str, dict] = {
@@ -265,3 +265,63 @@ def expected_mara_activity(prompt_mean, prompt_sd, group_size: int, prompts_per_
     return {"changed_per_step": float(changed.mean()), "changed_share": float(changed.mean() / (P * G)),
             "steps_without_change": float((changed == 0).mean()), "good_per_step": float(good.sum((1, 2)).mean()),
             "groups_acted_share": float((good.sum(-1) >= 2).mean())}
+
+
+#: how the claim lines name each metric
+METRIC_NAMES = {"r_in": "in-dist reward", "r_out": "out-of-distribution reward", "ead": "n-gram EAD",
+                "semantic_div": "semantic diversity", "n_distinct": "mean distinct"}
+
+
+def claim_statement(method: str, control: str, metric: str) -> str:
+    """The claim a verdict line states: "<MARA row> raises the <metric> over <control>"."""
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"metric={metric!r}: use one of {sorted(METRIC_NAMES)}")
+    return f"{method} raises the {METRIC_NAMES[metric]} over {control}"
+
+
+def row_differences(per_prompt: pd.DataFrame, a: str, b: str, col: str) -> pd.DataFrame:
+    """Per (prompt, seed) differences ``b - a`` of metric ``col`` on the units both rows answered
+    (``per_prompt``: one row per method, seed and prompt, as notebook 07 writes it)."""
+    from mdkl.stats import paired
+
+    need = {"method", "seed", "prompt_id", col}
+    if missing := need - set(per_prompt.columns):
+        raise ValueError(f"per_prompt lacks columns {sorted(missing)}: one row per method, seed and prompt")
+    pa, pb = (per_prompt[per_prompt.method == m].drop(columns="method") for m in (a, b))
+    if pa.empty or pb.empty:
+        raise ValueError(f"no per-prompt rows for {a if pa.empty else b!r}")
+    both = pb[["prompt_id", "seed"]].merge(pa[["prompt_id", "seed"]])
+    return paired.paired_differences(pa.merge(both), pb.merge(both), col, on=("prompt_id", "seed"))
+
+
+def claim_comparisons(per_prompt: pd.DataFrame, planned: pd.DataFrame, acted: Mapping[str, bool],
+                      seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+    """The headline of the creative notebook as a function of its per-prompt table: for each of
+    :data:`CLAIMS`, MARA minus its matched control with a 90% paired bootstrap interval
+    (:func:`mdkl.stats.paired.compare`), gated by MARA having acted (``acted``, per MARA row), the
+    control having trained (control minus Base on the in-dist reward, interval above 0) and the
+    design's minimum detectable effect fixed before training (``planned``: columns ``claim``
+    ("<MARA row> - <control>"), ``metric``, ``MDE`` and ``paper (our scale)``). Holm-adjusted
+    p-values over the claims in ``p_holm``."""
+    from mdkl.stats import paired, verdicts
+
+    need = {"claim", "metric", "MDE", "paper (our scale)"}
+    if missing := need - set(planned.columns):
+        raise ValueError(f"planned lacks columns {sorted(missing)}: pass the design's power table")
+    plan = planned.set_index(["claim", "metric"])
+    rows = []
+    for m, ctl, col, _ in CLAIMS:
+        if (f"{m} - {ctl}", col) not in plan.index:
+            raise ValueError(f"no planned MDE for {m} - {ctl} on {col}")
+        if m not in acted:
+            raise ValueError(f"acted has no entry for {m!r}: pass whether MARA changed rewards in every step")
+        p = plan.loc[(f"{m} - {ctl}", col)]
+        moved = paired.paired_bootstrap(row_differences(per_prompt, "Base", ctl, "r_in"), level=1 - 2 * alpha,
+                                        seed=seed).ci_low > 0
+        c = paired.compare(row_differences(per_prompt, ctl, m, col), float(p["paper (our scale)"]), float(p["MDE"]),
+                           alpha=alpha, seed=seed, acted=bool(acted[m]), control_trained=bool(moved))
+        rows.append({"method": m, "control": ctl, "metric": col, **c._asdict(), "acted": bool(acted[m]),
+                     "control_trained": bool(moved)})
+    out = pd.DataFrame(rows)
+    out["p_holm"] = verdicts.holm(out.p)
+    return out
