@@ -131,8 +131,8 @@ gpu-check: $(ENV_STAMP) ## check every trainer on the GPU against the CPU (write
 check-machine: $(ENV_STAMP) ## print this machine's numeric path and compare its results with the committed ones
 	$(PY) -m mdkl.reproduce --profile $(PROFILE)
 
-lab: $(ENV_STAMP) ## JupyterLab on the notebooks
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+lab: $(ENV_STAMP) ## JupyterLab on the notebooks, under PROFILE (the notebooks read $$MDKL_PROFILE)
+	MDKL_PROFILE=$(PROFILE) $(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 clean-cache: ## delete cached results (data/cache) and executed notebooks
 	rm -rf data/cache executed
