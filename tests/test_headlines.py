@@ -1,0 +1,52 @@
+"""Headline verdicts as functions of the committed data: each is recomputed here from the per-run
+CSVs under data/results/ (no run repeated) and must be exactly what the committed notebook prints.
+So CI checks the default profile's headlines without re-running it; nbval keeps checking the
+smoke lines that every profile runs."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from mdkl.chem import calibration as chem_calibration, stats as chem_stats
+from mdkl.runtime import RESULTS_DIR, ROOT
+from mdkl.tasks import creative_design as cd
+
+
+def printed_verdicts(notebook: str) -> list[str]:
+    """Every '[verdict] statement' line the committed notebook printed, in order."""
+    nb = json.loads((ROOT / "notebooks" / notebook).read_text())
+    lines = []
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                lines += [s for s in "".join(out["text"]).splitlines() if s.startswith("[")]
+    return lines
+
+
+def test_chemistry_primary_verdicts_recomputed_from_the_committed_runs():
+    runs = pd.read_csv(RESULTS_DIR / "chem_cpu_runs.csv")
+    cal = chem_calibration.load_calibration(chem_calibration.calibration_path("cpu"))
+    prim = chem_stats.primary_tests(runs, cal.planning_sd).set_index("task")
+    want = [f"[{prim.loc[t, 'verdict']}] {chem_stats.primary_statement(label)}"
+            for t, label in chem_stats.TASK_LABELS.items()]
+    got = [s for s in printed_verdicts("06_chemistry.ipynb") if "raises the unique-hit yield" in s]
+    assert got == want
+    committed = pd.read_csv(RESULTS_DIR / "chem_cpu_primary_test.csv").set_index("task")
+    assert committed.verdict.to_dict() == prim.verdict.to_dict()
+    pd.testing.assert_series_equal(committed.p_holm, prim.p_holm, check_dtype=False)
+
+
+def test_creative_claim_verdicts_recomputed_from_the_committed_per_prompt_table():
+    per_prompt = pd.read_csv(RESULTS_DIR / "creative_per_prompt.csv")
+    committed = pd.read_csv(RESULTS_DIR / "creative_paired.csv")
+    committed = committed[committed.kind == "MARA - control"].reset_index(drop=True)
+    planned = pd.DataFrame({"claim": committed.method + " - " + committed.control, "metric": committed.metric,
+                            "MDE": committed.mde, "paper (our scale)": committed.paper_effect})
+    acted = committed.groupby("method").acted.first().astype(bool).to_dict()
+    claims = cd.claim_comparisons(per_prompt, planned, acted, seed=0)
+    want = [f"[{c.verdict}] {cd.claim_statement(c.method, c.control, c.metric)}" for c in claims.itertuples()]
+    got = [s for s in printed_verdicts("07_creative_qa.ipynb") if "raises the" in s]
+    assert got == want
+    assert claims.verdict.tolist() == committed.verdict.tolist()
+    assert claims.p_holm.to_numpy() == pytest.approx(committed.p_holm.to_numpy())
