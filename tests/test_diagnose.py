@@ -111,5 +111,25 @@ def test_command_line(small, capsys, monkeypatch):
                        "--labels", "1", "2", "--betas", "0.01", "0.03", "--rest-reward", "0"])
     out = capsys.readouterr().out
     assert "MARA forward" in out and "flip points" in out and len(d.targets) == 8
-    with pytest.raises(ValueError, match="one reward per candidate"):
-        diagnose.main(["--candidates", "a", "b", "--rewards", "1"])
+
+def test_command_line_bad_input_is_one_line_without_traceback(capsys, tmp_path):
+    """Mismatched rewards, a bad beta, a bad model path: argparse's one-line error, exit status 2."""
+    for argv, match in ((["--candidates", "a", "b", "--rewards", "1"], "one reward per candidate"),
+                        (["--candidates", "a", "--rewards", "1", "--betas", "-1"], "beta"),
+                        (["--model", str(tmp_path / "nope"), "--candidates", "a", "--rewards", "1"], "no such folder"),
+                        (["--model", str(tmp_path), "--candidates", "a", "--rewards", "1"], "not a loadable")):
+        with pytest.raises(SystemExit) as e:
+            diagnose.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and match in err and "Traceback" not in err
+        assert len([s for s in err.splitlines() if s.startswith("python -m mdkl.lm.diagnose: error")]) == 1
+
+
+def test_small_is_notebook_05s_model(monkeypatch):
+    from mdkl.lm import smalllm, trainer
+    from mdkl.tasks import onetwo_runs
+
+    seen = {}
+    monkeypatch.setattr(trainer, "load_model", lambda name, small=None: seen.setdefault("cfg", small))
+    diagnose._load("small")
+    assert seen["cfg"] == smalllm.ONETWO_SMALL == onetwo_runs.SMALL_P95

@@ -283,15 +283,26 @@ def diagnose(model, tokenizer, prompt: str, candidates: Sequence[str], rewards, 
 # command line
 # ----------------------------------------------------------------------------------------------
 def _load(name: str):
-    """'small' (the from-scratch LM), 'smollm2', or a local folder with a causal LM + tokenizer."""
+    """'small' (the from-scratch LM of the 1-2 task, notebook 05's: :data:`mdkl.lm.smalllm.ONETWO_SMALL`),
+    'smollm2', or a local folder with a causal LM + tokenizer (a missing or unreadable folder raises
+    ``ValueError`` naming the choices)."""
     if name in ("small", "smollm2"):
+        from mdkl.lm.smalllm import ONETWO_SMALL
         from mdkl.lm.trainer import load_model
 
-        return load_model(name)
+        return load_model(name, small=ONETWO_SMALL)
+    from pathlib import Path
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(name)
-    return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).eval(), tok
+    if not Path(name).is_dir():
+        raise ValueError(f"--model {name!r}: no such folder; use 'small', 'smollm2' or a local folder holding a "
+                         f"causal LM and its tokenizer")
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+        return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).eval(), tok
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--model {name!r}: not a loadable causal LM folder ({str(e).splitlines()[0]})") from None
 
 
 def main(argv=None) -> Diagnosis:
@@ -313,11 +324,14 @@ def main(argv=None) -> Diagnosis:
         from mdkl.lm.smalllm import ONETWO_PROMPT
 
         a.prompt = ONETWO_PROMPT
-    cands, r, _ = check_candidates(a.candidates, a.rewards, a.labels)  # before loading a model
-    _check_betas(a.betas)
-    model, tok = _load(a.model)
-    d = diagnose(model, tok, a.prompt, cands, r, a.betas, labels=a.labels, tau=a.tau, rest_reward=a.rest_reward,
-                 chat=not a.no_chat, answer_prefix=a.answer_prefix)
+    try:  # bad input: one line naming the fix (argparse's usage error, exit status 2), no traceback
+        cands, r, _ = check_candidates(a.candidates, a.rewards, a.labels)  # before loading a model
+        _check_betas(a.betas)
+        model, tok = _load(a.model)
+        d = diagnose(model, tok, a.prompt, cands, r, a.betas, labels=a.labels, tau=a.tau, rest_reward=a.rest_reward,
+                     chat=not a.no_chat, answer_prefix=a.answer_prefix)
+    except ValueError as e:
+        ap.error(str(e))
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(d.candidates.round(4).to_string(index=False))
         print()

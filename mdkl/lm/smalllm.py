@@ -21,7 +21,7 @@ import torch
 
 from mdkl.runtime import atomic_write_bytes, cached_dir, progress_bar, resolve_device
 
-__all__ = ["SmallLMConfig", "generate_corpus", "build_tokenizer", "pretrain_small_lm", "small_lm_dir",
+__all__ = ["SmallLMConfig", "ONETWO_SMALL", "generate_corpus", "build_tokenizer", "pretrain_small_lm", "small_lm_dir",
            "load_small_lm", "SPECIAL_TOKENS", "ROLE_TOKENS", "CHAT_TEMPLATE", "ONETWO_PROMPT", "ONETWO_PROMPTS"]
 
 #: the 1-2 task's prompt [reading: the paper does not print its exact wording]. It lives here, in the
@@ -199,6 +199,11 @@ def pretrain_small_lm(cfg: SmallLMConfig = SmallLMConfig(), force: bool = False,
     """Pretrain (or load from the cache) the small LM; returns ``(model, tokenizer)``. Alias of
     :func:`load_small_lm` that reads as the step it is."""
     return load_small_lm(cfg, force=force, progress=progress)
+
+
+#: the small model of the 1-2 task (notebook 05): a corpus with P("1" | valid) = 0.95 and 10% invalid
+#: answers, so that it prefers "1" like the paper's base model (``mdkl.tasks.onetwo_runs.SMALL_P95``)
+ONETWO_SMALL = SmallLMConfig(p_one=0.95, p_invalid=0.1)
 
 
 def load_small_lm(cfg: SmallLMConfig = SmallLMConfig(), force: bool = False, progress: bool = True):

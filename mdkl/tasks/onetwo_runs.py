@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 
 from mdkl.lm.trainer import LMConfig, LMResult, train_cached
-from mdkl.lm.smalllm import SmallLMConfig
+from mdkl.lm.smalllm import ONETWO_SMALL, SmallLMConfig
 
 __all__ = ["SMALL_P95", "ARMS", "SUCCESSOR_ARMS", "METHODS", "method_of", "arm_config", "run_grid", "split_kl", "run_summary", "arm_table"]
 
 #: the paper-like small model: corpus P("1" | valid) = 0.95, 10% invalid answers
-SMALL_P95 = SmallLMConfig(p_one=0.95, p_invalid=0.1)
+SMALL_P95 = ONETWO_SMALL
 #: (KL direction, method) of the four arms
 ARMS = (("reverse", "vanilla"), ("reverse", "MARA"), ("forward", "vanilla"), ("forward", "MARA"))
 #: the successor methods' arms (:mod:`mdkl.successors`): name -> the LMConfig fields that select them.
