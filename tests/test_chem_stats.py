@@ -23,6 +23,9 @@ def test_paired_test_matches_scipy_one_sided_ttest():
     assert out["ratio"] == pytest.approx(math.exp(d.mean()))
     lower = d.mean() - stats.t.ppf(0.95, 3) * d.std(ddof=1) / 2
     assert out["ratio_lower"] == pytest.approx(math.exp(lower))
+    two_sided = stats.t.interval(0.90, 3, loc=d.mean(), scale=d.std(ddof=1) / 2)
+    assert (out["lower"], out["upper"]) == pytest.approx(two_sided)
+    assert out["ratio_upper"] == pytest.approx(math.exp(two_sided[1]))
     assert out["mde"] == pytest.approx(min_detectable_effect(d.std(ddof=1), 4))
 
 

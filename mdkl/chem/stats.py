@@ -143,7 +143,8 @@ def welch_min_detectable_effect(sd_a: float, n_a: int, sd_b: float, n_b: int, al
 
 
 def _one_sided(d: np.ndarray, shift: float, alpha: float) -> dict:
-    """One-sided one-sample t-test of mean(d) > shift: t, p and the (1 - alpha) lower bound."""
+    """One-sided one-sample t-test of mean(d) > shift: t, p, the (1 - alpha) lower bound and the
+    matching upper bound (together the two-sided 1 - 2 alpha interval)."""
     from scipy import stats
 
     n = len(d)
@@ -156,19 +157,22 @@ def _one_sided(d: np.ndarray, shift: float, alpha: float) -> dict:
     else:
         t = (mean - shift) / se
         p = float(stats.t.sf(t, n - 1))
-    lower = mean - float(stats.t.ppf(1 - alpha, n - 1)) * se
-    return {"n": n, "mean": mean, "sd": sd, "se": se, "t": t, "df": n - 1, "p": p, "lower": lower}
+    half = float(stats.t.ppf(1 - alpha, n - 1)) * se
+    return {"n": n, "mean": mean, "sd": sd, "se": se, "t": t, "df": n - 1, "p": p, "lower": mean - half,
+            "upper": mean + half}
 
 
 def paired_log_ratio_test(y_mara, y_reinvent, alpha: float = 0.05, power: float = 0.8,
                           pseudo: float = 0.0) -> dict:
     """The primary test: one-sided paired t-test of mean log(y_MARA / y_REINVENT) > 0 over seeds
     (pairs in the same order). Returns n, mean log ratio, its sd, t, df, p, the ratio exp(mean),
-    the one-sided (1 - alpha) lower bound of the ratio and the minimum detectable effect at
+    the one-sided (1 - alpha) lower bound of the ratio, the upper end of its two-sided (1 - 2 alpha)
+    interval and the minimum detectable effect at
     ``power`` from the measured sd (NaN if sd = 0)."""
     out = _one_sided(log_yield_ratios(y_mara, y_reinvent, pseudo), 0.0, alpha)
     out["ratio"] = math.exp(out["mean"])
     out["ratio_lower"] = math.exp(out["lower"])
+    out["ratio_upper"] = math.exp(out["upper"])
     out["mde"] = min_detectable_effect(out["sd"], out["n"], alpha, power) if out["sd"] > 0 else float("nan")
     return out
 
@@ -181,14 +185,13 @@ def primary_verdict(test: dict, paper_gain: float, planned_mde: float, acted: bo
     MARA runs (:func:`plan_seeds` from the frozen planning spread), and the two-sided
     (1 - 2 alpha) interval of the mean log ratio from :func:`paired_log_ratio_test`'s result. Gates:
     ``acted`` (:func:`acted_enough`), ``control_trained`` (:func:`control_trained`)."""
-    for k in ("mean", "lower", "df", "se"):
+    for k in ("mean", "lower", "upper"):
         if k not in test:
             raise ValueError(f"test lacks {k!r}: pass paired_log_ratio_test(...)'s result")
     if not (paper_gain > 0 and planned_mde >= 0):
         raise ValueError(f"paper_gain={paper_gain}, planned_mde={planned_mde}: need a positive paper gain (the claim "
                          f"is oriented as MARA over REINVENT) and a non-negative planned MDE")
-    half = test["mean"] - test["lower"]   # the one-sided (1 - alpha) bound is the two-sided (1 - 2 alpha) end
-    return verdicts.decide(math.log1p(paper_gain), test["mean"], test["lower"], test["mean"] + half,
+    return verdicts.decide(math.log1p(paper_gain), test["mean"], test["lower"], test["upper"],
                            math.log1p(planned_mde), bool(acted), bool(control_trained))
 
 
@@ -262,9 +265,8 @@ def primary_tests(runs, planning_sd: dict, prereg: "PreRegistration" = None):
         planned = min_detectable_effect(math.sqrt(2.0) * planning_sd[t], res["n"], prereg.alpha, prereg.power)
         gain = paper_gain(t)
         v = primary_verdict(res, gain, planned, acted, trained["trained"], prereg.alpha)
-        half = res["mean"] - res["lower"]
         rows.append({"task": t, "n": res["n"], "ratio": res["ratio"], "ratio_low": res["ratio_lower"],
-                     "ratio_high": math.exp(res["mean"] + half), "p": res["p"], "sd": res["sd"],
+                     "ratio_high": res["ratio_upper"], "p": res["p"], "sd": res["sd"],
                      "planned_mde": planned, "measured_mde": res["mde"], "paper_gain": gain, "acted": acted,
                      "control_rise": trained["rise"], "control_trained": trained["trained"], "pseudo": pseudo,
                      "verdict": v})

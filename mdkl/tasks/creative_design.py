@@ -25,6 +25,7 @@ import pandas as pd
 
 from mdkl.baselines import UNLIKELY_BETA_RANK
 from mdkl.shaping import ShapingConfig
+from mdkl.stats import paired, verdicts
 
 __all__ = ["TABLE1_ROWS", "MATCHED_CONTROL", "CLAIM_ROWS", "TABLE_ORDER", "CLAIMS", "PREMISE", "PAPER_TABLE1",
            "PAPER_N_PROMPTS", "paper_difference", "regularizer", "effective_beta",
@@ -282,8 +283,6 @@ def claim_statement(method: str, control: str, metric: str) -> str:
 def row_differences(per_prompt: pd.DataFrame, a: str, b: str, col: str) -> pd.DataFrame:
     """Per (prompt, seed) differences ``b - a`` of metric ``col`` on the units both rows answered
     (``per_prompt``: one row per method, seed and prompt, as notebook 07 writes it)."""
-    from mdkl.stats import paired
-
     need = {"method", "seed", "prompt_id", col}
     if missing := need - set(per_prompt.columns):
         raise ValueError(f"per_prompt lacks columns {sorted(missing)}: one row per method, seed and prompt")
@@ -303,12 +302,12 @@ def claim_comparisons(per_prompt: pd.DataFrame, planned: pd.DataFrame, acted: Ma
     design's minimum detectable effect fixed before training (``planned``: columns ``claim``
     ("<MARA row> - <control>"), ``metric``, ``MDE`` and ``paper (our scale)``). Holm-adjusted
     p-values over the claims in ``p_holm``."""
-    from mdkl.stats import paired, verdicts
-
     need = {"claim", "metric", "MDE", "paper (our scale)"}
     if missing := need - set(planned.columns):
         raise ValueError(f"planned lacks columns {sorted(missing)}: pass the design's power table")
     plan = planned.set_index(["claim", "metric"])
+    trained = {ctl: paired.paired_bootstrap(row_differences(per_prompt, "Base", ctl, "r_in"), level=1 - 2 * alpha,
+                                            seed=seed).ci_low > 0 for ctl in dict.fromkeys(c for _, c, _, _ in CLAIMS)}
     rows = []
     for m, ctl, col, _ in CLAIMS:
         if (f"{m} - {ctl}", col) not in plan.index:
@@ -316,12 +315,10 @@ def claim_comparisons(per_prompt: pd.DataFrame, planned: pd.DataFrame, acted: Ma
         if m not in acted:
             raise ValueError(f"acted has no entry for {m!r}: pass whether MARA changed rewards in every step")
         p = plan.loc[(f"{m} - {ctl}", col)]
-        moved = paired.paired_bootstrap(row_differences(per_prompt, "Base", ctl, "r_in"), level=1 - 2 * alpha,
-                                        seed=seed).ci_low > 0
         c = paired.compare(row_differences(per_prompt, ctl, m, col), float(p["paper (our scale)"]), float(p["MDE"]),
-                           alpha=alpha, seed=seed, acted=bool(acted[m]), control_trained=bool(moved))
+                           alpha=alpha, seed=seed, acted=bool(acted[m]), control_trained=bool(trained[ctl]))
         rows.append({"method": m, "control": ctl, "metric": col, **c._asdict(), "acted": bool(acted[m]),
-                     "control_trained": bool(moved)})
+                     "control_trained": bool(trained[ctl])})
     out = pd.DataFrame(rows)
     out["p_holm"] = verdicts.holm(out.p)
     return out
