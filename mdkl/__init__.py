@@ -37,8 +37,9 @@ Language models (``mdkl.lm``; ``from mdkl import lm`` re-exports the trainer's A
 
 LM tasks (``mdkl.tasks``):
 
-- ``mdkl.tasks.onetwo``   the "1-2" task: prompt, strict XML answer parser, reward, exact answer split
+- ``mdkl.tasks.onetwo``   the "1-2" task: prompt, finite valid set (the parser), reward, exact answer split
 - ``mdkl.tasks.onetwo_runs`` the 1-2 experiment: paper-like small model, parallel run grid, convergence metrics
+- ``mdkl.tasks.onetwo_claims`` the 1-2 claims decided from the per-run table (frozen design, verdicts)
 - ``mdkl.tasks.onetwo_trl`` the 1-2 task on TRL (reward function, ``accelerate launch`` command line)
 - ``mdkl.tasks.creative`` creative QA with non-verifiable rewards (Table 1): judge, OOD scorer, metrics
 - ``mdkl.tasks.creative_design`` Table 1's design: matched rows, each row's regularizer and effective beta,

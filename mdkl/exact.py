@@ -8,7 +8,8 @@ exact logit gradients that Remarks 3.2, 3.4 and B.2 talk about.
 - :func:`exact_objective`: J(softmax(logits)) as a differentiable torch scalar; same value as
   :func:`mdkl.targets.reverse_kl_objective` / :func:`mdkl.targets.forward_kl_objective` (plus an
   optional entropy bonus), so ``torch.autograd`` gives the exact gradient.
-- :func:`maximize_exact_objective`: Adam ascent on that objective from uniform (or given) logits.
+- :func:`maximize_exact_objective`: Adam (or plain gradient) ascent on that objective from uniform
+  (or given) logits, with the policy at every step.
 """
 
 from __future__ import annotations
@@ -78,22 +79,28 @@ def exact_objective(logits: torch.Tensor, ref, rewards, beta: float, kl: Directi
 
 @dataclass
 class ExactAscent:
-    """Result of :func:`maximize_exact_objective`: the final policy and the objective per step."""
+    """Result of :func:`maximize_exact_objective`: the final policy, the objective per step and the
+    policy per step (``path``, [steps + 1, n])."""
 
     pi: np.ndarray
     logits: np.ndarray
     objective: np.ndarray
+    path: np.ndarray | None = None
 
 
 def maximize_exact_objective(ref, rewards, beta: float, kl: Direction = "reverse", *,
                              eta: float = 0.0, steps: int = 2000, lr: float = 0.1,
-                             init_logits=None) -> ExactAscent:
-    """Maximize :func:`exact_objective` over free logits with Adam on the exact gradient.
+                             init_logits=None, optimizer: str = "adam") -> ExactAscent:
+    """Maximize :func:`exact_objective` over free logits with Adam (``optimizer='adam'``) or plain
+    gradient ascent (``'sgd'``) on the exact gradient.
 
     Starts from uniform logits (or ``init_logits``). No sampling, so the result converges to the
     argmax of J itself: G_beta (reverse), G_fwd (forward) or the entropy-regularized target
-    (``eta > 0``), which is how the notebooks check the closed forms by optimization.
+    (``eta > 0``), which is how the notebooks check the closed forms by optimization; ``path``
+    shows the way there (e.g. whether a split overshoots its target before settling).
     """
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer={optimizer!r}: use 'adam' or 'sgd'")
     n = check_rewards(rewards).size
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be an integer >= 1 (got {steps!r})")
@@ -102,16 +109,18 @@ def maximize_exact_objective(ref, rewards, beta: float, kl: Direction = "reverse
     init = torch.zeros(n, dtype=torch.float64) if init_logits is None else \
         torch.as_tensor(np.asarray(init_logits, dtype=np.float64)).clone()
     logits = torch.nn.Parameter(init)
-    opt = torch.optim.Adam([logits], lr=lr)
+    opt = torch.optim.Adam([logits], lr=lr) if optimizer == "adam" else torch.optim.SGD([logits], lr=lr)
     hist = np.empty(steps + 1)
+    path = np.empty((steps + 1, n))
     objective = _objective_fn(ref, rewards, beta, kl, eta)
     for t in range(steps + 1):
         j = objective(logits)
         hist[t] = float(j.detach())
+        path[t] = torch.softmax(logits.detach(), -1).numpy()
         if t == steps:
             break
         opt.zero_grad()
         (-j).backward()
         opt.step()
     lg = logits.detach()
-    return ExactAscent(torch.softmax(lg, -1).numpy(), lg.numpy(), hist)
+    return ExactAscent(torch.softmax(lg, -1).numpy(), lg.numpy(), hist, path)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["pareto_front", "entropy", "coverage", "is_multimodal", "binary_entropy_with_se", "max_min_ratio",
+__all__ = ["pareto_front", "hypervolume", "entropy", "coverage", "is_multimodal", "binary_entropy_with_se", "max_min_ratio",
            "check_texts", "words", "ngrams", "ead", "mean_ead", "EAD_VOCAB_SIZE", "semantic_diversity",
            "normalize_answer", "distinct_answers", "n_distinct", "equivalence_accuracy",
            "EQUIVALENCE_THRESHOLD", "bootstrap_sem"]
@@ -293,3 +293,25 @@ def pareto_front(reward: Sequence[float], entropy: Sequence[float]) -> np.ndarra
     dominated = ((r[None, :] >= r[:, None]) & (h[None, :] >= h[:, None])
                  & ((r[None, :] > r[:, None]) | (h[None, :] > h[:, None]))).any(1)
     return ~dominated
+
+
+def hypervolume(reward: Sequence[float], entropy: Sequence[float]) -> float:
+    """Area of the (reward, entropy) region weakly dominated by the points, above the origin (0, 0)
+    when maximizing both: the size of a Pareto front (Fig. 6b) as one number, so two methods' fronts
+    can be compared per seed with an interval. Points with a non-finite or negative coordinate are
+    refused; no point gives 0."""
+    r, h = np.asarray(reward, float).ravel(), np.asarray(entropy, float).ravel()
+    if r.shape != h.shape:
+        raise ValueError(f"reward and entropy need one value per point (got {r.size} and {h.size})")
+    if not (np.isfinite(r).all() and np.isfinite(h).all()) or (r < 0).any() or (h < 0).any():
+        raise ValueError("hypervolume needs finite, non-negative rewards and entropies: drop the failed checkpoints first")
+    if r.size == 0:
+        return 0.0
+    order = np.argsort(-r, kind="stable")  # sweep from the highest reward down
+    area, best_h = 0.0, 0.0
+    rs, hs = r[order], h[order]
+    for i in range(r.size):
+        best_h = max(best_h, hs[i])
+        nxt = rs[i + 1] if i + 1 < r.size else 0.0
+        area += (rs[i] - nxt) * best_h
+    return float(area)

@@ -81,6 +81,15 @@ def test_exact_answer_split_sums_the_enumerated_strings(small):
     assert 0 < e["valid_exact"] <= 1 + 1e-9 and 0 <= e["valid_entropy_exact"] <= math.log(2) + 1e-12
 
 
+def test_every_valid_string_fits_in_a_completion(small):
+    """The valid set is reachable: each enumerated string, with the end-of-turn token, takes at most
+    16 tokens in the small tokenizer's canonical split (notebook 05 samples <= 16 new tokens)."""
+    _, tok = small
+    texts = sum(onetwo.valid_answer_strings().values(), [])
+    n = [len(tok(t + tok.eos_token, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert max(n) <= 16
+
+
 def test_bad_input_is_refused_with_a_clear_message(small):
     model, tok = small
     with pytest.raises(ValueError, match="candidates is empty"):

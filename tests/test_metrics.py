@@ -149,3 +149,23 @@ def test_bootstrap_sem_matches_analytic_sem():
         bootstrap_sem([])
     with pytest.raises(ValueError, match="NaN"):
         bootstrap_sem([1.0, float("nan")])
+
+
+def test_hypervolume_matches_a_brute_force_grid_and_refuses_bad_points():
+    from mdkl.metrics import hypervolume
+    assert hypervolume([1.0], [0.5]) == 0.5
+    assert hypervolume([1.0, 0.5], [0.2, 0.6]) == pytest.approx(0.4)  # 1 x 0.2 + 0.5 x 0.4 by hand
+    assert hypervolume([], []) == 0.0
+    rng = np.random.default_rng(0)
+    r, h = rng.uniform(0, 1, 12), rng.uniform(0, 0.7, 12)
+    gr, gh = np.meshgrid(np.linspace(0, 1, 801)[1:] - 1 / 1600, np.linspace(0, 0.7, 801)[1:] - 0.7 / 1600)
+    covered = ((gr[..., None] <= r) & (gh[..., None] <= h)).any(-1).mean() * 0.7
+    assert hypervolume(r, h) == pytest.approx(covered, abs=2e-3)
+    # a dominated point adds nothing; the front alone gives the same volume
+    from mdkl.metrics import pareto_front
+    front = pareto_front(r, h)
+    assert hypervolume(r[front], h[front]) == pytest.approx(hypervolume(r, h), abs=1e-12)
+    with pytest.raises(ValueError, match="finite"):
+        hypervolume([1.0, float("nan")], [0.1, 0.2])
+    with pytest.raises(ValueError, match="one value per point"):
+        hypervolume([1.0], [0.1, 0.2])

@@ -12,8 +12,9 @@ from mdkl.metrics import binary_entropy_with_se
 
 
 @pytest.mark.parametrize("text,code", [
-    ("<answer>1</answer>", 1), ("<answer>2</answer>", 2), ("  <answer> 2 </answer>\n", 2),
-    ("<answer>\n1\n</answer>", 1),
+    ("<answer>1</answer>", 1), ("<answer>2</answer>", 2), (" <answer> 2 </answer>\n", 2),
+    ("<answer>\n1\n</answer>", 1), ("  <answer>2</answer>", 0), ("<answer>1</answer>\n\n", 0),
+    ("<answer>\t1</answer>", 0), ("<answer> \n1</answer>", 0), ("\r\n<answer>1</answer>", 0),
     ("", 0), ("1", 0), ("<answer>3</answer>", 0), ("<answer>one</answer>", 0), ("<answer>1", 0),
     ("answer>1</answer>", 0), ("<answer></answer>", 0), ("<answer>12</answer>", 0),
     ("<answer>1</answer><answer>2</answer>", 0), ("Sure! <answer>1</answer>", 0),
@@ -37,6 +38,41 @@ def test_parser_never_raises_on_non_strings(bad):
     assert onetwo.parse_answer(b"<answer>1</answer>") == 1  # bytes are decoded
 
 
+def test_the_valid_set_is_exactly_the_enumeration():
+    """The strict parser accepts exactly the 2 x 81 enumerated strings: every enumerated string
+    parses to its digit, and no string one edit away from a valid one (every insertion, deletion
+    and substitution of a character from an alphabet of whitespace, tag characters, digits and
+    letters) is valid unless it is itself enumerated."""
+    sets = onetwo.valid_answer_strings()
+    valid = {t: code for code, texts in sets.items() for t in texts}
+    assert len(valid) == 162 and all(len(v) == 81 for v in sets.values())
+    assert all(onetwo.parse_answer(t) == code for t, code in valid.items())
+    alphabet = sorted(set(" \n\t\r\x0b\x0c<>/answerANSWER0123456789xyz.") | {"\u00a0", "\u2003"})
+    checked = 0
+    for t in valid:
+        for i in range(len(t) + 1):
+            edits = [t[:i] + c + t[i:] for c in alphabet]  # insertions
+            if i < len(t):
+                edits.append(t[:i] + t[i + 1:])  # deletion
+                edits += [t[:i] + c + t[i + 1:] for c in alphabet]  # substitutions
+            for e in edits:
+                checked += 1
+                assert onetwo.parse_answer(e) == valid.get(e, 0), repr(e)
+    assert checked > 100_000
+
+
+def test_the_prefixed_set_is_the_valid_set_after_the_prefix():
+    """SmolLM2's answers are pre-filled with '<answer>': its 27 continuations per digit are exactly
+    the valid strings that start with the prefix, and the parser sees prefix + completion."""
+    pre = onetwo.valid_answer_strings("<answer>")
+    full = onetwo.valid_answer_strings()
+    for code in (1, 2):
+        assert len(pre[code]) == 27
+        assert sorted("<answer>" + c for c in pre[code]) == sorted(t for t in full[code] if t.startswith("<answer>"))
+    task = onetwo.OneTwoTask(answer_prefix="<answer>")
+    assert task.rewards(pre[1] + pre[2] + ["1</answer>\n\n", "12</answer>"]).tolist() == [1.0] * 54 + [0.0, 0.0]
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(list("<>/answer12 \n\t") + ["<answer>", "</answer>"]), max_size=30).map("".join))
 def test_parser_total_on_random_text(text):
@@ -45,6 +81,7 @@ def test_parser_total_on_random_text(text):
         assert code in (0, 1, 2)
         if code:  # a valid parse really contains the digit inside answer tags
             assert "<answer>" in text and str(code) in text
+    assert (onetwo.parse_answer(text) != 0) == (text in set(sum(onetwo.valid_answer_strings().values(), [])))
 
 
 def test_rewards_and_counts():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mdkl.stats import verdicts as V
+from mdkl.stats.verdicts import FAILS, HOLDS, INCONCLUSIVE, NOT_ACTED, UNDERPOWERED
 
 # (paper_effect, estimate, ci_low, ci_high, mde) -> verdict, powered and gates open
 OUTCOMES = [
@@ -93,3 +94,55 @@ def test_format_measured():
     s = V.format_measured(0.1, 0.02, 0.2, 0.15, 0.3, p=0.01, p_holm=0.02, extra="6 seeds")
     assert s == ("measured: +0.100 [+0.020, +0.200] (90% interval); planned MDE 0.150; paper's effect +0.300; "
                  "p = 0.01 (Holm 0.02); 6 seeds")
+
+
+# --- convergence (equivalence) and majority claims ---------------------------------------------
+
+def test_decide_within_every_branch_and_gate():
+    from mdkl.stats.verdicts import decide_within, STILL_MOVING
+    assert decide_within(0.01, -0.03, 0.05, 0.1, 0.05) == HOLDS
+    assert decide_within(0.3, 0.15, 0.45, 0.1, 0.05) == FAILS
+    assert decide_within(-0.3, -0.45, -0.15, 0.1, 0.05) == FAILS
+    assert decide_within(0.08, 0.0, 0.16, 0.1, 0.05) == INCONCLUSIVE
+    # every gate applies to a would-be holds and a would-be FAILS alike, in order
+    for args in [(0.01, -0.03, 0.05), (0.3, 0.15, 0.45)]:
+        assert decide_within(*args, 0.1, 0.05, acted=False) == NOT_ACTED
+        assert decide_within(*args, 0.1, 0.05, settled=False) == STILL_MOVING
+        assert decide_within(*args, 0.1, 0.2) == UNDERPOWERED
+        assert decide_within(*args, 0.1, 0.2, acted=False, settled=False) == NOT_ACTED
+
+
+def test_decide_within_refuses_bad_input():
+    from mdkl.stats.verdicts import decide_within
+    with pytest.raises(ValueError, match="finite"):
+        decide_within(float("nan"), 0, 1, 0.1, 0.05)
+    with pytest.raises(ValueError, match="outside its interval"):
+        decide_within(2.0, 0, 1, 0.1, 0.05)
+    with pytest.raises(ValueError, match="margin"):
+        decide_within(0.0, -0.1, 0.1, 0.0, 0.05)
+    with pytest.raises(ValueError, match="booleans"):
+        decide_within(0.0, -0.1, 0.1, 0.2, 0.05, settled=1)
+
+
+def test_equivalence_mde_against_hand_values():
+    from scipy import stats as st
+    from mdkl.stats.verdicts import equivalence_mde
+    hand = (st.t.ppf(0.95, 4) + st.norm.ppf(0.8)) * 0.1 / np.sqrt(5)
+    assert equivalence_mde(0.1, 5) == pytest.approx(hand, rel=1e-12)
+    assert equivalence_mde(0.0, 5) == 0.0
+    with pytest.raises(ValueError, match="n >= 2"):
+        equivalence_mde(0.1, 1)
+
+
+def test_decide_majority_and_its_exact_interval():
+    from mdkl.stats.verdicts import decide_majority, rate_interval
+    lo, hi = rate_interval(5, 5)
+    assert lo == pytest.approx(0.05 ** (1 / 5)) and hi == 1.0  # the all-events bound by hand
+    assert rate_interval(0, 5) == (0.0, pytest.approx(1 - 0.05 ** (1 / 5)))
+    assert decide_majority(5, 5) == HOLDS
+    assert decide_majority(0, 5) == FAILS
+    assert decide_majority(3, 5) == INCONCLUSIVE
+    assert decide_majority(4, 4) == UNDERPOWERED  # 0.05**(1/4) = 0.47: even 4/4 cannot show a majority
+    assert decide_majority(0, 4) == UNDERPOWERED
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        rate_interval(6, 5)

@@ -3,6 +3,7 @@
 - ``mdkl.tasks.onetwo``      the "1-2" task: strict XML answer parser, reward, exact answer split (its
   prompts are the small LM's, :data:`mdkl.lm.smalllm.ONETWO_PROMPTS`)
 - ``mdkl.tasks.onetwo_runs`` the 1-2 experiment: paper-like small model, parallel run grid, convergence metrics
+- ``mdkl.tasks.onetwo_claims`` the 1-2 claims: the design frozen before the runs, verdicts from the per-run table
 - ``mdkl.tasks.onetwo_trl``  the 1-2 task on TRL: its reward function and ``accelerate launch`` command line
 - ``mdkl.tasks.creative``    creative QA with non-verifiable rewards (Table 1): judge, OOD scorer, metrics
 - ``mdkl.tasks.creative_design`` Table 1's design: matched rows, each row's regularizer and effective beta,

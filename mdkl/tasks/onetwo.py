@@ -1,15 +1,20 @@
 """The "1-2" task (paper §4, LLM task 1, Fig. 6a/6b): ask for a uniformly random integer that is
 either 1 or 2, answered in an XML format; reward 1.0 for a valid "1" or "2", else 0.0.
 
-A completion is *valid* when it is exactly one ``<answer>N</answer>`` element with N = 1 or 2
-(whitespace inside the tags and around the element allowed) [reading: the paper says "a valid 1
-or 2 in an XML format" without the exact rule]. With ``strict=False`` the first such element
-anywhere in the text counts. The strict rule keeps the set of valid outputs small: under MARA
-every valid output gets the same target mass, and with free text around the answer that set
-is huge (measured: MARA runs then drift to maximally long completions). Anything else (no
-tags, an unclosed tag, ``<answer>one</answer>``, ``3``, empty text, ``None``) is invalid: the
-parser never raises. The valid-answer entropy is the entropy of the 1-vs-2 split
-among valid answers (max ln 2), with its delta-method sampling error
+A completion is *valid* when it is one of a finite, enumerated set of strings: exactly one
+``<answer>N</answer>`` element with N = 1 or 2, with at most one space or newline at each of its
+four whitespace positions (before and after the element, around the digit): 81 strings per answer,
+:func:`valid_answer_strings` [reading: the paper says "a valid 1 or 2 in an XML format" without
+the exact rule]. The set is finite on purpose: MARA's target puts the same mass on every valid
+output (Remark B.3), so with an open-ended set (any whitespace run, free text around the element)
+the policy spreads onto ever more variants (measured: runs drift to maximally long completions, and
+an enumeration of 81 strings then held only 11-17% of the valid mass), and no exact split could be
+exhaustive. Here the parser *is* membership in the enumerated set, so the exact answer split
+(:func:`exact_answer_split`) sums over every valid string. Anything else (no tags, an unclosed
+tag, two spaces, ``<answer>one</answer>``, ``3``, empty text, ``None``) is invalid: the parser
+never raises. ``strict=False`` (a lenient reading kept for comparison: the first element anywhere,
+any whitespace inside the tags) is not used by the experiments. The valid-answer entropy is the
+entropy of the 1-vs-2 split among valid answers (max ln 2), with its delta-method sampling error
 (:func:`mdkl.metrics.binary_entropy_with_se`).
 
 :class:`OneTwoTask` is the task object :func:`mdkl.lm.train` consumes (prompts, rewards, metrics).
@@ -17,6 +22,7 @@ among valid answers (max ln 2), with its delta-method sampling error
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Iterable
@@ -29,27 +35,28 @@ from mdkl.metrics import binary_entropy_with_se
 
 __all__ = ["PROMPT", "PROMPTS", "ANSWER_RE", "parse_answer", "parse_answers", "rewards",
            "answer_counts", "valid_entropy", "prompt_text", "OneTwoTask", "answer_preference",
-           "valid_answer_strings", "exact_answer_split", "ENUM_WHITESPACE", "INVALID", "ONE", "TWO"]
+           "valid_answer_strings", "exact_answer_split", "sampled_split_check", "ENUM_WHITESPACE", "INVALID", "ONE", "TWO"]
 
 # PROMPT (the task prompt) and PROMPTS (its paraphrases) are defined with the small LM's corpus,
 # which is built from them (mdkl.lm.smalllm.ONETWO_PROMPT / ONETWO_PROMPTS), and imported from there.
 #: first <answer>...</answer> element (non-greedy, across newlines)
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-#: the whole completion is one answer element
-STRICT_RE = re.compile(r"\s*<answer>(.*?)</answer>\s*", re.DOTALL)
 INVALID, ONE, TWO = 0, 1, 2
-#: whitespace enumerated around the answer element and around the digit (:func:`valid_answer_strings`)
+#: the whitespace allowed at each of the four positions around the answer element and the digit
 ENUM_WHITESPACE = ("", " ", "\n")
 
 
 def parse_answer(text, strict: bool = True) -> int:
     """1 or 2 for a valid answer, 0 (:data:`INVALID`) otherwise; never raises (None, bytes, junk ok).
-    ``strict``: the whole text must be the answer element (see the module docstring)."""
+    ``strict`` (the task's rule): the text must be one of the enumerated valid strings
+    (:func:`valid_answer_strings`); ``strict=False``: the first answer element anywhere."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     if not isinstance(text, str):
         return INVALID
-    m = STRICT_RE.fullmatch(text) if strict else ANSWER_RE.search(text)
+    if strict:
+        return _VALID.get(text, INVALID)
+    m = ANSWER_RE.search(text)
     if m is None:
         return INVALID
     v = m.group(1).strip()
@@ -170,12 +177,13 @@ def answer_preference(model, tokenizer, prompt: str = PROMPT,
 
 
 def valid_answer_strings(answer_prefix: str = "", whitespace: tuple[str, ...] = ENUM_WHITESPACE) -> dict[int, list[str]]:
-    """The enumerated valid completions, ``{1: S_1, 2: S_2}``: every
+    """The valid completions, ``{1: S_1, 2: S_2}``: every
     ``w1 + "<answer>" + w2 + d + w3 + "</answer>" + w4`` with each w_i in ``whitespace`` (default
-    "", " ", newline: 81 strings per answer), i.e. the strings the strict parser accepts whose
-    whitespace runs are at most one character of those kinds. With an ``answer_prefix`` (it must be
-    a prefix of "<answer>"; w1 is then empty) the strings are the continuations after it. S_1 and
-    S_2 differ only in the digit, so any target uniform over valid outputs splits them 1/2."""
+    "", " ", newline: 81 strings per answer). With the default whitespace these are exactly the
+    strings the task's parser accepts (:func:`parse_answer` is membership in this set). With an
+    ``answer_prefix`` (it must be a prefix of "<answer>"; w1 is then empty) the strings are the
+    continuations after it (27 per answer after "<answer>"). S_1 and S_2 differ only in the digit,
+    so any target uniform over valid outputs splits them 1/2."""
     if not "<answer>".startswith(answer_prefix):
         raise ValueError(f"answer_prefix {answer_prefix!r} must be a prefix of '<answer>'")
     w1s = ("",) if answer_prefix else whitespace
@@ -186,14 +194,19 @@ def valid_answer_strings(answer_prefix: str = "", whitespace: tuple[str, ...] = 
     return out
 
 
+#: the task's valid set: full completion text -> answer code (the strict parser's whole rule)
+_VALID = {t: code for code, texts in valid_answer_strings().items() for t in texts}
+
+
 def exact_answer_split(model, tokenizer, prompts=(PROMPT,), answer_prefix: str = "",
                        whitespace: tuple[str, ...] = ENUM_WHITESPACE) -> dict[str, float]:
     """Exact probabilities of answering "1" and "2" under ``model``, summed over the enumerated valid
     strings S_1, S_2 (:func:`valid_answer_strings`, canonical tokenization, each followed by the
     end-of-turn token: :func:`mdkl.lm.rollout.completion_logprobs`), averaged over ``prompts``.
 
-    Returns ``p1_exact``, ``p2_exact`` (probability mass of S_1, S_2: a lower bound on P(valid "1"),
-    P(valid "2")), ``valid_exact`` (their sum), ``p1_valid_exact`` = p1 / (p1 + p2) and
+    Returns ``p1_exact``, ``p2_exact`` (probability mass of S_1, S_2: every valid string, in its
+    canonical token split; a byte-level tokenizer can spell a string other ways too, and
+    :func:`sampled_split_check` measures how much of the sampled mass does), ``valid_exact`` (their sum), ``p1_valid_exact`` = p1 / (p1 + p2) and
     ``valid_entropy_exact`` (nats), the split of the valid answers without sampling error."""
     from mdkl.lm.rollout import completion_logprobs
 
@@ -208,3 +221,34 @@ def exact_answer_split(model, tokenizer, prompts=(PROMPT,), answer_prefix: str =
     q = m1 / (m1 + m2) if m1 + m2 > 0 else float("nan")
     h = float(-sum(x * np.log(x) for x in (q, 1 - q) if x > 0)) if q == q else float("nan")
     return {"p1_exact": m1, "p2_exact": m2, "valid_exact": m1 + m2, "p1_valid_exact": q, "valid_entropy_exact": h}
+
+
+def sampled_split_check(model, tokenizer, task: OneTwoTask, n: int, max_new_tokens: int, *, seed: int = 0,
+                        prompt: str = PROMPT) -> dict[str, float]:
+    """Sample ``n`` completions of ``prompt`` and check the exact split against them: the sampled
+    P("1" | valid) with its standard error, the valid rate, and where the samples' mass sits that an
+    exact split over canonical token sequences would miss: ``noncanonical_valid`` (share of valid
+    samples whose token sequence is not the canonical split of their text followed by the
+    end-of-turn token) and ``truncated`` (share of all samples that hit ``max_new_tokens`` without
+    ending: invalid under the finite valid set, however they begin)."""
+    from mdkl.lm.rollout import sample_completions, tokenize_prompts
+
+    p_ids, p_mask = tokenize_prompts(tokenizer, [prompt_text(tokenizer, prompt, task.answer_prefix)])
+    gen = torch.Generator(device=p_ids.device).manual_seed(seed)
+    ids, mask = sample_completions(model, p_ids, p_mask, max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                   pad_token_id=tokenizer.pad_token_id, generator=gen, prompt_repeats=n)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    codes = task.outcomes(texts)
+    eos = tokenizer.eos_token_id
+    noncanon = truncated = 0
+    for row, m, t, c in zip(ids.tolist(), mask.tolist(), texts, codes):
+        toks = [x for x, k in zip(row, m) if k]
+        truncated += eos not in toks
+        if c != INVALID:
+            noncanon += toks != tokenizer(t + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    k = answer_counts(codes)
+    nv = k["n1"] + k["n2"]
+    q = k["n1"] / nv if nv else float("nan")
+    return {"n": n, "valid": nv / n, "p1_valid_sampled": q,
+            "p1_valid_sampled_se": math.sqrt(q * (1 - q) / nv) if nv else float("nan"),
+            "noncanonical_valid": noncanon / nv if nv else float("nan"), "truncated": truncated / n}

@@ -125,14 +125,24 @@ def run_summary(res: LMResult, target_p1: float, last: int = 3, collapse_below: 
     split's KL to the target (:func:`split_kl` of that mean vs ``target_p1``); ``reward_collapse``:
     the training batches' mean reward over the last 10% of steps is below ``collapse_below``;
     ``mara_changed`` / ``mara_anchored``: samples per step whose reward or reference log-prob MARA
-    changed / acted on (means over the run)."""
+    changed / acted on (means over the run). For the claims (:mod:`mdkl.tasks.onetwo_claims`):
+    ``H_prev`` the entropy over the ``last`` checkpoints before those (is the run still moving?),
+    ``hv`` the hypervolume of the run's checkpoints after step 0 in (reward, entropy)
+    (:func:`mdkl.metrics.hypervolume`), ``reward_start`` the reward at step 0."""
+    from mdkl.metrics import hypervolume
+
     ck, h = res.checkpoints, res.history
     tail = ck.iloc[-last:]
+    prev = ck.iloc[-2 * last:-last] if len(ck) > last else ck.iloc[:1]
+    after0 = ck[ck.step > 0]
     n_tail = max(1, len(h) // 10)
     p1 = float(tail.p1_valid_exact.mean())
     c = res.config
     return {"kl": c.kl, "method": method_of(c), "beta": c.beta, "seed": c.seed,
             "steps": c.steps, "p1_valid": p1, "H": float(tail.valid_entropy_exact.mean()),
+            "H_prev": float(prev.valid_entropy_exact.mean()),
+            "hv": hypervolume(after0.reward.to_numpy(), after0.valid_entropy_exact.fillna(0).to_numpy()),
+            "reward_start": float(ck.reward.iloc[0]),
             "reward": float(tail.reward.mean()), "valid_exact": float(tail.valid_exact.mean()),
             "kl_to_target": split_kl(p1, target_p1), "target_p1": target_p1,
             "reward_collapse": bool(h.reward.iloc[-n_tail:].mean() < collapse_below),
