@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from mdkl.chem import calibration as chem_calibration, stats as chem_stats
-from mdkl.runtime import RESULTS_DIR, ROOT
-from mdkl.tasks import creative_design as cd
+from mdkl.runtime import DATA_DIR, RESULTS_DIR, ROOT
+from mdkl.tasks import creative_design as cd, onetwo_claims
 
 
 def printed_verdicts(notebook: str) -> list[str]:
@@ -50,3 +50,15 @@ def test_creative_claim_verdicts_recomputed_from_the_committed_per_prompt_table(
     assert got == want
     assert claims.verdict.tolist() == committed.verdict.tolist()
     assert claims.p_holm.to_numpy() == pytest.approx(committed.p_holm.to_numpy())
+
+
+def test_onetwo_headline_verdicts_recomputed_from_the_committed_runs():
+    runs = pd.read_csv(RESULTS_DIR / "onetwo_small_runs.csv")
+    claims = onetwo_claims.headline_claims(runs, onetwo_claims.load_design(DATA_DIR / "onetwo_planning.json"))
+    want = [f"[{c.verdict}] {c.statement}" for c in claims.itertuples()]
+    statements = set(claims.statement)
+    got = [s for s in printed_verdicts("05_one_two_task.ipynb") if s.split("] ", 1)[-1] in statements]
+    assert got == want
+    # the headline is the whole grid: the paper's four betas, five seeds per arm
+    assert sorted(runs.beta.unique()) == [0.001, 0.01, 0.02, 0.03]
+    assert runs.groupby(["kl", "method", "beta"]).seed.nunique().min() >= 5

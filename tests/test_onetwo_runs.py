@@ -64,6 +64,9 @@ def test_run_summary_and_arm_table():
     assert b["reward_collapse"] and b["min_batch_reward"] == 0.0  # last 10% of steps average 0
     m = onetwo_runs.run_summary(_result(2, [0.5, 0.5], [1.0] * 10, mara="auto"), 0.5, last=1)
     assert m["method"] == "MARA" and m["mara_changed"] == 3
+    # the claims' columns: the window before the last, the hypervolume after step 0, the start reward
+    assert a["H_prev"] == pytest.approx(0.1) and a["reward_start"] == 1.0
+    assert a["hv"] == pytest.approx(1.0 * 0.1)  # checkpoints at (reward 1, H 0.1) dominate 1 x 0.1
     t = onetwo_runs.arm_table(pd.DataFrame([a, b]))
     assert len(t) == 1 and t.runs[0] == 2 and t.reward_collapses[0] == 1
     # p1 = 0.95 and 0.99: mean 0.97, sd 0.04 / sqrt(2), SE = sd / sqrt(2) = 0.02
