@@ -40,7 +40,7 @@ export ATEN_CPU_CAPABILITY MKL_CBWR ONEDNN_MAX_CPU_ISA
 endif
 endif
 
-.PHONY: all help env test unit nbval nbval-native lab publish bench gpu-check check-machine chem-prior chem-calibrate clean-cache clean $(notdir $(basename $(NOTEBOOKS)))
+.PHONY: all help env test unit nbval nbval-native lab publish onetwo-paths bench gpu-check check-machine chem-prior chem-calibrate clean-cache clean $(notdir $(basename $(NOTEBOOKS)))
 
 help: ## show this help
 	@echo "mdkl make targets (PROFILE=quick|cpu|paper, default cpu):"
@@ -115,6 +115,9 @@ nbval: $(ENV_STAMP) ## notebook validation only (quick profile)
 publish: ## after `make all` (cpu): copy executed notebooks back into notebooks/ (outputs for readers)
 	@test "$(PROFILE)" = cpu || { echo "publish only the default profile (PROFILE=cpu)"; exit 1; }
 	$(PY) -m mdkl.runtime publish executed/cpu notebooks
+
+onetwo-paths: $(ENV_STAMP) ## notebook 05's grid on the native kernels: its headline verdicts beside the committed ones (~21 min)
+	$(NATIVE) $(PY) -m mdkl.checks.onetwo_paths
 
 bench: $(ENV_STAMP) ## run the benchmark scripts under benchmarks/
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done

@@ -65,6 +65,7 @@ Statistics (``mdkl.stats``):
 Checks (``mdkl.checks``, the application layer above everything):
 
 - ``mdkl.checks.gpu`` ``make gpu-check``: every trainer on the GPU against the CPU, throughput, memory
+- ``mdkl.checks.onetwo_paths`` ``make onetwo-paths``: notebook 05's headline verdicts on another numeric path
 """
 
 import os as _os

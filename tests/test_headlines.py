@@ -62,3 +62,14 @@ def test_onetwo_headline_verdicts_recomputed_from_the_committed_runs():
     # the headline is the whole grid: the paper's four betas, five seeds per arm
     assert sorted(runs.beta.unique()) == [0.001, 0.01, 0.02, 0.03]
     assert runs.groupby(["kl", "method", "beta"]).seed.nunique().min() >= 5
+
+
+def test_onetwo_verdicts_on_the_second_numeric_path_recomputed_from_its_committed_runs():
+    """`make onetwo-paths` ran notebook 05's grid on the native kernels; the committed side-by-side
+    table is exactly what the two committed per-run tables give."""
+    from mdkl.checks import onetwo_paths
+
+    got = onetwo_paths.compare_paths(pd.read_csv(RESULTS_DIR / "onetwo_small_runs.csv"),
+                                     pd.read_csv(RESULTS_DIR / "onetwo_small_runs_native.csv"), "native")
+    committed = pd.read_csv(RESULTS_DIR / "onetwo_headlines_paths.csv")
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), committed, check_dtype=False)

@@ -3,4 +3,6 @@
 
 - ``mdkl.checks.gpu`` ``make gpu-check`` (``python -m mdkl.checks.gpu``): every trainer on the GPU
   against the CPU, throughput, memory
+- ``mdkl.checks.onetwo_paths`` ``make onetwo-paths``: notebook 05's grid on another numeric path, its
+  headline verdicts beside the committed ones
 """

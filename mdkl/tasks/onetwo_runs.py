@@ -26,10 +26,16 @@ import pandas as pd
 from mdkl.lm.trainer import LMConfig, LMResult, train_cached
 from mdkl.lm.smalllm import ONETWO_SMALL, SmallLMConfig
 
-__all__ = ["SMALL_P95", "ARMS", "SUCCESSOR_ARMS", "METHODS", "method_of", "arm_config", "run_grid", "split_kl", "run_summary", "arm_table"]
+__all__ = ["SMALL_P95", "SMALL_RUN", "PAPER_BETAS", "ARMS", "SUCCESSOR_ARMS", "METHODS", "method_of", "arm_config", "run_grid", "split_kl", "run_summary", "arm_table"]
 
 #: the paper-like small model: corpus P("1" | valid) = 0.95, 10% invalid answers
 SMALL_P95 = ONETWO_SMALL
+#: one small-model run of notebook 05's grid (every profile): 4 prompts x G = 16 completions of <= 16
+#: tokens per step, 150 steps, a checkpoint every 10 steps; k1 / k3 on sequence log-probs
+SMALL_RUN = LMConfig(model="small", group_size=16, prompts_per_step=4, max_new_tokens=16, steps=150,
+                     eval_every=10, eval_samples=64, lr=1e-3, tau=1.0, kl_level="sequence")
+#: the paper's betas of the 1-2 task (Fig. 6a)
+PAPER_BETAS = (0.001, 0.01, 0.02, 0.03)
 #: (KL direction, method) of the four arms
 ARMS = (("reverse", "vanilla"), ("reverse", "MARA"), ("forward", "vanilla"), ("forward", "MARA"))
 #: the successor methods' arms (:mod:`mdkl.successors`): name -> the LMConfig fields that select them.
