@@ -76,6 +76,18 @@ def _finite(**values: float) -> None:
         raise ValueError(f"a verdict needs finite numbers; got {bad}: drop or fix the failed runs before deciding")
 
 
+def _check_interval(estimate: float, ci_low: float, ci_high: float) -> None:
+    if not ci_low <= estimate <= ci_high:
+        raise ValueError(f"the estimate {estimate} lies outside its interval [{ci_low}, {ci_high}]: pass the "
+                         f"interval computed for this estimate")
+
+
+def _check_gates(**gates) -> None:
+    bad = {k: v for k, v in gates.items() if not isinstance(v, (bool, np.bool_))}
+    if bad:
+        raise ValueError(f"{bad}: pass booleans (the gates' results)")
+
+
 def is_powered(mde: float, paper_effect: float) -> bool:
     """The power gate: the design's minimum detectable effect ``mde`` (fixed before the run) is at
     most the paper's effect, so a true effect of the paper's size would usually be detected."""
@@ -98,11 +110,8 @@ def decide(paper_effect: float, estimate: float, ci_low: float, ci_high: float, 
     if paper_effect <= 0:
         raise ValueError(f"paper_effect={paper_effect} <= 0: orient the claim in the paper's direction "
                          f"(compare method - control so that the paper's effect is positive)")
-    if not ci_low <= estimate <= ci_high:
-        raise ValueError(f"the estimate {estimate} lies outside its interval [{ci_low}, {ci_high}]: pass the "
-                         f"interval computed for this estimate")
-    if not isinstance(acted, (bool, np.bool_)) or not isinstance(control_trained, (bool, np.bool_)):
-        raise ValueError(f"acted={acted!r}, control_trained={control_trained!r}: pass booleans (the gates' results)")
+    _check_interval(estimate, ci_low, ci_high)
+    _check_gates(acted=acted, control_trained=control_trained)
     if not acted:
         return NOT_ACTED
     if not control_trained:
@@ -114,12 +123,6 @@ def decide(paper_effect: float, estimate: float, ci_low: float, ci_high: float, 
     if ci_high < paper_effect:  # includes ci_high < 0: a significant effect against the paper
         return FAILS
     return INCONCLUSIVE
-
-
-def _check_gates(**gates) -> None:
-    bad = {k: v for k, v in gates.items() if not isinstance(v, (bool, np.bool_))}
-    if bad:
-        raise ValueError(f"{bad}: pass booleans (the gates' results)")
 
 
 def equivalence_mde(sd: float, n: int, level: float = 0.90, power: float = 0.8) -> float:
@@ -146,9 +149,7 @@ def decide_within(estimate: float, ci_low: float, ci_high: float, margin: float,
     _finite(estimate=estimate, ci_low=ci_low, ci_high=ci_high, margin=margin, mde=mde)
     if margin <= 0:
         raise ValueError(f"margin={margin}: a tolerance is > 0 (state it in the claim's unit)")
-    if not ci_low <= estimate <= ci_high:
-        raise ValueError(f"the estimate {estimate} lies outside its interval [{ci_low}, {ci_high}]: pass the "
-                         f"interval computed for this estimate")
+    _check_interval(estimate, ci_low, ci_high)
     _check_gates(acted=acted, settled=settled)
     if not acted:
         return NOT_ACTED

@@ -38,11 +38,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
+from mdkl.metrics import entropy
 from mdkl.stats import paired
 from mdkl.stats.verdicts import (decide, decide_majority, decide_within, equivalence_mde, holm,
                                  rate_interval)
 
-__all__ = ["ClaimDesign", "planning_from_pilot", "load_design", "save_design", "binary_entropy",
+__all__ = ["ClaimDesign", "planning_from_pilot", "load_design", "save_design", "binary_entropy", "t_interval",
            "headline_claims", "format_claim", "CLAIMS"]
 
 LN2 = math.log(2)
@@ -76,11 +77,10 @@ class ClaimDesign:
 
 
 def binary_entropy(q) -> np.ndarray:
-    """h(q) = -q ln q - (1 - q) ln(1 - q) in nats (0 at q in {0, 1})."""
+    """h(q) = -q ln q - (1 - q) ln(1 - q) in nats (0 at q in {0, 1}): :func:`mdkl.metrics.entropy` of
+    the split (q, 1 - q)."""
     q = np.asarray(q, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h = -(np.where(q > 0, q * np.log(q), 0.0) + np.where(q < 1, (1 - q) * np.log1p(-q), 0.0))
-    return h
+    return entropy(np.stack([q, 1 - q], axis=-1))
 
 
 def planning_from_pilot(runs: pd.DataFrame) -> dict:
@@ -110,7 +110,9 @@ def load_design(path: Path) -> ClaimDesign:
     return ClaimDesign(**json.loads(p.read_text()))
 
 
-def _t_interval(x: np.ndarray, level: float = 0.90) -> tuple[float, float, float]:
+def t_interval(x, level: float = 0.90) -> tuple[float, float, float]:
+    """Mean of the runs ``x`` and its two-sided ``level`` t-interval (infinite ends for one run)."""
+    x = np.asarray(x, dtype=np.float64)
     m = float(x.mean())
     if x.size < 2:
         return m, -math.inf, math.inf
@@ -127,10 +129,10 @@ def _convergence(d: pd.DataFrame, target_h: float, design: ClaimDesign, kl: str,
     dist = d.H.to_numpy() - target_h
     if len(d) < 2:
         return "not tested (fewer than 2 runs left)", f"measured: {len(d)} run(s) without a reward collapse"
-    m, lo, hi = _t_interval(dist)
+    m, lo, hi = t_interval(dist)
     mde = equivalence_mde(design.sd(kl, meth), n_planned)
     moving = d[(np.abs(dist) > design.margin) & ((d.H - d.H_prev).abs() > np.abs(dist))]
-    verdict = decide_within(m, min(lo, m), max(hi, m), design.margin, mde, acted=acted, settled=moving.empty)
+    verdict = decide_within(m, lo, hi, design.margin, mde, acted=acted, settled=moving.empty)
     line = (f"measured: H - target = {m:+.3f} [{lo:+.3f}, {hi:+.3f}] nats (90% interval; target {target_h:.3f}, "
             f"margin +-{design.margin:g}, planned MDE {mde:.3f}); final H per seed {np.round(d.H.to_numpy(), 3).tolist()}")
     if not moving.empty:
@@ -193,7 +195,7 @@ def headline_claims(runs: pd.DataFrame, design: ClaimDesign) -> pd.DataFrame:
             trained = bool(len(ok["vanilla"]) and (ok["vanilla"].reward - ok["vanilla"].reward_start).mean() > 0)
             if len(pair) >= 2:
                 diff = (pair.hv_m - pair.hv_v).to_numpy()
-                m, lo, hi = _t_interval(diff)
+                m, lo, hi = t_interval(diff)
                 p = float(st.t.sf(m / (diff.std(ddof=1) / math.sqrt(diff.size)), diff.size - 1)) if diff.std() > 0 else float(m <= 0)
                 verdict = decide(effect, m, lo, hi, mde, acted=acted, control_trained=trained)
                 line = (f"measured: {m:+.3f} [{lo:+.3f}, {hi:+.3f}] (90% interval, {len(pair)} seeds); planned MDE "

@@ -25,6 +25,7 @@ import pandas as pd
 
 from mdkl.lm.trainer import LMConfig, LMResult, train_cached
 from mdkl.lm.smalllm import ONETWO_SMALL, SmallLMConfig
+from mdkl.metrics import hypervolume
 
 __all__ = ["SMALL_P95", "SMALL_RUN", "PAPER_BETAS", "ARMS", "SUCCESSOR_ARMS", "METHODS", "method_of", "arm_config", "run_grid", "split_kl", "run_summary", "arm_table"]
 
@@ -135,8 +136,6 @@ def run_summary(res: LMResult, target_p1: float, last: int = 3, collapse_below: 
     ``H_prev`` the entropy over the ``last`` checkpoints before those (is the run still moving?),
     ``hv`` the hypervolume of the run's checkpoints after step 0 in (reward, entropy)
     (:func:`mdkl.metrics.hypervolume`), ``reward_start`` the reward at step 0."""
-    from mdkl.metrics import hypervolume
-
     ck, h = res.checkpoints, res.history
     tail = ck.iloc[-last:]
     prev = ck.iloc[-2 * last:-last] if len(ck) > last else ck.iloc[:1]
