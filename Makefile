@@ -40,7 +40,7 @@ export ATEN_CPU_CAPABILITY MKL_CBWR ONEDNN_MAX_CPU_ISA
 endif
 endif
 
-.PHONY: all help env test unit nbval nbval-native lab publish onetwo-paths bench gpu-check check-machine chem-prior chem-calibrate clean-cache clean $(notdir $(basename $(NOTEBOOKS)))
+.PHONY: all help env test unit nbval nbval-native lab publish readme onetwo-paths bench gpu-check check-machine chem-prior chem-calibrate clean-cache clean $(notdir $(basename $(NOTEBOOKS)))
 
 help: ## show this help
 	@echo "mdkl make targets (PROFILE=quick|cpu|paper, default cpu):"
@@ -68,7 +68,8 @@ executed/$(PROFILE)/%.ipynb: notebooks/%.ipynb $(MDKL_SOURCES) | $(ENV_STAMP)
 	MDKL_PROFILE=$(PROFILE) TQDM_DISABLE=1 $(PY) -m papermill $< $@.tmp.ipynb -k python3 --cwd notebooks \
 	  -p profile $(PROFILE) --execution-timeout $(NB_TIMEOUT) --log-level WARNING \
 	  || { rm -f $@.tmp.ipynb; echo "FAILED: $< (see the cell named above)"; exit 1; }; \
-	mv $@.tmp.ipynb $@; echo "   done in $$(( $$(date +%s) - start )) s"
+	mv $@.tmp.ipynb $@; secs=$$(( $$(date +%s) - start )); echo "   done in $$secs s"; \
+	echo "$*,$(PROFILE),$$secs,$$(date -u +%FT%TZ)" >> $(@D)/timings.csv
 
 $(notdir $(basename $(NOTEBOOKS))): %: executed/$(PROFILE)/%.ipynb
 
@@ -115,6 +116,9 @@ nbval: $(ENV_STAMP) ## notebook validation only (quick profile)
 publish: ## after `make all` (cpu): copy executed notebooks back into notebooks/ (outputs for readers)
 	@test "$(PROFILE)" = cpu || { echo "publish only the default profile (PROFILE=cpu)"; exit 1; }
 	$(PY) -m mdkl.runtime publish executed/cpu notebooks
+
+readme: $(ENV_STAMP) ## regenerate README.md's results table from the committed notebooks, data/results/ and data/timings.csv
+	$(PY) -m mdkl.checks.readme
 
 onetwo-paths: $(ENV_STAMP) ## notebook 05's grid on the native kernels: its headline verdicts beside the committed ones (~21 min)
 	$(NATIVE) $(PY) -m mdkl.checks.onetwo_paths

@@ -5,4 +5,6 @@
   against the CPU, throughput, memory
 - ``mdkl.checks.onetwo_paths`` ``make onetwo-paths``: notebook 05's grid on another numeric path, its
   headline verdicts beside the committed ones
+- ``mdkl.checks.readme`` ``make readme``: the README's results table, generated from the committed
+  notebooks, result CSVs and ``data/timings.csv``
 """

@@ -1,5 +1,5 @@
 """The 1-2 task on TRL: :class:`mdkl.lm.trl_ext.MDKLGRPOTrainer` trained on the 1-2 prompt with
-the task's reward (see the README, "Scale-out with TRL").
+the task's reward (see docs/trl.md).
 
 :func:`onetwo_reward` is the task's reward as a TRL reward function; :func:`main` is the command
 line, every :class:`~mdkl.lm.trl_ext.MDKLGRPOConfig` field a flag::
