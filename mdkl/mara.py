@@ -31,7 +31,7 @@ from mdkl.targets import check_beta, check_ref, check_rewards, forward_kl_target
 #: MARA's inputs are checked by :func:`check_group_ids` (one id per sample, integers >= 0), the
 #: private ``_prepare`` (shapes, NaN / inf, dtypes) and :func:`check_tau`.
 
-__all__ = ["mara_anchor", "mara_rewards", "mara_substitute", "mara_target", "mara_forward_target",
+__all__ = ["check_tau_in_reward_range", "mara_anchor", "mara_rewards", "mara_substitute", "mara_target", "mara_forward_target",
            "batch_percentile_tau", "check_mara_has_kl", "check_group_ids", "check_tau", "group_first_argmax",
            "as_float_tensor", "MARA_FOR_KL", "ANCHORS"]
 
@@ -97,6 +97,29 @@ def check_tau(tau) -> None:
     if t.is_floating_point() and not torch.isfinite(t).all():
         raise ValueError(f"tau is NaN or infinite (got {tau!r}): pick a finite reward threshold, e.g. "
                          f"batch_percentile_tau(rewards, 90)")
+
+
+def check_tau_in_reward_range(tau: float, reward_min: float, reward_max: float) -> None:
+    """A fixed MARA threshold against the rewards a task can give (Alg. 1-2 act on {R >= tau}).
+
+    ``tau > reward_max``: no sample can ever reach it, so MARA never anchors and the run is silently
+    vanilla: a ``ValueError`` naming the fix. ``tau <= reward_min``: every sample is 'above tau',
+    including those at the lowest reward (e.g. an invalid answer at 0 on a 0/1 task), so the anchor,
+    chosen by reference support, can be one of them and the good outputs' rewards fall toward its
+    (a ``UserWarning``; ``reward_min = -inf``: unknown, no warning). With two reward levels every tau in (reward_min, reward_max] picks the same
+    good set, so tau is then immaterial."""
+    if not (np.isfinite(reward_max) and reward_min <= reward_max) or np.isnan(reward_min):
+        raise ValueError(f"reward range needs a finite max and min <= max (got [{reward_min}, {reward_max}]; "
+                         f"min may be -inf when unknown)")
+    if tau > reward_max:
+        raise ValueError(f"tau={tau} is above every reward the task gives (max {reward_max}): MARA would never "
+                         f"anchor and the run would be vanilla; choose tau <= {reward_max}")
+    if tau <= reward_min:
+        import warnings
+
+        warnings.warn(f"tau={tau} <= the lowest reward {reward_min}: every sample counts as 'above tau', so a "
+                      f"lowest-reward output (e.g. an invalid answer) can become MARA's anchor; choose tau > "
+                      f"{reward_min}", UserWarning, stacklevel=3)
 
 
 def _prepare(rewards, logp_ref, group, tau):

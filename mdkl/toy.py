@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from mdkl.kl import kl_gradient_direction
+from mdkl.mara import check_tau_in_reward_range
 from mdkl.runtime import progress_bar, resolve_device
 from mdkl.shaping import ShapingConfig, advantages, policy_loss, shape_rewards
 from mdkl.successors import SuccessorFields
@@ -170,11 +171,10 @@ class GaussianPolicy(torch.nn.Module):
         return torch.cat([self.mean, self.log_std.exp()], 1).detach().cpu().numpy()
 
 
-def _validate(cfg: ToyConfig, max_reward: float | None) -> ShapingConfig:
+def _validate(cfg: ToyConfig, reward_range: tuple[float, float] | None) -> ShapingConfig:
     shaping = cfg.shaping  # beta, KL, MARA and advantage settings
-    if shaping.mara != "none" and max_reward is not None and cfg.tau > max_reward:
-        raise ValueError(f"tau={cfg.tau} is above every reward (max R = {max_reward}): "
-                         f"MARA would never anchor; choose tau <= max R")
+    if shaping.mara != "none" and shaping.tau_percentile is None and reward_range is not None:
+        check_tau_in_reward_range(cfg.tau, *reward_range)
     if cfg.batch_size < 1 or cfg.steps < 0 or cfg.n_seeds < 1:
         raise ValueError("batch_size, n_seeds must be >= 1 and steps >= 0")
     return shaping
@@ -187,6 +187,7 @@ def train_toy(
     ref_log_prob: Callable[[torch.Tensor], torch.Tensor],
     *,
     max_reward: float | None = None,
+    min_reward: float | None = None,
     progress: bool = False,
 ) -> ToyResult:
     """REINFORCE on ``E[R] - beta * KL`` (+ entropy, + MARA) for ``cfg.steps`` steps.
@@ -199,7 +200,8 @@ def train_toy(
     the reward, entropy bonus; :func:`mdkl.shaping.advantages`; :func:`mdkl.shaping.policy_loss`:
     REINFORCE + the estimator as a loss), and one AdamW step.
     """
-    shaping = _validate(cfg, max_reward)
+    shaping = _validate(cfg, None if max_reward is None else
+                        (-np.inf if min_reward is None else min_reward, max_reward))
     device = resolve_device(cfg.device)
     policy.to(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -256,7 +258,7 @@ def train_categorical(cfg: ToyConfig, rewards, ref, *, progress: bool = False) -
     device = resolve_device(cfg.device)
     r, log_ref = r.to(device), log_ref.to(device)
     return train_toy(cfg, policy, lambda x: r[x], lambda x: log_ref[x],
-                     max_reward=float(r.max()), progress=progress)
+                     max_reward=float(r.max()), min_reward=float(r.min()), progress=progress)
 
 
 def train_categorical_cached(name: str, cfg: ToyConfig, rewards, ref, *, force: bool = False) -> ToyResult:

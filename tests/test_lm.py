@@ -274,3 +274,15 @@ def test_load_trained_merges_lora(tiny, monkeypatch):
         b = rollout.sequence_logprobs(pm.eval(), ids, m, c, cm)
         base_lp = rollout.sequence_logprobs(model, ids, m, c, cm)
     assert torch.allclose(a, b, atol=1e-4) and not torch.allclose(a, base_lp, atol=1e-4)
+
+
+def test_lm_trainer_checks_a_fixed_tau_against_the_tasks_rewards(tiny):
+    """The 1-2 task gives 0/1 rewards: tau = 1.5 would silently be vanilla (refused before any
+    step), tau = 0 lets an invalid answer anchor (warned)."""
+    model, tok = tiny
+    assert onetwo.OneTwoTask.reward_range == (0.0, 1.0)
+    cfg = lm.LMConfig(beta=0.05, mara="auto", steps=0, group_size=2, prompts_per_step=1, eval_samples=0)
+    with pytest.raises(ValueError, match="above every reward"):
+        lm.train(cfg.replace(tau=1.5), onetwo.OneTwoTask(), copy.deepcopy(model), tok, progress=False)
+    with pytest.warns(UserWarning, match="lowest reward"):
+        lm.train(cfg.replace(tau=0.0), onetwo.OneTwoTask(), copy.deepcopy(model), tok, progress=False)

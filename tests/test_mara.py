@@ -432,3 +432,23 @@ def test_toy_trainer_accepts_anchor_variants():
     for anchor in ("reward", "random"):
         out = train_categorical(cfg.replace(anchor=anchor), [1.0, 1.0, 0.0], [0.6, 0.1, 0.3]).final
         assert np.all(np.isfinite(out)) and np.allclose(out.sum(1), 1.0)
+
+
+def test_tau_against_the_reward_range_refuses_above_and_warns_at_or_below():
+    """A fixed tau above every reward makes MARA silently vanilla; at or below the lowest reward an
+    invalid output can anchor. Inside the range nothing is said."""
+    from mdkl.mara import check_tau_in_reward_range
+
+    with pytest.raises(ValueError, match=r"tau=1.5 is above every reward.*choose tau <= 1.0"):
+        check_tau_in_reward_range(1.5, 0.0, 1.0)
+    with pytest.warns(UserWarning, match=r"tau=0.0 <= the lowest reward 0.0.*choose tau > 0.0"):
+        check_tau_in_reward_range(0.0, 0.0, 1.0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for tau in (0.01, 0.5, 1.0):
+            check_tau_in_reward_range(tau, 0.0, 1.0)
+        check_tau_in_reward_range(-5.0, -float("inf"), 1.0)  # lowest reward unknown: no warning
+    with pytest.raises(ValueError, match="finite max"):
+        check_tau_in_reward_range(0.5, 0.0, float("nan"))

@@ -113,7 +113,7 @@ def test_mara_training_runs_and_lifts_low_support_good_action():
     (dict(mara="alg1", beta=0.0, tau=1.0), "MARA needs a KL term with beta > 0"),
     (dict(mara="auto", kl="none", tau=1.0), "MARA needs a KL term"),
     (dict(mara="alg1", beta=0.1), "MARA needs a threshold tau"),
-    (dict(mara="alg2", beta=0.1, tau=1.5), "choose tau <= max R"),
+    (dict(mara="alg2", beta=0.1, tau=1.5), "above every reward.*choose tau <= 1.0"),
     (dict(beta=-0.1), "beta must be >= 0"),
     (dict(batch_size=0), "batch_size"),
     (dict(init="uniform"), "unknown init"),
@@ -203,3 +203,11 @@ def test_train_categorical_cached_reuses_and_keys_by_config(tmp_path, monkeypatc
     train_categorical_cached("t", cfg.replace(beta=0.4), [0.0, 1.0], [0.5, 0.5])
     train_categorical_cached("t", cfg, [0.0, 0.9], [0.5, 0.5])
     assert len(list(tmp_path.glob("t-*.pkl"))) == 3
+
+
+def test_toy_trainer_checks_a_fixed_tau_against_the_rewards():
+    base = dict(beta=0.1, steps=2, n_seeds=1, batch_size=4, mara="auto")
+    with pytest.raises(ValueError, match="above every reward"):
+        train_categorical(ToyConfig(tau=1.5, **base), [0.0, 0.5, 1.0], [1 / 3] * 3)
+    with pytest.warns(UserWarning, match="lowest reward"):
+        train_categorical(ToyConfig(tau=0.0, **base), [0.0, 0.5, 1.0], [1 / 3] * 3)

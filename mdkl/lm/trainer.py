@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 
 from mdkl.kl import kl_estimate
+from mdkl.mara import check_tau_in_reward_range
 from mdkl.lm.rollout import sample_completions, sequence_logprobs, tokenize_prompts
 from mdkl.runtime import CACHE_DIR, atomic_write_bytes, cache_key, cached, progress_bar, resolve_device
 from mdkl.shaping import ShapingConfig, advantages, policy_loss, shape_rewards
@@ -91,7 +92,9 @@ class Task(Protocol):
         """Task metrics of a batch of completions (logged per step and at checkpoints). A task may
         also define ``exact_metrics(model, tokenizer) -> dict``, merged into every checkpoint row
         (e.g. :meth:`mdkl.tasks.onetwo.OneTwoTask.exact_metrics`), and ``outcomes(completions)``, one
-        integer outcome id per completion for ``successor='ips'`` (:func:`task_outcomes`)."""
+        integer outcome id per completion for ``successor='ips'`` (:func:`task_outcomes`), and
+        ``reward_range = (min, max)``, the rewards it can give, against which :func:`train` checks a
+        fixed MARA tau (:func:`mdkl.mara.check_tau_in_reward_range`)."""
 
 
 def task_rewards(task: Task, completions: list[str], prompt_index) -> torch.Tensor:
@@ -387,6 +390,9 @@ def train(cfg: LMConfig, task: Task, model, tokenizer, *, ref_model=None, progre
     ``LMResult.extra['log_z']``).
     """
     shaping = validate_config(cfg)
+    reward_range = getattr(task, "reward_range", None)  # optional: the rewards a task can give
+    if shaping.mara != "none" and shaping.tau_percentile is None and reward_range is not None:
+        check_tau_in_reward_range(shaping.tau, *reward_range)
     device, amp = resolve_device(cfg.device), autocast_dtype(cfg)
     model.to(device)
     torch.manual_seed(cfg.seed)  # LoRA initialisation (peft initialises on the CPU, then moves)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import ClassVar, Iterable
 
 import numpy as np
 import torch
@@ -111,6 +111,8 @@ class OneTwoTask:
     format on its own; measured 0/32). '' for the small model, which learned the format."""
     name: str = "onetwo"
     """Short name (cache keys, tables)."""
+    reward_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    """The rewards this task gives (0/1): :func:`mdkl.lm.train` checks a fixed MARA tau against it."""
 
     def prompts(self, tokenizer) -> list[str]:
         """Chat-formatted prompts."""
