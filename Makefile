@@ -120,7 +120,7 @@ publish: ## after `make all` (cpu): copy executed notebooks back into notebooks/
 readme: $(ENV_STAMP) ## regenerate README.md's results table from the committed notebooks, data/results/ and data/timings.csv
 	$(PY) -m mdkl.checks.readme
 
-onetwo-paths: $(ENV_STAMP) ## notebook 05's grid on the native kernels: its headline verdicts beside the committed ones (~21 min)
+onetwo-paths: $(ENV_STAMP) ## notebook 05's grid on the native kernels: its headline verdicts beside the committed ones, and one-seed swaps (~21 min)
 	$(NATIVE) $(PY) -m mdkl.checks.onetwo_paths
 
 bench: $(ENV_STAMP) ## run the benchmark scripts under benchmarks/

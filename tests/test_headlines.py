@@ -73,3 +73,17 @@ def test_onetwo_verdicts_on_the_second_numeric_path_recomputed_from_its_committe
                                      pd.read_csv(RESULTS_DIR / "onetwo_small_runs_native.csv"), "native")
     committed = pd.read_csv(RESULTS_DIR / "onetwo_headlines_paths.csv")
     pd.testing.assert_frame_equal(got.reset_index(drop=True), committed, check_dtype=False)
+
+
+def test_onetwo_one_seed_swaps_recomputed_from_the_committed_runs():
+    """Does a headline hang on one seed? Each seed's runs swapped for the same seed's native-path
+    runs (an independent replicate of the same configuration): the committed table is exactly what
+    the two committed per-run tables give, and it says how many verdicts survive every swap."""
+    from mdkl.checks import onetwo_paths
+
+    got = onetwo_paths.swap_one_seed(pd.read_csv(RESULTS_DIR / "onetwo_small_runs.csv"),
+                                     pd.read_csv(RESULTS_DIR / "onetwo_small_runs_native.csv"))
+    committed = pd.read_csv(RESULTS_DIR / "onetwo_headlines_swaps.csv")
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), committed, check_dtype=False)
+    assert list(got.columns[2:7]) == [f"swap_{s}" for s in range(5)]
+    assert (got.n_changed == got[[f"swap_{s}" for s in range(5)]].ne(got.verdict, axis=0).sum(axis=1)).all()

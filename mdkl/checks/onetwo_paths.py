@@ -7,6 +7,12 @@ verdicts from it and from the committed table (:func:`mdkl.tasks.onetwo_claims.h
 the same frozen design) and writes them side by side to ``data/results/onetwo_headlines_paths.csv``.
 ``make onetwo-paths`` runs it on the CPU's native kernels (``MDKL_NATIVE_KERNELS=1``), the second
 numeric path on every machine; ~21 min on 2 cores.
+
+It also asks whether a headline survives one seed swapped for another (:func:`swap_one_seed`): for
+each seed, that seed's runs (both methods, every cell) are replaced by the same seed's runs on the
+other path, an independent replicate of the same configuration, and every verdict is recomputed;
+``data/results/onetwo_headlines_swaps.csv``. ``--tables-only`` recomputes both tables from the
+committed per-run tables without training.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from mdkl import runtime
 from mdkl.lm import smalllm
 from mdkl.tasks import onetwo, onetwo_claims, onetwo_runs
 
-__all__ = ["path_tag", "grid_runs", "compare_paths", "main"]
+__all__ = ["path_tag", "grid_runs", "compare_paths", "swap_one_seed", "main"]
 
 
 def path_tag() -> str:
@@ -54,19 +60,46 @@ def compare_paths(committed: pd.DataFrame, other: pd.DataFrame, tag: str) -> pd.
     return out
 
 
+def swap_one_seed(committed: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
+    """One row per headline claim: its committed verdict, the verdict with each seed's runs replaced
+    by that seed's runs from ``other`` (``swap_<seed>``), and ``n_changed``: how many of those single
+    swaps change it (0: the verdict does not hang on any one seed's last bits)."""
+    design = onetwo_claims.load_design(runtime.DATA_DIR / "onetwo_planning.json")
+    out = onetwo_claims.headline_claims(committed, design)[["statement", "verdict"]]
+    seeds = sorted(set(committed.seed) & set(other.seed))
+    if not seeds:
+        raise ValueError("the two per-run tables share no seed: nothing to swap")
+    for s in seeds:
+        alt = pd.concat([committed[committed.seed != s], other[other.seed == s]], ignore_index=True)
+        v = onetwo_claims.headline_claims(alt, design)[["statement", "verdict"]]
+        out = out.merge(v.rename(columns={"verdict": f"swap_{s}"}), on="statement", validate="one_to_one")
+    cols = [f"swap_{s}" for s in seeds]
+    out["n_changed"] = out[cols].ne(out.verdict, axis=0).sum(axis=1)
+    return out
+
+
 def main(argv=None) -> pd.DataFrame:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2, help="parallel training processes (default 2)")
+    ap.add_argument("--tables-only", action="store_true",
+                    help="recompute the comparison tables from the committed per-run tables; train nothing")
     args = ap.parse_args(argv)
-    tag = path_tag()
-    print(f"numeric path: {runtime.numeric_path()}")
-    runs = grid_runs(workers=args.workers)
-    runtime.write_csv(runs, f"onetwo_small_runs_{tag}")
-    cmp = compare_paths(pd.read_csv(runtime.RESULTS_DIR / "onetwo_small_runs.csv"), runs, tag)
+    tag = "native" if args.tables_only else path_tag()
+    committed = pd.read_csv(runtime.RESULTS_DIR / "onetwo_small_runs.csv")
+    if args.tables_only:
+        runs = pd.read_csv(runtime.RESULTS_DIR / f"onetwo_small_runs_{tag}.csv")
+    else:
+        print(f"numeric path: {runtime.numeric_path()}")
+        runs = grid_runs(workers=args.workers)
+        runtime.write_csv(runs, f"onetwo_small_runs_{tag}")
+    cmp = compare_paths(committed, runs, tag)
     runtime.write_csv(cmp, "onetwo_headlines_paths")
+    swaps = swap_one_seed(committed, runs)
+    runtime.write_csv(swaps, "onetwo_headlines_swaps")
     with pd.option_context("display.width", 250, "display.max_colwidth", 100):
         print(cmp.to_string(index=False))
-    print(f"{int((~cmp.same).sum())} of {len(cmp)} headline verdicts differ between the committed path and {tag}")
+    print(f"{int((~cmp.same).sum())} of {len(cmp)} headline verdicts differ between the committed path and {tag}; "
+          f"{int((swaps.n_changed == 0).sum())} of {len(swaps)} survive every single-seed swap")
     return cmp
 
 
