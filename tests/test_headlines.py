@@ -13,15 +13,16 @@ from mdkl.runtime import DATA_DIR, RESULTS_DIR, ROOT
 from mdkl.tasks import creative_design as cd, onetwo_claims
 
 
+def printed(notebook: str) -> list[str]:
+    """The text of every stream output of the committed notebook, in order."""
+    nb = json.loads((ROOT / "notebooks" / notebook).read_text())
+    return ["".join(out["text"]) for cell in nb["cells"] for out in cell.get("outputs", [])
+            if out.get("output_type") == "stream"]
+
+
 def printed_verdicts(notebook: str) -> list[str]:
     """Every '[verdict] statement' line the committed notebook printed, in order."""
-    nb = json.loads((ROOT / "notebooks" / notebook).read_text())
-    lines = []
-    for cell in nb["cells"]:
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "stream":
-                lines += [s for s in "".join(out["text"]).splitlines() if s.startswith("[")]
-    return lines
+    return [s for text in printed(notebook) for s in text.splitlines() if s.startswith("[")]
 
 
 def test_chemistry_primary_verdicts_recomputed_from_the_committed_runs():
@@ -59,6 +60,10 @@ def test_onetwo_headline_verdicts_recomputed_from_the_committed_runs():
     statements = set(claims.statement)
     got = [s for s in printed_verdicts("05_one_two_task.ipynb") if s.split("] ", 1)[-1] in statements]
     assert got == want
+    # each claim family's cell prints exactly its lines, the measured detail included
+    texts = [t.rstrip("\n") for t in printed("05_one_two_task.ipynb")]
+    for family in onetwo_claims.CLAIMS:
+        assert onetwo_claims.report(claims, family) in texts, family
     # the headline is the whole grid: the paper's four betas, five seeds per arm
     assert sorted(runs.beta.unique()) == [0.001, 0.01, 0.02, 0.03]
     assert runs.groupby(["kl", "method", "beta"]).seed.nunique().min() >= 5

@@ -93,3 +93,35 @@ def test_holm_runs_over_the_front_claims_and_bad_tables_are_refused():
 def test_planning_pools_the_spread_over_betas():
     runs = pd.DataFrame({"kl": "reverse", "method": "MARA", "beta": [0.1] * 3 + [0.2] * 3, "H": [0, 1, 2, 0, 0, 0]})
     assert oc.planning_from_pilot(runs)["reverse/MARA"] == pytest.approx(math.sqrt((1.0 * 2 + 0.0 * 2) / 4))
+
+
+def test_report_keeps_each_verdict_line_whole_and_wraps_the_detail():
+    runs = table([0.01] * 5, [0.40, 0.42, 0.45, 0.41, 0.43])
+    runs.loc[runs.method == "MARA", "H_prev"] = runs.loc[runs.method == "MARA", "H"] - 0.35
+    _, c = verdicts(runs)
+    for claim in oc.CLAIMS:
+        lines = oc.report(c, claim, width=60).splitlines()
+        rows = c[c.claim == claim]
+        assert [s for s in lines if s.startswith("[")] == [f"[{r.verdict}] {r.statement}" for r in rows.itertuples()]
+        detail = [s for s in lines if not s.startswith("[")]
+        assert detail and all(len(s) <= 60 for s in detail) and detail[0].startswith("    measured: ")
+        assert " ".join(s.strip() for s in detail) == " ".join(rows.measured)  # nothing lost in the wrapping
+    with pytest.raises(ValueError, match="unknown claim"):
+        oc.report(c, "everything")
+
+
+def test_verdict_grid_has_one_cell_per_claim():
+    runs = pd.concat([table([0.01] * 5, [0.69] * 5, beta=b, kl=kl) for b in (0.001, 0.03) for kl in ("reverse", "forward")])
+    _, c = verdicts(runs)
+    g = oc.verdict_grid(c)
+    assert list(g.columns) == ["0.001", "0.03", "every beta"]
+    assert len(g) == 4 * 2 + 2 * 2  # claims 1-4 per KL, the collapse claim per method and KL
+    assert (g != "").sum().sum() == len(c)
+    assert g.loc[("3. MARA -> uniform split", "forward"), "0.03"] == "holds"
+    assert g.loc[("5. no reward collapse, vanilla", "reverse"), "every beta"] == "holds"
+    moving = table([0.01] * 5, [0.40, 0.42, 0.45, 0.41, 0.43])
+    moving.loc[moving.method == "MARA", "H_prev"] = moving.loc[moving.method == "MARA", "H"] - 0.35
+    _, c = verdicts(moving)
+    assert oc.verdict_grid(c).loc[("3. MARA -> uniform split", "reverse"), "0.03"] == "not tested"
+    assert oc.verdict_grid(c, short=False).loc[("3. MARA -> uniform split", "reverse"), "0.03"] == \
+        "not tested (still moving toward the target)"

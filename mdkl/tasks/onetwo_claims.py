@@ -3,8 +3,10 @@
 Notebook 05 writes one row per run (:func:`mdkl.tasks.onetwo_runs.run_summary`) to
 ``data/results/onetwo_small_runs.csv``; :func:`headline_claims` turns that table and the design
 frozen before the runs (:class:`ClaimDesign`, ``data/onetwo_planning.json``) into the headline
-verdicts, with the rules of :mod:`mdkl.stats.verdicts`. ``tests/test_headlines.py`` recomputes them
-from the committed CSV and checks that the committed notebook prints exactly them.
+verdicts, with the rules of :mod:`mdkl.stats.verdicts`; :func:`report` prints one claim family
+(verdict lines whole, the measured detail wrapped) and :func:`verdict_grid` tabulates every verdict.
+``tests/test_headlines.py`` recomputes them from the committed CSV and checks that the committed
+notebook prints exactly them.
 
 Every claim is stated in nats of the exact valid-answer entropy ``H`` (the quantity Fig. 6a plots),
 per KL direction and beta, on every seed of the grid:
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,7 +47,7 @@ from mdkl.stats.verdicts import (decide, decide_majority, decide_within, equival
                                  rate_interval)
 
 __all__ = ["ClaimDesign", "planning_from_pilot", "load_design", "save_design", "binary_entropy", "t_interval",
-           "headline_claims", "format_claim", "CLAIMS"]
+           "headline_claims", "format_claim", "report", "verdict_grid", "CLAIMS", "SHORT"]
 
 LN2 = math.log(2)
 #: the headline claims, in the order they are printed (statement templates: {kl}, {beta})
@@ -54,6 +57,14 @@ CLAIMS = {
     "MARA target": "MARA converges to the uniform split, {kl} KL, beta = {beta:g}",
     "front": "MARA's checkpoints dominate vanilla's (hypervolume, paired by seed), {kl} KL, beta = {beta:g}",
     "no collapse": "no {method} run's reward collapses, {kl} KL (every beta)",
+}
+#: a few words per claim, the row labels of :func:`verdict_grid`
+SHORT = {
+    "one answer": "1. vanilla ends on one answer",
+    "vanilla target": "2. vanilla -> reference split",
+    "MARA target": "3. MARA -> uniform split",
+    "front": "4. MARA's front dominates",
+    "no collapse": "5. no reward collapse",
 }
 
 
@@ -236,3 +247,35 @@ def headline_claims(runs: pd.DataFrame, design: ClaimDesign) -> pd.DataFrame:
 def format_claim(claim: str, kl: str, beta: float, method: str, design: ClaimDesign) -> str:
     """The statement printed after ``[verdict]`` for one headline claim."""
     return CLAIMS[claim].format(kl=kl, beta=beta, method=method, c=design.collapse_entropy)
+
+
+def report(claims: pd.DataFrame, claim: str, width: int = 110) -> str:
+    """The printed lines of one claim family (a key of :data:`CLAIMS`) of :func:`headline_claims`:
+    per claim ``[verdict] statement`` (kept whole: ``tests/test_headlines.py`` reads it back) and
+    under it the ``measured`` detail wrapped to ``width`` characters."""
+    if claim not in CLAIMS:
+        raise ValueError(f"unknown claim {claim!r}: one of {list(CLAIMS)}")
+    lines = []
+    for r in claims[claims.claim == claim].itertuples():
+        lines.append(f"[{r.verdict}] {r.statement}")
+        lines += textwrap.wrap(r.measured, width, initial_indent="    ", subsequent_indent="      ",
+                               break_on_hyphens=False)
+    return "\n".join(lines)
+
+
+def verdict_grid(claims: pd.DataFrame, short: bool = True) -> pd.DataFrame:
+    """Every verdict of :func:`headline_claims` at a glance: one row per claim family and KL
+    (the reward-collapse claim: per method too), one column per beta (``every beta`` for the
+    reward-collapse claim, which pools them); empty where a claim is not made. ``short`` drops the
+    reason in parentheses ("not tested (underpowered)" -> "not tested") and "than the paper's",
+    which the claim's printed line (:func:`report`) keeps."""
+    label = claims.claim.map(SHORT) + np.where(claims.claim == "no collapse", ", " + claims.method, "")
+    col = [f"{b:g}" if np.isfinite(b) else "every beta" for b in claims.beta]
+    verdict = claims.verdict.str.replace(r" \(.*\)$", "", regex=True).str.replace(" than the paper's", "") \
+        if short else claims.verdict
+    cells = pd.DataFrame({"claim": label, "KL": claims.kl, "beta": col, "verdict": verdict})
+    labels, kls = list(dict.fromkeys(cells.claim)), list(dict.fromkeys(cells.KL))
+    rows = sorted(set(zip(cells.claim, cells.KL)), key=lambda t: (labels.index(t[0]), kls.index(t[1])))
+    cols = [f"{b:g}" for b in sorted(claims.beta.dropna().unique())] + ["every beta"] * int(claims.beta.isna().any())
+    out = cells.pivot(index=["claim", "KL"], columns="beta", values="verdict")
+    return out.reindex(index=pd.MultiIndex.from_tuples(rows, names=["claim", "KL"]), columns=cols).fillna("")
