@@ -184,3 +184,33 @@ def test_mara_activity_per_run():
     assert mara_activity(a, 640) == {"batches_2plus_frac": 0.4, "changed_frac": 50 / 640, "mean_augmentation": -0.01}
     with pytest.raises(ValueError, match="anchors"):
         mara_activity({"batches": 0}, 640)
+
+
+def test_notebook_knobs_are_checked_and_typed():
+    from mdkl.chem.stats import SetupError, check_knobs
+
+    ok = dict(seed=0, max_seeds=None, reward_calls=None, claim_calls=1_000, tau=0.85, sigma=128.0, batch_size=64,
+              lr=None)
+    assert check_knobs(**ok) == ok
+    typed = check_knobs(**{**ok, "sigma": 128, "tau": 1, "max_seeds": 6.0, "reward_calls": 2000, "lr": 1e-4})
+    assert typed["sigma"] == 128.0 and isinstance(typed["sigma"], float)  # -p sigma 128 keys the runs as 128.0
+    assert isinstance(typed["tau"], float) and typed["max_seeds"] == 6 and isinstance(typed["max_seeds"], int)
+    for bad, match in [({"sigma": -1.0}, "sigma = -1.0: DAP's sigma"), ({"sigma": float("inf")}, "sigma"),
+                       ({"tau": 0.0}, r"tau in \(0, 1\]"), ({"tau": 1.2}, "MARA never acts"),
+                       ({"max_seeds": 1}, ">= 2 seeds"), ({"batch_size": 1}, "batch_size = 1"),
+                       ({"reward_calls": 10}, "at least one batch"), ({"claim_calls": 0}, "claim_calls"),
+                       ({"seed": -1}, "seed = -1"), ({"seed": 1.5}, "integer"), ({"lr": 0}, "positive"),
+                       ({"batch_size": True}, "integer"), ({"tau": "0.8"}, "tau")]:
+        with pytest.raises(SetupError, match=match):
+            check_knobs(**{**ok, **bad})
+    assert issubclass(SetupError, ValueError)
+    assert SetupError("run `make x` first")._render_traceback_() == ["SetupError: run `make x` first"]  # one line
+
+
+def test_evaluation_seeds_avoid_the_calibration_seeds():
+    from mdkl.chem.stats import SetupError, evaluation_seeds
+
+    assert evaluation_seeds(0, 6, (1000, 1001, 1002)) == [0, 1, 2, 3, 4, 5]
+    assert evaluation_seeds(1003, 2, (1000, 1001, 1002)) == [1003, 1004]
+    with pytest.raises(SetupError, match=r"seeds \[1000, 1001\] were the calibration's"):
+        evaluation_seeds(998, 4, (1000, 1001, 1002))

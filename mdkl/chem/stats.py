@@ -2,8 +2,9 @@
 one-sided test of MARA against REINVENT on log yield ratios at the same seed, its power and the
 number of seeds it needs, the minimum detectable effect of any t-test from a measured spread,
 non-inferiority of the diversity metrics (IntDiv1, #Circles), MARA's activity floor and the
-control's training (the gates of :mod:`mdkl.stats.verdicts`), and the headline verdicts computed
-from the per-run table (:func:`primary_tests`).
+control's training (the gates of :mod:`mdkl.stats.verdicts`), the headline verdicts computed
+from the per-run table (:func:`primary_tests`), and the checks of the notebook's knobs
+(:func:`check_knobs`, :func:`evaluation_seeds`).
 
 Why paired: REINVENT and MARA runs with the same seed sample identical batches until MARA first
 changes a reward, so the seed-to-seed spread cancels in log(yield_MARA / yield_REINVENT).
@@ -22,7 +23,8 @@ from mdkl.stats.paired import min_detectable_shift, t_power
 __all__ = ["PreRegistration", "log_yield_ratios", "paired_power",
            "seeds_for_power", "plan_seeds", "min_detectable_effect", "welch_min_detectable_effect", "paired_log_ratio_test",
            "primary_verdict", "control_trained", "acted_enough", "PAPER_YIELD", "TASK_LABELS", "paper_gain", "primary_tests",
-           "primary_statement", "noninferiority", "mara_activity", "mara_activity_verdict"]
+           "primary_statement", "noninferiority", "mara_activity", "mara_activity_verdict", "SetupError", "check_knobs",
+           "evaluation_seeds"]
 
 
 @dataclass(frozen=True)
@@ -329,3 +331,59 @@ def mara_activity_verdict(anchors: list[dict], reward_calls: int, prereg: PreReg
     shares = [_activity_shares(a, reward_calls) for a in anchors]
     ok = acted_enough([x["changed_frac"] for x in shares], [x["batches_2plus_frac"] for x in shares], prereg)
     return "tested" if ok else "not tested"
+
+
+class SetupError(ValueError):
+    """A knob of notebook 06 out of range, or a step it needs that has not run; the message names the
+    fix. IPython shows the message alone, on one line, without a traceback."""
+
+    def _render_traceback_(self):
+        return [f"{type(self).__name__}: {self}"]
+
+
+def _integer(name: str, value, low: int, why: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not float(value).is_integer() or value < low:
+        raise SetupError(f"{name} = {value!r}: use an integer >= {low} ({why})")
+    return int(value)
+
+
+def _number(name: str, value, ok, rule: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or not ok(float(value)):
+        raise SetupError(f"{name} = {value!r}: {rule}")
+    return float(value)
+
+
+def check_knobs(*, seed, max_seeds, reward_calls, claim_calls, tau, sigma, batch_size, lr) -> dict:
+    """Notebook 06's knobs, checked, with their types fixed (an integer-valued float becomes an int,
+    a number a float: ``-p sigma 128`` then keys the same cached runs as the default 128.0). ``None``
+    (the profile's or the calibration's value) is kept for ``max_seeds``, ``reward_calls`` and ``lr``.
+    Raises :class:`SetupError` naming the fix."""
+    out = {"seed": _integer("seed", seed, 0, "the first evaluation seed"),
+           "batch_size": _integer("batch_size", batch_size, 2, "MARA acts only in a batch with >= 2 good samples")}
+    b = out["batch_size"]
+    out["max_seeds"] = None if max_seeds is None else _integer("max_seeds", max_seeds, 2,
+                                                               "the paired test needs >= 2 seeds; None: the profile's")
+    out["reward_calls"] = None if reward_calls is None else _integer(
+        "reward_calls", reward_calls, b, f"at least one batch of batch_size = {b}; None: the profile's")
+    out["claim_calls"] = _integer("claim_calls", claim_calls, b, f"at least one batch of batch_size = {b}")
+    out["tau"] = _number("tau", tau, lambda x: 0 < x <= 1,
+                         "rewards lie in [0, 1], so tau > 1 leaves no good sample (MARA never acts: REINVENT) and "
+                         "tau <= 0 lets an invalid SMILES (reward 0) anchor a batch; use a tau in (0, 1]")
+    out["sigma"] = _number("sigma", sigma, lambda x: x > 0,
+                           "DAP's sigma is 1/beta, a positive number (REINVENT's default 128)")
+    out["lr"] = None if lr is None else _number("lr", lr, lambda x: x > 0,
+                                                "a learning rate is a positive number, e.g. 5e-4; None: the "
+                                                "calibration's")
+    return out
+
+
+def evaluation_seeds(seed: int, n: int, calibration_seeds) -> list[int]:
+    """The evaluation seeds ``seed``, ..., ``seed + n - 1``, checked disjoint from the seeds the reward
+    was calibrated on (REINVENT runs that chose the reward must not also judge MARA against it)."""
+    seeds = list(range(seed, seed + n))
+    if clash := sorted(set(seeds) & set(calibration_seeds)):
+        raise SetupError(f"seeds {clash} were the calibration's (seeds {sorted(calibration_seeds)}): choose seed so "
+                         f"that seed, ..., seed + {n - 1} avoids them (e.g. seed = 0)")
+    return seeds
