@@ -29,8 +29,6 @@ MAX_LINE, MAX_PLAIN = 200, 3000
 #: notebook stem -> {check: reason}: a notebook that fails a check for a stated reason (empty: every
 #: notebook passes every check)
 KNOWN: dict[str, dict[str, str]] = {
-    "04_mara_toy": {"long lines": "per-seed details on one line; rewritten as tables at its re-execution"},
-    "06_chemistry": {"long lines": "a method description on one line; wrapped at its re-execution"},
     "08_successors": {"raw dumps": "the targets' summary printed as text; a table at its re-execution"},
 }
 
