@@ -19,6 +19,7 @@ Core (top level; ``runtime`` and ``plotting`` are its infrastructure):
 - ``mdkl.shaping``  the one shaping path of every trainer: rewards (MARA, KL, entropy), advantages, loss
 - ``mdkl.successors`` the reward / advantage / loss transforms proposed after MARA against the same
   collapse (Differential Smoothing, inverse-probability scaling, UCPO, FlowRL) and their exact targets
+- ``mdkl.ucpo_exact`` UCPO's exact target at a finite group size (``successors.ucpo_target`` is its large-group limit)
 - ``mdkl.metrics``  entropy, coverage (Def. 3.5), Pareto front and other evaluation metrics
 - ``mdkl.exact``    the objectives as differentiable torch functions and exact-gradient ascent
 - ``mdkl.token_tree`` an exact tabular autoregressive policy over enumerable token sequences (MARA checks)

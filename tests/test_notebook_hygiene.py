@@ -28,9 +28,7 @@ MAX_LINE, MAX_PLAIN = 200, 3000
 
 #: notebook stem -> {check: reason}: a notebook that fails a check for a stated reason (empty: every
 #: notebook passes every check)
-KNOWN: dict[str, dict[str, str]] = {
-    "08_successors": {"raw dumps": "the targets' summary printed as text; a table at its re-execution"},
-}
+KNOWN: dict[str, dict[str, str]] = {}
 
 
 def _load(path: Path) -> list[dict]:

@@ -195,3 +195,75 @@ def test_task_outcomes_are_the_parsed_answers():
 
     with pytest.raises(ValueError, match="one integer id per completion"):
         lm.task_outcomes(Bad(), texts)
+
+
+# ----------------------------------------------------------------------------------------------
+# UCPO at a finite group size (mdkl.ucpo_exact)
+# ----------------------------------------------------------------------------------------------
+def _enumerated_ucpo_advantages(pi, rewards, G, ucpo_tau, baseline):
+    """E[A | y] of the transform itself (S.ucpo_advantages), averaged over every one of the n^G
+    groups with its probability: exact, independent of the Laplace-form derivation."""
+    import itertools
+
+    n = len(pi)
+    seqs = np.array(list(itertools.product(range(n), repeat=G)))
+    prob = np.prod(pi[seqs], 1)
+    r = torch.as_tensor(rewards[seqs], dtype=torch.float64)
+    k = r.sum(1, keepdim=True)
+    adv = r - (k - r) / (G - 1) if baseline == "rloo" else r - k / G
+    grp = torch.arange(len(seqs)).repeat_interleave(G)
+    logp = torch.log(torch.as_tensor(pi))[torch.as_tensor(seqs).flatten()]
+    a = S.ucpo_advantages(adv.flatten(), r.flatten() >= 1, logp, grp, ucpo_tau).view(-1, G).numpy()
+    # by exchangeability E[A_1 | y_1 = y] = E[sum_i A_i 1{y_i = y}] / (G pi_y)
+    return np.array([(prob[:, None] * a * (seqs == y)).sum() / (G * pi[y]) for y in range(n)])
+
+
+@pytest.mark.parametrize("G", [2, 3, 5])
+@pytest.mark.parametrize("baseline", ["rloo", "mean"])
+def test_ucpo_expected_advantages_match_enumeration(G, baseline):
+    from mdkl.ucpo_exact import ucpo_expected_advantages
+    R = np.array([0.0, 1.0, 1.0, 1.0])
+    pi = np.array([0.25, 0.5, 0.2, 0.05])
+    exact = ucpo_expected_advantages(pi, R, 1.0, G, 0.2, baseline)
+    assert exact == pytest.approx(_enumerated_ucpo_advantages(pi, R, G, 0.2, baseline), abs=1e-12)
+    assert pi @ exact == pytest.approx(0.0, abs=1e-12)  # the group's advantages sum to zero
+    # ucpo_tau = 0: the baseline's own expected advantages, 1 - m and -m (rloo)
+    if baseline == "rloo":
+        assert ucpo_expected_advantages(pi, R, 1.0, G, 0.0) == pytest.approx([-0.75, 0.25, 0.25, 0.25], abs=1e-12)
+
+
+def test_ucpo_group_target_is_the_fixed_point_of_the_transform():
+    """At G = 4 on Fig. 4's problem the enumerated update of the transform itself (plus the KL
+    gradient) vanishes at ucpo_group_target, and not at the large-group target."""
+    from mdkl.ucpo_exact import ucpo_expected_gradient, ucpo_group_target
+    G, beta = 4, 1.0
+    for kl in ("reverse", "forward"):
+        t = ucpo_group_target(REF4, R4, beta, 1.0, kl, group_size=G)
+        assert np.abs(ucpo_expected_gradient(t, REF4, R4, beta, 1.0, kl, G)).max() < 1e-10
+        kl_grad = (lambda p: p * (np.log(p / REF4) - p @ np.log(p / REF4))) if kl == "reverse" else (lambda p: p - REF4)
+        enumerated = lambda p: p * _enumerated_ucpo_advantages(p, R4, G, 0.2, "rloo") - beta * kl_grad(p)
+        assert np.abs(enumerated(t)).max() < 1e-10
+        big = S.ucpo_target(REF4, R4, beta, 1.0, kl)
+        assert np.abs(enumerated(big)).max() > 1e-3
+
+
+def test_ucpo_group_target_tends_to_the_large_group_limit():
+    from mdkl.ucpo_exact import ucpo_group_target
+    big = S.ucpo_target(REF4, R4, 1.0, 1.0)
+    gap = [np.abs(ucpo_group_target(REF4, R4, 1.0, 1.0, group_size=G) - big).max() for G in (32, 256, 2048)]
+    assert gap[0] > gap[1] > gap[2] and gap[2] < 1e-4
+    assert gap[0] / gap[1] == pytest.approx(8, rel=0.25) and gap[1] / gap[2] == pytest.approx(8, rel=0.25)  # ~ 1/G
+    # ucpo_tau = 0 is vanilla at any G; a tiny beta leaves no incorrect mass to lift, so vanilla too
+    assert ucpo_group_target(REF4, R4, 0.5, 1.0, ucpo_tau=0.0, group_size=8) == pytest.approx(
+        targets.reverse_kl_target(REF4, R4, 0.5), abs=1e-12)
+    assert ucpo_group_target(REF4, R4, 0.01, 1.0) == pytest.approx(targets.reverse_kl_target(REF4, R4, 0.01), abs=1e-12)
+
+
+def test_ucpo_group_target_refuses_what_it_does_not_model():
+    from mdkl.ucpo_exact import ucpo_group_target
+    with pytest.raises(ValueError, match="0/1 rewards"):
+        ucpo_group_target(REF4, [0.0, 0.5, 1.0], 1.0, 0.5)
+    with pytest.raises(ValueError, match="large-group limit"):
+        ucpo_group_target(REF4, R4, 1.0, 1.0, group_size=1)
+    with pytest.raises(ValueError, match="baseline"):
+        ucpo_group_target(REF4, R4, 1.0, 1.0, baseline="grpo")
