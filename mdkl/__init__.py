@@ -45,6 +45,10 @@ LM tasks (``mdkl.tasks``):
 - ``mdkl.tasks.creative`` creative QA with non-verifiable rewards (Table 1): judge, OOD scorer, metrics
 - ``mdkl.tasks.creative_design`` Table 1's design: matched rows, each row's regularizer and effective beta,
   how often MARA acts for a group size and tau scope
+- ``mdkl.tasks.naming_world`` Table 1's synthetic world: categories with enumerable answers, true quality,
+  a biased reward model, a Zipf-skewed corpus and the small LM pretrained on it
+- ``mdkl.tasks.naming``   the naming task on that world: parser, rewards, exact metrics by enumeration,
+  exact targets, a cached training run
 
 Chemistry (``mdkl.chem``):
 

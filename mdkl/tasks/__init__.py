@@ -8,6 +8,10 @@
 - ``mdkl.tasks.creative``    creative QA with non-verifiable rewards (Table 1): judge, OOD scorer, metrics
 - ``mdkl.tasks.creative_design`` Table 1's design: matched rows, each row's regularizer and effective beta,
   how often MARA acts for a group size and tau scope
+- ``mdkl.tasks.naming_world`` Table 1's synthetic world ("Name a <category>."): enumerable answers, true
+  quality, a length-biased reward model, a Zipf-skewed corpus, the small LM pretrained on it (cached)
+- ``mdkl.tasks.naming``     the naming task for ``mdkl.lm.train``: exact metrics by enumeration (entropy,
+  top-set coverage, distinct answers, both rewards, KL) and exact targets (Rem. 3.1, 3.3, B.3, Alg. 2)
 
 Nothing is re-exported: import the modules (``from mdkl.tasks import onetwo``).
 """
