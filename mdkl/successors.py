@@ -33,7 +33,7 @@ from mdkl.targets import check_beta, check_ref, check_rewards, forward_kl_target
 __all__ = ["SUCCESSORS", "SuccessorFields", "check_successor", "differential_smoothing_rewards", "outcome_ids",
            "outcome_shares", "inverse_probability_rewards", "ucpo_advantages", "flow_balance_loss",
            "diff_smooth_target", "separable_fixed_point", "ips_expected_gradient", "ips_target",
-           "ucpo_target", "flowrl_expected_advantages", "flowrl_target"]
+           "ucpo_target", "flowrl_expected_advantages", "flowrl_target", "kl_logit_gradient"]
 
 #: values of :attr:`SuccessorFields.successor`
 SUCCESSORS = ("none", "diff_smooth", "ips", "ucpo", "flowrl")
@@ -293,10 +293,12 @@ def ips_expected_gradient(pi, ref, rewards, beta: float, kl: str = "reverse", gr
     with np.errstate(all="ignore"):
         f_y, const = _ips_parts(np.log(pi), r, group_size, alpha, eps, baseline)
         rf = np.where(pi > 0, pi * f_y, 0.0) - pi * const(pi)
-    return rf - beta * _kl_grad(pi, p, kl)
+    return rf - beta * kl_logit_gradient(pi, p, kl)
 
 
-def _kl_grad(pi, p, kl):
+def kl_logit_gradient(pi: np.ndarray, p: np.ndarray, kl: str) -> np.ndarray:
+    """Gradient with respect to free logits of the KL a k2 (``'reverse'``: KL(pi || p)) or k3
+    (``'forward'``: KL(p || pi)) loss follows, for a categorical ``pi`` and reference ``p``."""
     if kl == "reverse":
         with np.errstate(divide="ignore", invalid="ignore"):
             d = np.where(pi > 0, np.log(pi) - np.log(p), 0.0)

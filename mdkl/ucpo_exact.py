@@ -21,7 +21,7 @@ import math
 import numpy as np
 from scipy.special import gammaln
 
-from mdkl.successors import separable_fixed_point, ucpo_target
+from mdkl.successors import kl_logit_gradient, separable_fixed_point, ucpo_target
 from mdkl.targets import check_beta, check_ref, check_rewards
 
 __all__ = ["ucpo_expected_advantages", "ucpo_expected_gradient", "ucpo_group_target"]
@@ -44,18 +44,6 @@ def _check(rewards, tau: float, group_size: int, ucpo_tau: float, baseline: str)
     if not good.any():
         raise ValueError(f"tau={tau} is above every reward: choose tau <= 1")
     return good
-
-
-def _kl_gradient(pi: np.ndarray, p: np.ndarray, kl: str) -> np.ndarray:
-    """Logit gradient of the KL the k2 (reverse) or k3 (forward) loss follows, as in
-    :func:`mdkl.successors.ips_expected_gradient`."""
-    if kl == "reverse":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            d = np.where(pi > 0, np.log(pi) - np.log(p), 0.0)
-        return pi * (d - pi @ d)
-    if kl == "forward":
-        return pi - p
-    raise ValueError(f"unknown kl {kl!r}: use 'reverse' or 'forward'")
 
 
 def _advantage_parts(pi: np.ndarray, good: np.ndarray, G: int, t: float, baseline: str, step: float = 0.1):
@@ -134,7 +122,7 @@ def ucpo_expected_gradient(pi, ref, rewards, beta: float, tau: float, kl: str = 
     p = check_ref(ref, pi.size)
     beta = check_beta(beta)
     adv = ucpo_expected_advantages(pi, rewards, tau, group_size, ucpo_tau, baseline)
-    return pi * adv - beta * _kl_gradient(pi, p, kl)
+    return pi * adv - beta * kl_logit_gradient(pi, p, kl)
 
 
 def ucpo_group_target(ref, rewards, beta: float, tau: float, kl: str = "reverse", ucpo_tau: float = 0.2,

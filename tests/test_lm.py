@@ -286,3 +286,22 @@ def test_lm_trainer_checks_a_fixed_tau_against_the_tasks_rewards(tiny):
         lm.train(cfg.replace(tau=1.5), onetwo.OneTwoTask(), copy.deepcopy(model), tok, progress=False)
     with pytest.warns(UserWarning, match="lowest reward"):
         lm.train(cfg.replace(tau=0.0), onetwo.OneTwoTask(), copy.deepcopy(model), tok, progress=False)
+
+
+def test_pretraining_does_not_depend_on_the_callers_thread_count(tmp_path):
+    """SmallLMConfig.threads fixes the pretraining's intra-op threads: a caller that set 1 thread
+    (notebook 05) and one with 2 get the same weights, bit for bit."""
+    cfg = smalllm.SmallLMConfig(n_docs=200, steps=8, hidden_size=32, n_layers=1, n_heads=2,
+                                intermediate_size=64, vocab_size=300, batch_size=16, max_len=64)
+    weights = []
+    for caller_threads in (1, 2):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(caller_threads)
+        try:
+            smalllm._pretrain_small_lm(cfg, tmp_path / str(caller_threads), progress=False)
+        finally:
+            torch.set_num_threads(previous)
+        from transformers import AutoModelForCausalLM
+
+        weights.append(AutoModelForCausalLM.from_pretrained(str(tmp_path / str(caller_threads))).state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

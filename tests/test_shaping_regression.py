@@ -96,7 +96,7 @@ LMC = {
                                tau_percentile=75.0, beta=0.001),
 }
 TINY = SmallLMConfig(n_docs=400, steps=40, hidden_size=32, n_layers=2, n_heads=2, intermediate_size=64,
-                     vocab_size=300, batch_size=16, max_len=64)
+                     vocab_size=300, batch_size=16, max_len=64, threads=1)
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-from mdkl.lm.smalllm import ROLE_TOKENS, SPECIAL_TOKENS, build_tokenizer
-from mdkl.runtime import atomic_write_bytes, cache_key, cached_dir, progress_bar, resolve_device
+from mdkl.lm.smalllm import ROLE_TOKENS, SPECIAL_TOKENS, build_tokenizer, train_causal_lm
+from mdkl.runtime import cache_key, cached_dir
 
 __all__ = ["NamingConfig", "Category", "World", "make_world", "generate_corpus", "chat_prompt", "category_prompt",
            "byte_vocab_size", "naming_lm_dir", "is_pretrained", "load_naming_lm", "CONSONANTS", "VOWELS", "PROMPT_TEMPLATE"]
@@ -99,6 +98,9 @@ class NamingConfig:
     device: str = "auto"
     """Where pretraining runs (:func:`mdkl.runtime.resolve_device`); initialization and batch order
     are drawn on the CPU, so they are the same on every device."""
+    threads: int = 2
+    """Intra-op CPU threads of the pretraining, fixed so the model does not depend on the caller's
+    thread count (:func:`mdkl.lm.smalllm.train_causal_lm`)."""
 
     def __post_init__(self):
         if self.n_categories < 1 or not 0 <= self.n_held_out < self.n_categories:
@@ -295,9 +297,6 @@ def category_prompt(tokenizer, category: Category) -> str:
 
 
 def _pretrain(cfg: NamingConfig, out: Path, progress: bool = True) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    device = resolve_device(cfg.device)
     docs = generate_corpus(cfg)
     tok = build_tokenizer([p + " " + a for p, a in docs], byte_vocab_size())
     if len(tok) != byte_vocab_size():
@@ -309,36 +308,7 @@ def _pretrain(cfg: NamingConfig, out: Path, progress: bool = True) -> None:
     ids, mask = enc["input_ids"], enc["attention_mask"]
     if int(mask.sum(1).max()) >= cfg.max_len:
         raise ValueError(f"a document fills max_len={cfg.max_len} tokens: raise max_len (answers would be cut)")
-    torch.manual_seed(cfg.seed)
-    mcfg = LlamaConfig(vocab_size=len(tok), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                       num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                       num_key_value_heads=cfg.n_heads, max_position_embeddings=cfg.max_len,
-                       tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
-                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    model = LlamaForCausalLM(mcfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
-    warm = max(1, cfg.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    model.train()
-    losses = []
-    for _ in progress_bar(range(cfg.steps), desc="pretrain naming LM", show=progress, leave=False):
-        b = torch.randint(ids.shape[0], (cfg.batch_size,), generator=gen)
-        x, m = ids[b], mask[b]
-        t = int(m.sum(1).max())
-        x, m = x[:, :t].to(device), m[:, :t].to(device)
-        loss = model(input_ids=x, attention_mask=m, labels=x.masked_fill(m == 0, -100)).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-    model.eval().to("cpu")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    atomic_write_bytes(out / "pretrain_loss.csv", pd.DataFrame({"loss": losses}).to_csv(index=False).encode())
+    train_causal_lm(tok, ids, mask, cfg, out, progress=progress, desc="pretrain naming LM")
 
 
 def naming_lm_dir(cfg: NamingConfig = NamingConfig(), force: bool = False, progress: bool = True) -> Path:
