@@ -55,7 +55,11 @@ Chemistry (``mdkl.chem``):
 - ``mdkl.chem.smiles`` MOSES data and RDKit SMILES parsing shared by the chemistry modules
 - ``mdkl.chem.prior`` SMILES LSTM prior: tokenizer, training on MOSES, sampling, likelihoods
 - ``mdkl.chem.reinvent`` REINVENT's DAP loop with and without MARA (REINVENT 4's duplicate rule optional)
-- ``mdkl.chem.calibration`` versioned, frozen reward configuration calibrated on REINVENT runs only
+- ``mdkl.chem.aggregation`` how the reward components combine: weighted geometric mean (the paper's) or plain product
+- ``mdkl.chem.frozen`` the frozen reward configuration files (v1, v2): versioned, validated, tied to a prior
+- ``mdkl.chem.regime`` what a calibration aims at (the paper's hit rates and narrowing) and its choice rules
+- ``mdkl.chem.calibration`` the REINVENT-only calibration of a reward analogue (v1's grid; stages, choice)
+- ``mdkl.chem.calibration_v2`` the v2 analogue (geometric mean, a potency that binds) and its calibration
 - ``mdkl.chem.stats`` pre-registered paired test, power, minimum detectable effects, non-inferiority, the gates
   and the headline verdicts from the per-run table
 - ``mdkl.chem.reward`` offline analogues of the chemistry rewards (DRD2, QED, HBD, SA, amide routes)

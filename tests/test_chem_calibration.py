@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mdkl import runtime
-from mdkl.chem import calibration as cc, prior as chem_prior
+from mdkl.chem import calibration as cc, frozen as chem_frozen, prior as chem_prior
 from mdkl.chem.reinvent import RLConfig, in_batch_duplicates, run_rl
 from mdkl.chem.prior import SmilesLSTM, Vocabulary
 from mdkl.chem.reward import RewardConfig, potency
@@ -174,7 +174,7 @@ def test_bad_calibration_file(tmp_path, edit, match):
 
 def test_calibration_of_another_prior_is_refused(tmp_path, monkeypatch):
     path = cc.save_calibration(_cal(prior="chem-prior-a"), tmp_path / "chem_reward_cpu.json")
-    monkeypatch.setattr(cc, "calibration_path", lambda profile=None: path)
+    monkeypatch.setattr(chem_frozen, "calibration_path", lambda profile=None, analogue="v1": path)
     assert cc.load_for_prior("cpu", "chem-prior-a").prior == "chem-prior-a"
     assert cc.load_for_prior("quick", "chem-prior-q").prior == "chem-prior-a"  # quick borrows cpu's
     with pytest.raises(ValueError, match="made on prior chem-prior-a.*make chem-calibrate PROFILE=cpu"):
@@ -315,7 +315,7 @@ def test_the_prior_recipe_is_machine_independent(tmp_path, monkeypatch):
     assert chem_prior.prior_recipe(cfg) == recipe and recipe.startswith("chem-prior-recipe-")
     assert chem_prior.prior_recipe(replace(cfg, hidden=cfg.hidden + 1)) != recipe
     path = cc.save_calibration(_cal(prior="chem-prior-a", prior_recipe=recipe), tmp_path / "chem_reward_cpu.json")
-    monkeypatch.setattr(cc, "calibration_path", lambda profile=None: path)
+    monkeypatch.setattr(chem_frozen, "calibration_path", lambda profile=None, analogue="v1": path)
     assert cc.load_for_prior("cpu", recipe).prior_recipe == recipe
     with pytest.raises(ValueError, match="made on prior chem-prior-recipe-"):
         cc.load_for_prior("cpu", chem_prior.prior_recipe(replace(cfg, hidden=cfg.hidden + 1)))

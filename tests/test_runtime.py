@@ -261,7 +261,8 @@ def test_module_dependencies_follow_the_subpackages():
         return trainer.train
 
     # `from mdkl.chem import reward` names the package too (its __init__ runs; it imports nothing)
-    assert runtime.module_dependencies(scores) == sorted({"mdkl.chem", "mdkl.chem.reward", "mdkl.chem.smiles"}
+    assert runtime.module_dependencies(scores) == sorted({"mdkl.chem", "mdkl.chem.aggregation", "mdkl.chem.reward",
+                                                          "mdkl.chem.smiles"}
                                                          | set(runtime.module_dependencies("mdkl.runtime")))
     assert runtime.module_dependencies(trains) == lm_deps  # the package mdkl.lm and the trainer's closure
     from mdkl import lm

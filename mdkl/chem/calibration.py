@@ -8,165 +8,34 @@ potency transform (:attr:`RewardConfig.potency_*`), the SYNTH analogue's SA thre
 learning rate is chosen here too. :func:`calibrate` runs REINVENT only (never MARA), on seeds
 disjoint from the evaluation seeds, over a small stated grid (:class:`CalibrationGrid`), and
 :func:`choose` keeps the grid point whose unique-hit rates land closest to the paper's (within a
-factor ``tolerance``, ALL-AMIDE harder than SYNTH). The result is a :class:`RewardCalibration`,
-written once to ``data/chem_reward_<profile>.json`` and frozen: its ``version`` (a label plus a
-hash of every parameter) goes into each run's cache key through :attr:`RewardConfig.version`,
-and :func:`load_calibration` refuses a file edited after calibration. ``python -m
-mdkl.chem.calibration --profile P`` (``make chem-calibrate``) runs it; quick reuses cpu's file.
+factor ``tolerance``, ALL-AMIDE harder than SYNTH; the rules: :mod:`mdkl.chem.regime`). The result
+is a :class:`mdkl.chem.frozen.RewardCalibration`, written once to ``data/chem_reward_<profile>.json``
+and frozen: its ``version`` (a label plus a hash of every parameter) goes into each run's cache key
+through :attr:`RewardConfig.version`, and :func:`load_calibration` refuses a file edited after
+calibration (the file handling lives in :mod:`mdkl.chem.frozen`; its names are importable from here).
+``python -m mdkl.chem.calibration --profile P`` (``make chem-calibrate``) calibrates the v1 analogue;
+quick reuses cpu's file. The v2 analogue (:mod:`mdkl.chem.calibration_v2`) runs the same stages
+with its own grid and rule through :func:`freeze_or_check`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from mdkl.chem.frozen import (EVAL_SEEDS, RewardCalibration, calibration_path, load_calibration, load_for_prior,
+                              save_calibration)
+from mdkl.chem.regime import SCREENS, TARGET_RATES, assess, eligible, hit_profile, metric_columns, task_miss
 from mdkl.chem.reinvent import RLConfig, run_rl
 from mdkl.chem.reward import TASKS, RewardConfig
-from mdkl.runtime import DATA_DIR, resolve_profile
+from mdkl.runtime import resolve_profile
 
 __all__ = ["TARGET_RATES", "SCREENS", "EVAL_SEEDS", "RewardCalibration", "calibration_path", "save_calibration",
            "load_calibration", "load_for_prior", "CalibrationGrid", "unique_hit_rates", "run_summary", "calibration_run",
            "synth_fail_share", "calibrate", "frozen_choice", "chosen_rewards", "describe_choice", "choose", "choose_lr", "chosen_runs", "seed_spread",
-           "calibration_from_choice", "run_calibration", "main"]
-
-#: the paper's REINVENT: unique hits per reward call (Table 2; 10,000 calls)
-TARGET_RATES = {("synth", 0.80): 0.6569, ("synth", 0.85): 0.1614,
-                ("amide", 0.80): 0.5433, ("amide", 0.85): 0.1098}
-SCREENS = (0.80, 0.85)
-#: evaluation seeds are drawn from range(EVAL_SEEDS); calibration seeds must lie outside it
-EVAL_SEEDS = 1000
-
-
-@dataclass(frozen=True)
-class RewardCalibration:
-    """The frozen reward configuration of one prior: both tasks' rewards and the agent's lr."""
-
-    label: str
-    """human-readable part of the version (e.g. 'v1')."""
-    profile: str
-    """profile whose prior it was calibrated on."""
-    prior: str
-    """cache folder name of that prior (its config and code hash)."""
-    lr: float
-    """agent learning rate chosen (REINVENT 5e-4 or REINVENT 4's 1e-4)."""
-    synth: RewardConfig
-    """the SYNTH analogue's reward."""
-    amide: RewardConfig
-    """the ALL-AMIDE analogue's reward."""
-    seeds: tuple = ()
-    """calibration seeds (disjoint from range(EVAL_SEEDS))."""
-    prior_recipe: str = ""
-    """the prior's recipe (:func:`mdkl.chem.prior.prior_recipe`: its config's hash, the same on every
-    machine and code version), which :func:`load_for_prior` checks; not part of the version (a
-    record of what the calibration belongs to, not a parameter). Empty: ``prior`` is checked."""
-    planning_sd: dict = field(default_factory=dict)
-    """per task, the between-seed sd of log yield at 0.85 of the spread runs when the point was frozen
-    (:func:`seed_spread`): the primary test's planning data (:func:`mdkl.chem.stats.plan_seeds`), frozen
-    so every machine plans the same seeds and MDE. Not in the version (a measurement, not a parameter)."""
-
-    def __post_init__(self):
-        if not self.label or not isinstance(self.label, str):
-            raise ValueError("label must be a non-empty string (e.g. 'v1')")
-        resolve_profile(self.profile)
-        if self.synth.task != "synth" or self.amide.task != "amide":
-            raise ValueError(f"synth / amide rewards have tasks {self.synth.task!r} / {self.amide.task!r}: swap them")
-        RLConfig(lr=self.lr)  # same lr check as the runs
-        bad = [s for s in self.seeds if not isinstance(s, int) or 0 <= s < EVAL_SEEDS]
-        if bad:
-            raise ValueError(f"calibration seeds {bad} overlap the evaluation seeds range({EVAL_SEEDS}): use >= {EVAL_SEEDS}")
-        sd = self.planning_sd
-        if not isinstance(sd, dict) or (sd and (set(sd) != set(TASKS) or not all(
-                isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in sd.values()))):
-            raise ValueError(f"planning_sd={sd!r}: one positive, finite sd per task {TASKS} (or none yet)")
-
-    def _params(self) -> dict:
-        d = asdict(self)
-        for t in TASKS:
-            d[t].pop("version")
-        d.pop("label")
-        d.pop("prior_recipe")
-        d.pop("planning_sd")
-        d["seeds"] = list(self.seeds)
-        return d
-
-    @property
-    def version(self) -> str:
-        """``<label>-<hash of every parameter>``: changes with any value."""
-        blob = json.dumps(self._params(), sort_keys=True).encode()
-        return f"{self.label}-{hashlib.sha256(blob).hexdigest()[:10]}"
-
-    def reward(self, task: str) -> RewardConfig:
-        """The task's :class:`RewardConfig`, carrying this version (hence in the run's cache key)."""
-        if task not in TASKS:
-            raise ValueError(f"task={task!r}: use one of {TASKS}")
-        return replace(getattr(self, task), version=self.version)
-
-
-def calibration_path(profile: str | None = None) -> Path:
-    """``data/chem_reward_<profile>.json``; the quick profile reuses the cpu profile's."""
-    p = resolve_profile(profile)
-    return DATA_DIR / f"chem_reward_{'cpu' if p == 'quick' else p}.json"
-
-
-def save_calibration(cal: RewardCalibration, path: Path) -> Path:
-    """Write ``cal`` as JSON (with its version) and return the path."""
-    d = {"version": cal.version, "label": cal.label, "prior_recipe": cal.prior_recipe, "planning_sd": cal.planning_sd,
-         **cal._params()}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(d, indent=1, sort_keys=True) + "\n")
-    return Path(path)
-
-
-def load_calibration(path: Path) -> RewardCalibration:
-    """Read a calibration file; a clear ValueError for a missing / unreadable file, unknown or
-    missing keys, out-of-range values, or parameters edited after calibration (version mismatch)."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"no reward calibration at {path}: run `make chem-calibrate PROFILE=...` first")
-    try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}): re-run `make chem-calibrate`") from None
-    want = {f.name for f in fields(RewardCalibration)} | {"version"}
-    if isinstance(d, dict):  # files written before these were recorded
-        d.setdefault("prior_recipe", ""), d.setdefault("planning_sd", {})
-    if not isinstance(d, dict) or set(d) != want:
-        got = set(d) if isinstance(d, dict) else set()
-        raise ValueError(f"{path}: keys {sorted(got)} != {sorted(want)} (missing {sorted(want - got)}, unknown "
-                         f"{sorted(got - want)}): re-run `make chem-calibrate`")
-    rewards = {}
-    for t in TASKS:
-        if not isinstance(d[t], dict):
-            raise ValueError(f"{path}: {t!r} must be an object of RewardConfig fields")
-        unknown = set(d[t]) - {f.name for f in fields(RewardConfig)}
-        if unknown:
-            raise ValueError(f"{path}: unknown {t} reward fields {sorted(unknown)}")
-        rewards[t] = RewardConfig(**d[t])  # range checks
-    cal = RewardCalibration(d["label"], d["profile"], d["prior"], float(d["lr"]), rewards["synth"], rewards["amide"],
-                            tuple(d["seeds"]), str(d["prior_recipe"]), d["planning_sd"])
-    if cal.version != d["version"]:
-        raise ValueError(f"{path}: its parameters do not match version {d['version']!r} (now {cal.version!r}): the "
-                         f"configuration is frozen once calibrated; re-run `make chem-calibrate` with a new label")
-    return cal
-
-
-def load_for_prior(profile: str, prior: str) -> RewardCalibration:
-    """The frozen calibration a profile's runs use (:func:`calibration_path`), checked against the
-    prior they start from (its recipe name ``prior``, :func:`mdkl.chem.prior.prior_recipe`: the same
-    recipe trained on another CPU kind is the same prior): a calibration made on another prior
-    raises, naming the fix. The quick profile borrows the cpu profile's (made on the cpu prior)."""
-    cal = load_calibration(calibration_path(profile))
-    made_on = cal.prior_recipe if cal.prior_recipe and prior.startswith("chem-prior-recipe-") else cal.prior
-    if resolve_profile(profile) != "quick" and made_on != prior:
-        raise ValueError(f"the reward calibration {cal.version} was made on prior {made_on}, but the {profile} profile's "
-                         f"prior is {prior}: re-run `make chem-calibrate PROFILE={profile}` (with --recalibrate "
-                         f"--label v2 if the committed file must be replaced)")
-    return cal
+           "calibration_from_choice", "run_calibration", "point_spread", "freeze_or_check", "main"]
 
 
 @dataclass(frozen=True)
@@ -209,6 +78,12 @@ class CalibrationGrid:
     """a rate within a factor ``tolerance`` of the paper's counts as in the regime."""
     base: dict = field(default_factory=dict)
     """other RewardConfig fields shared by every grid point."""
+    regime: str = "rates"
+    """the choice rule (:mod:`mdkl.chem.regime`): 'rates' (v1: the unique-hit rates) or
+    'rates+narrowing' (v2: the rates and #Circles of the 0.85 hits, among points whose potency binds)."""
+    min_median_p: float = 0.0
+    """'rates+narrowing': a point counts only if the median P(DRD2 active) of its hits at both screens
+    is at least this (0: no condition)."""
 
     def __post_init__(self):
         if not (self.potency and self.sa and self.stock_max_heavy_atoms and self.lr and self.seeds):
@@ -219,6 +94,10 @@ class CalibrationGrid:
             raise ValueError(f"calibration seeds {bad} overlap the evaluation seeds range({EVAL_SEEDS}): use >= {EVAL_SEEDS}")
         if len(set(all_seeds)) != len(all_seeds):
             raise ValueError(f"seeds {self.seeds} and spread_seeds {self.spread_seeds} must all differ")
+        metric_columns(self.regime)  # names the regimes
+        if not 0 <= self.min_median_p < 1:
+            raise ValueError(f"min_median_p={self.min_median_p}: a probability in [0, 1) (0.5: hits the classifier "
+                             f"calls active; 0: no condition)")
         if self.tolerance <= 1 or not 0 <= self.min_synth_fail < 1 or self.reward_calls < 1:
             raise ValueError(f"tolerance={self.tolerance}, min_synth_fail={self.min_synth_fail}, reward_calls="
                              f"{self.reward_calls}: need tolerance > 1, 0 <= min_synth_fail < 1 and reward_calls >= 1")
@@ -270,16 +149,18 @@ def run_summary(log) -> dict:
             "reward_last_quarter": float(log["reward"].to_numpy()[int(0.75 * n):].mean())}
 
 
-def calibration_run(prior, vocab, scorer, cfg: RLConfig, progress: bool = False) -> dict:
+def calibration_run(prior, vocab, scorer, cfg: RLConfig, progress: bool = False, profile_hits: bool = False) -> dict:
     """One REINVENT calibration run (``cfg.mara`` must be 'none': calibration never sees MARA):
-    :func:`run_summary` of its log plus its wall time."""
+    :func:`run_summary` of its log (with ``profile_hits``, also :func:`mdkl.chem.regime.hit_profile`)
+    plus its wall time."""
     import time
 
     if cfg.mara != "none":
         raise ValueError(f"mara={cfg.mara!r}: calibration runs REINVENT only (mara='none'), never MARA")
     t = time.perf_counter()
     out = run_rl(prior, vocab, scorer, cfg, progress=progress)
-    return {**run_summary(out["log"]), "seconds": time.perf_counter() - t}
+    extra = hit_profile(out["log"]) if profile_hits else {}
+    return {**run_summary(out["log"]), **extra, "seconds": time.perf_counter() - t}
 
 
 def _row(stage, task, rcfg, lr, seed, fail, res) -> dict:
@@ -367,59 +248,49 @@ def _assess_at(table, choice: dict, lr: float, grid: CalibrationGrid) -> dict:
         if len(t) == 0:
             raise ValueError(f"no calibration run of {task} at lr {lr:g} at the chosen rewards: the grid's lr and "
                              f"lr_check must include it")
-        rec[task] = {**t.iloc[0].to_dict(), **t[_RATES].mean().to_dict()}
-    return _assess({"potency": choice["potency"], "lr": lr, **rec}, grid)
+        rec[task] = {**t.iloc[0].to_dict(), **t[metric_columns(grid.regime)].mean().to_dict()}
+    return assess({"potency": choice["potency"], "lr": lr, **rec}, grid)
 
 
 def describe_choice(choice: dict) -> str:
-    """One line naming a calibration choice and its seed-averaged unique-hit rates per task."""
+    """One line naming a calibration choice and its seed-averaged unique-hit rates per task (with the
+    'rates+narrowing' rule's numbers: also #Circles, IntDiv1 and median P(active) of the 0.85 hits)."""
     s, a = choice["synth"], choice["amide"]
     rates = "; ".join(f"{t} " + " / ".join(f"{c[f'rate_{x:.2f}']:.3f}" for x in SCREENS) for t, c in (("SYNTH", s), ("ALL-AMIDE", a)))
+    narrow = "" if "circles_0.85" not in s else "; 0.85 hits: " + "; ".join(
+        f"{t} {c['circles_0.85']:.1f} circles, IntDiv1 {c['intdiv1_0.85']:.3f}, median P(active) {c['median_p_0.85']:.2f}"
+        for t, c in (("SYNTH", s), ("ALL-AMIDE", a)))
     return (f"potency ({choice['potency'][0]:g}, {choice['potency'][1]:g}), SYNTH SA {s['sa_good']:g}-{s['sa_bad']:g}, "
             f"ALL-AMIDE stock <= {int(a['stock_max_heavy_atoms'])} heavy atoms, lr {choice['lr']:g}: unique hits per call at "
-            f"{' / '.join(f'{x:.2f}' for x in SCREENS)}: {rates} (worst miss x{math.exp(choice['miss']):.2f})")
-
-
-def _miss(row, task) -> float:
-    """Largest |log(rate / paper's rate)| over the screens (0: on target)."""
-    return max(abs(math.log(max(row[f"rate_{s:.2f}"], 1e-12) / TARGET_RATES[task, s])) for s in SCREENS)
+            f"{' / '.join(f'{x:.2f}' for x in SCREENS)}: {rates}{narrow} (worst miss x{math.exp(choice['miss']):.2f})")
 
 
 _KEYS = ["task", "potency_floor", "potency_ceiling", "sa_good", "sa_bad", "stock_max_heavy_atoms", "lr"]
-_RATES = [f"rate_{s:.2f}" for s in SCREENS]
 
 
 def choose(table, grid: CalibrationGrid = CalibrationGrid()) -> dict:
-    """The grid point closest to the paper's regime: for each shared choice (potency, lr), the
-    SYNTH point (among those whose synth term binds, ``synth_fail_share >= min_synth_fail``) and
-    the ALL-AMIDE point with the smallest worst-screen miss (seed-averaged rates); then the shared
-    choice whose worse task misses least, preferring those where ALL-AMIDE is harder at both
-    screens. Returns the chosen parameters, the misses and ``in_regime`` (every rate within
-    ``tolerance`` of the paper's and ALL-AMIDE harder)."""
+    """The grid point closest to the paper's regime (:mod:`mdkl.chem.regime`, rule ``grid.regime``):
+    for each shared choice (potency, lr), the SYNTH point and the ALL-AMIDE point with the smallest
+    miss (:func:`mdkl.chem.regime.task_miss`, seed-averaged) among the eligible ones
+    (:func:`mdkl.chem.regime.eligible`: the synth term binds, ``synth_fail_share >= min_synth_fail``;
+    'rates+narrowing': the potency term binds too); then the shared choice whose worse task misses
+    least, preferring those where ALL-AMIDE is harder at both screens. Returns the chosen parameters,
+    the misses, ``in_regime`` and ``checks`` (:func:`mdkl.chem.regime.assess`)."""
     if len(table) == 0:
         raise ValueError("empty calibration table: run calibrate() first")
-    mean = table.groupby(_KEYS, as_index=False)[_RATES + ["synth_fail_share"]].mean()
+    mean = table.groupby(_KEYS, as_index=False)[metric_columns(grid.regime) + ["synth_fail_share"]].mean()
     best = []
     for (lo, hi, lr), g in mean.groupby(["potency_floor", "potency_ceiling", "lr"]):
-        syn = g[g.task == "synth"]
-        syn = syn[~(syn.synth_fail_share < grid.min_synth_fail)]  # NaN (not measured) is kept
-        ami = g[g.task == "amide"]
-        if len(syn) == 0 or len(ami) == 0:
+        pts = {t: [r for r in g[g.task == t].to_dict("records") if eligible(r, t, grid)] for t in TASKS}
+        if not all(pts.values()):
             continue
-        s = min(syn.to_dict("records"), key=lambda r: _miss(r, "synth"))
-        a = min(ami.to_dict("records"), key=lambda r: _miss(r, "amide"))
-        best.append(_assess({"potency": (lo, hi), "lr": lr, "synth": s, "amide": a}, grid))
+        pick = {t: min(pts[t], key=lambda r, t=t: task_miss(r, t, grid.regime)) for t in TASKS}
+        best.append(assess({"potency": (lo, hi), "lr": lr, **pick}, grid))
     if not best:
-        raise ValueError(f"no grid point has a SYNTH term that binds (synth_fail_share >= {grid.min_synth_fail}): "
-                         f"widen the grid's sa thresholds")
+        raise ValueError(f"no grid point has a SYNTH term that binds (synth_fail_share >= {grid.min_synth_fail})"
+                         + (f" and hits with median P(active) >= {grid.min_median_p} for both tasks" if grid.min_median_p
+                            else "") + ": widen the grid (sa thresholds, potency)")
     return min(best, key=lambda b: (not b["amide_harder"], b["miss"]))
-
-
-def _assess(c: dict, grid: CalibrationGrid) -> dict:
-    s, a = c["synth"], c["amide"]
-    harder = all(a[f"rate_{x:.2f}"] < s[f"rate_{x:.2f}"] for x in SCREENS)
-    miss = max(_miss(s, "synth"), _miss(a, "amide"))
-    return {**c, "miss": miss, "amide_harder": harder, "in_regime": harder and miss <= math.log(grid.tolerance)}
 
 
 def chosen_rewards(choice: dict, grid: CalibrationGrid = CalibrationGrid()) -> dict:
@@ -441,8 +312,8 @@ def _point(table, task: str, rcfg: RewardConfig, lr: float):
 def choose_lr(table, choice: dict, grid: CalibrationGrid = CalibrationGrid()) -> dict:
     """The learning rate, at the chosen rewards, whose runs (seeds ``grid.seeds``) land closest to
     the paper's regime (smallest worst-task miss; ties: the larger lr, which leaves the prior
-    further within the same calls). Returns ``choice`` with that lr and its rows, plus
-    ``lr_misses`` (lr -> worst miss as a factor)."""
+    further within the same calls; 'rates+narrowing': an lr whose potency binds first). Returns
+    ``choice`` with that lr and its rows, plus ``lr_misses`` (lr -> worst miss as a factor)."""
     misses, cands = {}, []
     for lr in sorted(set(grid.lr) | set(grid.lr_check)):
         try:
@@ -453,15 +324,17 @@ def choose_lr(table, choice: dict, grid: CalibrationGrid = CalibrationGrid()) ->
         cands.append(c)
     if not cands:
         raise ValueError("no run at the chosen rewards: run the coarse stage first")
-    best = min(cands, key=lambda c: (not c["amide_harder"], round(c["miss"], 12), -c["lr"]))
+    best = min(cands, key=lambda c: (not c["checks"].get("potency_binds", True), not c["amide_harder"],
+                                     round(c["miss"], 12), -c["lr"]))
     return {**best, "lr_misses": misses}
 
 
 def _final(table, choice: dict, grid: CalibrationGrid) -> dict:
     """``choice`` with its rates averaged over every seed of the chosen point (all stages)."""
     rewards = chosen_rewards(choice, grid)
-    rec = {t: {**choice[t], **_point(table, t, r, choice["lr"])[_RATES].mean().to_dict()} for t, r in rewards.items()}
-    return {**_assess({**choice, **rec}, grid), "lr_misses": choice.get("lr_misses", {})}
+    cols = metric_columns(grid.regime)
+    rec = {t: {**choice[t], **_point(table, t, r, choice["lr"])[cols].mean().to_dict()} for t, r in rewards.items()}
+    return {**assess({**choice, **rec}, grid), "lr_misses": choice.get("lr_misses", {})}
 
 
 def chosen_runs(table, cal: "RewardCalibration"):
@@ -499,7 +372,8 @@ def run_calibration(profile: str, label: str = "v1", grid: CalibrationGrid = Cal
     """Calibrate on the profile's prior (trained or loaded from the cache), every run cached
     (``chem-calibration-run``, keyed by the prior, the reward and the run's config). Returns
     ``(table, choice, calibration)``; with ``frozen`` the later stages run at the frozen point
-    (:func:`calibrate`) and ``calibration`` is the frozen point's. The quick profile has no
+    (:func:`calibrate`) and ``calibration`` is the frozen point's. A 'rates+narrowing' grid's runs
+    also record :func:`mdkl.chem.regime.hit_profile` (their own cache keys). The quick profile has no
     calibration of its own."""
     from mdkl.chem import prior as chem_prior
     from mdkl.chem.reward import Scorer, sa_score
@@ -522,14 +396,13 @@ def run_calibration(profile: str, label: str = "v1", grid: CalibrationGrid = Cal
 
     def run(rcfg, cfg):
         def compute():
-            if rcfg not in scorers:
-                for sc in scorers.values():
-                    sc.close()
-                scorers.clear()
+            if rcfg not in scorers:  # the later stages alternate the two tasks: keep both pools open
+                while len(scorers) >= 2:
+                    scorers.pop(next(iter(scorers))).close()
                 scorers[rcfg] = Scorer(rcfg)
-            return calibration_run(prior, vocab, scorers[rcfg], cfg, progress)
+            return calibration_run(prior, vocab, scorers[rcfg], cfg, progress, profile_hits=grid.regime != "rates")
 
-        key = {"prior": path.name, "reward": rcfg, "rl": cfg, "summary": "v1"}
+        key = {"prior": path.name, "reward": rcfg, "rl": cfg, "summary": "v1" if grid.regime == "rates" else "v2"}
         return cached("chem-calibration-run", key, compute, code=[run_rl, Scorer])
 
     try:
@@ -543,15 +416,64 @@ def run_calibration(profile: str, label: str = "v1", grid: CalibrationGrid = Cal
     return table, choice, calibration_from_choice(choice, grid, label, profile, path.name, recipe)
 
 
-def main(argv=None) -> None:
-    """``python -m mdkl.chem.calibration [--profile P] [--label v1] [--recalibrate]``: calibrate on the
-    profile's prior (REINVENT-only runs, each cached), write ``data/results/chem_<profile>_calibration_runs.csv``,
-    and freeze ``data/chem_reward_<profile>.json`` if it does not exist (or with ``--recalibrate`` and a
-    new ``--label``); otherwise check the frozen choice against the runs. quick reuses cpu's file."""
-    import argparse
+def point_spread(table, cal: RewardCalibration) -> tuple[dict, dict]:
+    """v1's planning spread: per task the point estimate of :func:`seed_spread` (no record)."""
+    return {t: v["sd_log_yield"] for t, v in seed_spread(table, cal).items()}, {}
 
+
+def freeze_or_check(profile: str, grid: CalibrationGrid, analogue: str = "v1", label: str = "v1",
+                    recalibrate: bool = False, planning=point_spread, command: str = "python -m mdkl.chem.calibration"):
+    """Calibrate ``analogue`` on the profile's prior with ``grid`` (:func:`run_calibration`), write the
+    runs to ``data/results/chem_<profile>[_<analogue>]_calibration_runs.csv`` and print them with the
+    choice; freeze the file :func:`calibration_path` names if it does not exist (or with
+    ``recalibrate`` and a new ``label``), its planning spread from ``planning(table, cal)`` (returns
+    ``(planning_sd, planning)``); otherwise check that the runs reproduce the frozen choice and say
+    so. Returns ``(table, choice, cal, frozen)`` (``frozen``: the file's calibration or None)."""
     from mdkl.chem import prior as chem_prior
     from mdkl.runtime import write_csv
+
+    path = calibration_path(profile, analogue)
+    existing = load_calibration(path) if path.exists() else None
+    if recalibrate and existing is not None and existing.label == label:
+        raise ValueError(f"--recalibrate needs a new --label (the frozen file is {existing.label!r})")
+    frozen = None if recalibrate else existing
+    if frozen is not None:  # made on this profile's prior recipe, or an error naming the fix
+        load_for_prior(profile, chem_prior.prior_recipe(chem_prior.prior_config(profile)), analogue)
+    table, choice, cal = run_calibration(profile, frozen.label if frozen else label, grid, progress=True, frozen=frozen)
+    write_csv(table, f"chem_{profile}{'' if analogue == 'v1' else '_' + analogue}_calibration_runs")
+    print(table.drop(columns=["vs_paper_0.80", "vs_paper_0.85"]).round(4).to_string())
+    print(f"{'frozen point' if frozen else 'chosen'}: {describe_choice(choice)}; worst miss by lr: "
+          + ", ".join(f"{k:g}: x{v:.2f}" for k, v in choice["lr_misses"].items())
+          + f"; ALL-AMIDE harder: {choice['amide_harder']}, in the paper's regime: {choice['in_regime']}")
+    if frozen is None:
+        sd, record = planning(table, cal)
+        cal = replace(cal, planning_sd=sd, planning=record)
+        save_calibration(cal, path)
+        print(f"wrote {path.name} (version {cal.version})")
+        return table, choice, cal, None
+    own = calibration_from_choice(choice["rerun"], grid, frozen.label, profile, frozen.prior, frozen.prior_recipe)
+    if own.version == frozen.version:
+        print(f"{path.name} (version {frozen.version}) reproduced by these runs; left as it is")
+    else:
+        print(f"{path.name} is frozen at version {frozen.version}; this machine's runs would choose {own.version}:\n"
+              f"  frozen (used): {describe_choice(choice)}\n  this machine:  {describe_choice(choice['rerun'])}\n"
+              f"A frozen calibration is a configuration: the lr and spread stages ran at the frozen point, and notebook 06 "
+              f"uses it (seeded runs differ in their last bits across CPU kinds, so a choice between close grid points "
+              f"can flip). `{command} --recalibrate --label <new>` replaces it.")
+    if frozen.planning_sd and (here := planning(table, frozen)[0]):
+        print("planning sd of log yield, frozen (used) vs this machine's runs: "
+              + ", ".join(f"{t} {frozen.planning_sd[t]:.3f} vs {here[t]:.3f}" for t in TASKS))
+    return table, choice, frozen, frozen
+
+
+def main(argv=None) -> None:
+    """``python -m mdkl.chem.calibration [--profile P] [--label v1] [--recalibrate]``: calibrate the v1
+    analogue on the profile's prior (REINVENT-only runs, each cached), write
+    ``data/results/chem_<profile>_calibration_runs.csv``, and freeze ``data/chem_reward_<profile>.json``
+    if it does not exist (or with ``--recalibrate`` and a new ``--label``); otherwise check the frozen
+    choice against the runs (:func:`freeze_or_check`). quick reuses cpu's file. The v2 analogue:
+    ``python -m mdkl.chem.calibration_v2``."""
+    import argparse
 
     ap = argparse.ArgumentParser(prog="python -m mdkl.chem.calibration", description=main.__doc__)
     ap.add_argument("--profile", default=None, help="quick | cpu | paper (default: $MDKL_PROFILE or cpu)")
@@ -562,38 +484,7 @@ def main(argv=None) -> None:
     if profile == "quick":
         print(f"the quick profile reuses {calibration_path('quick').name} (calibrate the cpu profile)")
         return
-    grid = CalibrationGrid()
-    path = calibration_path(profile)
-    existing = load_calibration(path) if path.exists() else None
-    if args.recalibrate and existing is not None and existing.label == args.label:
-        raise ValueError(f"--recalibrate needs a new --label (the frozen file is {existing.label!r})")
-    frozen = None if args.recalibrate else existing
-    if frozen is not None:  # made on this profile's prior recipe, or an error naming the fix
-        load_for_prior(profile, chem_prior.prior_recipe(chem_prior.prior_config(profile)))
-    table, choice, cal = run_calibration(profile, frozen.label if frozen else args.label, grid, progress=True,
-                                         frozen=frozen)
-    write_csv(table, f"chem_{profile}_calibration_runs")
-    print(table.drop(columns=["vs_paper_0.80", "vs_paper_0.85"]).round(4).to_string())
-    print(f"{'frozen point' if frozen else 'chosen'}: {describe_choice(choice)}; worst miss by lr: "
-          + ", ".join(f"{k:g}: x{v:.2f}" for k, v in choice["lr_misses"].items())
-          + f"; ALL-AMIDE harder: {choice['amide_harder']}, in the paper's regime: {choice['in_regime']}")
-    if frozen is None:
-        cal = replace(cal, planning_sd={t: v["sd_log_yield"] for t, v in seed_spread(table, cal).items()})
-        save_calibration(cal, path)
-        print(f"wrote {path.name} (version {cal.version})")
-        return
-    own = calibration_from_choice(choice["rerun"], grid, frozen.label, profile, frozen.prior, frozen.prior_recipe)
-    if own.version == frozen.version:
-        print(f"{path.name} (version {frozen.version}) reproduced by these runs; left as it is")
-    else:
-        print(f"{path.name} is frozen at version {frozen.version}; this machine's runs would choose {own.version}:\n"
-              f"  frozen (used): {describe_choice(choice)}\n  this machine:  {describe_choice(choice['rerun'])}\n"
-              f"A frozen calibration is a configuration: the lr and spread stages ran at the frozen point, and notebook 06 "
-              f"uses it (seeded runs differ in their last bits across CPU kinds, so a choice between close grid points "
-              f"can flip). `--recalibrate --label <new>` replaces it.")
-    if frozen.planning_sd and (here := seed_spread(table, frozen)):
-        print("planning sd of log yield, frozen (used) vs this machine's runs: "
-              + ", ".join(f"{t} {frozen.planning_sd[t]:.3f} vs {here[t]['sd_log_yield']:.3f}" for t in TASKS))
+    freeze_or_check(profile, CalibrationGrid(), "v1", args.label, args.recalibrate)
 
 
 if __name__ == "__main__":

@@ -11,18 +11,19 @@ import numpy as np
 
 from mdkl.chem.smiles import mol_from_smiles
 
-__all__ = ["morgan_fps", "reward_first_last", "tanimoto_matrix", "yield_", "ob100", "int_div1", "int_div1_both", "n_circles", "n_scaffolds",
-           "summarize_run", "welch_greater"]
+__all__ = ["morgan_fps", "reward_first_last", "tanimoto_matrix", "yield_", "ob100", "int_div1", "int_div1_both",
+           "int_div1_of_fps", "n_circles", "n_circles_of_fps", "n_scaffolds", "summarize_run", "welch_greater"]
 
 
 def morgan_fps(smiles, radius: int = 2, n_bits: int = 2048) -> np.ndarray:
-    """Morgan (ECFP4-like) bit fingerprints as a uint8 matrix (invalid SMILES raise ValueError)."""
+    """Morgan (ECFP4-like) bit fingerprints as a uint8 matrix of SMILES strings or RDKit molecules
+    (invalid SMILES raise ValueError)."""
     from rdkit.Chem import rdFingerprintGenerator
 
     gen = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
     out = np.zeros((len(smiles), n_bits), dtype=np.uint8)
     for i, s in enumerate(smiles):
-        m = mol_from_smiles(s)
+        m = mol_from_smiles(s) if isinstance(s, str) or s is None else s
         if m is None:
             raise ValueError(f"invalid SMILES {s!r} in a metric: pass valid (canonical) hits only")
         out[i] = gen.GetFingerprintAsNumPy(m)
@@ -64,10 +65,16 @@ def int_div1(smiles, chunk: int = 2000, self_pairs: bool = True) -> float:
 
 def int_div1_both(smiles, chunk: int = 2000) -> tuple[float, float]:
     """:func:`int_div1` with and without self-pairs from one pass over the similarity matrix."""
-    n = len(smiles)
+    if len(smiles) == 0:
+        return float("nan"), float("nan")
+    return int_div1_of_fps(morgan_fps(smiles, 2, 1024), chunk)
+
+
+def int_div1_of_fps(fp: np.ndarray, chunk: int = 2000) -> tuple[float, float]:
+    """:func:`int_div1_both` of a fingerprint matrix (MOSES: Morgan radius 2, 1024 bits)."""
+    n = len(fp)
     if n == 0:
         return float("nan"), float("nan")
-    fp = morgan_fps(smiles, 2, 1024)
     tot, diag = 0.0, 0.0
     for i in range(0, n, chunk):
         sim = tanimoto_matrix(fp[i:i + chunk], fp)
@@ -79,9 +86,13 @@ def int_div1_both(smiles, chunk: int = 2000) -> tuple[float, float]:
 def n_circles(smiles, distance: float = 0.75) -> int:
     """#Circles (Xie et al. 2023) by greedy sphere exclusion in the given order: a molecule opens
     a new circle if its Tanimoto distance to every centre so far is > ``distance`` (ECFP4, 2048)."""
-    if len(smiles) == 0:
+    return n_circles_of_fps(morgan_fps(smiles, 2, 2048), distance) if len(smiles) else 0
+
+
+def n_circles_of_fps(fp: np.ndarray, distance: float = 0.75) -> int:
+    """:func:`n_circles` of a fingerprint matrix (ECFP4, 2048 bits), rows in discovery order."""
+    if len(fp) == 0:
         return 0
-    fp = morgan_fps(smiles, 2, 2048)
     centres = np.zeros((0, fp.shape[1]), dtype=np.uint8)
     for i in range(len(fp)):
         if len(centres) == 0 or (1.0 - tanimoto_matrix(fp[i:i + 1], centres)).min() > distance:

@@ -1,28 +1,38 @@
 """Offline analogues of the paper's chemistry rewards (Table 2), scored in parallel.
 
-The paper's reward is the product of four components: docking against ClpP (reverse-sigmoid
-transform), QED, fewer than 4 hydrogen-bond donors, and synthesizability from a retrosynthesis
-server (task SYNTH: any reaction; task ALL-AMIDE: amide couplings only). Docking and the server
-are out of reach offline; the substitutes here (documented in ``notebooks/06_chemistry.ipynb``):
+The paper's reward combines four components (Saturn's "product" aggregator, a weighted geometric
+mean: :mod:`mdkl.chem.aggregation`): docking against ClpP (reverse-sigmoid transform, low -16,
+high 0, k 0.15), QED, fewer than 4 hydrogen-bond donors, and synthesizability from a retrosynthesis
+server (task SYNTH: any reaction; task ALL-AMIDE: amide couplings only). Docking and the server are
+out of reach offline; the substitutes here (documented in ``notebooks/06_chemistry.ipynb``):
 
-- potency: PMO's DRD2 activity classifier (an sklearn SVC shipped in the ``molscore`` wheel),
-  its probability P mapped by :func:`potency` to [0, 1] on a log scale (0 at P <= 1e-4, 1 at
-  P = 1): like a reverse-sigmoid-transformed docking score it is dense over the prior's samples
-  and saturates for strong binders (raw P is ~0 for almost every prior sample: no signal),
+- potency: PMO's DRD2 activity classifier (an sklearn SVC shipped in the ``molscore`` wheel), its
+  probability P of activity mapped to [0, 1] by :func:`potency`: REINVENT's sigmoid either of
+  log10 P (``'sigmoid'``, saturating at ``10**potency_ceiling``) or of the log-odds log10(P / (1 - P))
+  (``'logit_sigmoid'``: Saturn's docking transform carried over to the classifier's own score, see
+  :func:`potency`); ``'log_linear'`` is a clipped line in log10 P,
 - QED and the H-bond-donor constraint straight from RDKit, as in the paper,
 - SYNTH analogue: the SA score (Ertl & Schuffenhauer, RDKit Contrib) mapped to [0, 1] by
-  :func:`sa_desirability` (1 at SA <= 3.5, linear to 0 at SA = 4.5),
+  :func:`sa_desirability` (1 at SA <= ``sa_good``, linear to 0 at SA = ``sa_bad``),
 - ALL-AMIDE analogue: :func:`amide_solved`, 1 if the molecule is in the building-block stock or
   can be cut, by an RDKit retro-amide-coupling reaction template applied recursively, into pieces
   that are all in the stock, else 0. The stock (:func:`amide_stock`) is every leaf (acid or amine)
   of the full amide disconnection of a seeded subset of the MOSES training set, plus every building
-  block with at most ``RewardConfig.stock_max_heavy_atoms`` (14, the leaves' median) heavy atoms:
-  a documented, reproducible substitute for a vendor catalogue, which lists most small acids and
-  amines (the leaves alone gave ~2 hits per 6,000-call run).
+  block with at most ``RewardConfig.stock_max_heavy_atoms`` heavy atoms: a documented, reproducible
+  substitute for a vendor catalogue, which lists most small acids and amines.
 
-Aggregation is the product (:func:`aggregate_reward`). A component that returns NaN makes the
-reward 0 and is counted (``Scorer.n_nan``); an invalid or empty SMILES gets reward 0 and is counted
-(``Scorer.n_invalid``). Nothing raises on bad molecules.
+The values come from a frozen calibration (:mod:`mdkl.chem.calibration`), not from the defaults of
+:class:`RewardConfig`. Two analogues are frozen: **v1** (``data/chem_reward_cpu.json``: the plain
+product of the components, potency a sigmoid of log10 P between 1e-4 and 1e-2, which already scores
+0.9 at P = 0.24%, so its hits are molecules the classifier calls inactive) and **v2**
+(``data/chem_reward_cpu_v2.json``, :mod:`mdkl.chem.calibration_v2`: the weighted geometric mean as
+in the paper, potency a sigmoid of the classifier's log-odds centred on its call, P = 0.5, so a hit
+must be a molecule the classifier calls active).
+
+Aggregation: :func:`aggregate_reward` (``RewardConfig.aggregator``; 'product' by default, the v1
+analogue's). A component that returns NaN makes the reward 0 and is counted (``Scorer.n_nan``); an
+invalid or empty SMILES gets reward 0 and is counted (``Scorer.n_invalid``). Nothing raises on bad
+molecules.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mdkl.chem.aggregation import aggregate, check_aggregator
 from mdkl.chem.smiles import load_moses, mol_from_smiles, quiet_rdkit
 from mdkl.runtime import installed_package_dir
 
@@ -45,7 +56,9 @@ __all__ = ["RewardConfig", "COMPONENTS", "drd2_features",
            "amide_leaves", "amide_stock", "aggregate_reward", "score_batch", "score_smiles", "Scorer"]
 
 TASKS = ("synth", "amide")
-POTENCY_TRANSFORMS = ("log_linear", "sigmoid")
+POTENCY_TRANSFORMS = ("log_linear", "sigmoid", "logit_sigmoid")
+#: libsvm clips P(active) to [1e-7, 1 - 1e-7]: the log10-odds of the classifier lie in [-7, 7]
+LOGIT_RANGE = 7.0
 COMPONENTS = ("drd2", "qed", "hbd_ok", "synth")
 
 
@@ -56,16 +69,19 @@ class RewardConfig:
     task: str = "synth"
     """'synth' (SA-score synthesizability, SYNTH analogue) or 'amide' (ALL-AMIDE analogue)."""
     potency_floor: float = -4.0
-    """log10 P(DRD2 active) mapped to potency 0 ('log_linear'), or the sigmoid's ``low`` ('sigmoid')."""
+    """'log_linear': log10 P(DRD2 active) mapped to potency 0; 'sigmoid': the sigmoid's ``low`` in
+    log10 P; 'logit_sigmoid': the sigmoid's ``low`` in log10 odds, log10(P / (1 - P))."""
     potency_ceiling: float = 0.0
-    """log10 P at which the potency term reaches 1 ('log_linear': linear in log10 P from the floor,
-    so 0 saturates only at P = 1), or the sigmoid's ``high`` ('sigmoid'). <= 0."""
+    """'log_linear': log10 P at which the potency term reaches 1 (linear in log10 P from the floor,
+    so 0 saturates only at P = 1); 'sigmoid': the sigmoid's ``high`` in log10 P (<= 0); 'logit_sigmoid':
+    its ``high`` in log10 odds."""
     potency_transform: str = "log_linear"
-    """'log_linear' (clipped line in log10 P, a log-affinity scale like a docking score) or
+    """'log_linear' (clipped line in log10 P, a log-affinity scale like a docking score),
     'sigmoid' (REINVENT's sigmoid transform of log10 P between floor and ceiling: saturates, as
-    the reverse sigmoid of a docking score does)."""
+    the reverse sigmoid of a docking score does) or 'logit_sigmoid' (REINVENT's sigmoid of the
+    classifier's log10 odds, :func:`potency`)."""
     potency_k: float = 0.5
-    """steepness of the 'sigmoid' transform (REINVENT's ``k``; unused by 'log_linear')."""
+    """steepness of the sigmoid transforms (REINVENT's ``k``; unused by 'log_linear')."""
     max_hbd: int = 3
     """H-bond donors allowed (paper: fewer than 4)."""
     sa_good: float = 3.5
@@ -81,6 +97,13 @@ class RewardConfig:
     14 is the median size of the MOSES-leaf stock. Vendor catalogues list most small acids and
     amines, while 50k MOSES molecules only supply the specific ones they contain (without this
     rule ~2% of the SYNTH-analogue hits had an amide route vs 27% with it). 0 turns the rule off."""
+    aggregator: str = "product"
+    """how the components combine (:func:`mdkl.chem.aggregation.aggregate`): 'product' (the plain
+    product: the v1 analogue's, hence the default) or 'geomean' (the weighted geometric mean of
+    Saturn and REINVENT 4, the paper's)."""
+    weights: tuple = (1.0, 1.0, 1.0, 1.0)
+    """weight of each component (:data:`COMPONENTS` order) in the geometric mean (equal by default;
+    the plain product takes no weights)."""
     version: str = ""
     """version of the calibrated reward configuration these values come from
     (:class:`mdkl.chem.calibration.RewardCalibration`; '' for the uncalibrated defaults). Part of
@@ -89,7 +112,12 @@ class RewardConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r}: use one of {TASKS}")
-        if not self.potency_floor < self.potency_ceiling <= 0:
+        if self.potency_transform == "logit_sigmoid":
+            if not -LOGIT_RANGE <= self.potency_floor < self.potency_ceiling <= LOGIT_RANGE:
+                raise ValueError(f"potency_transform='logit_sigmoid' needs -{LOGIT_RANGE:g} <= potency_floor < "
+                                 f"potency_ceiling <= {LOGIT_RANGE:g} (log10 odds of P, which libsvm clips to "
+                                 f"[1e-7, 1 - 1e-7]), got {self.potency_floor}, {self.potency_ceiling}")
+        elif not self.potency_floor < self.potency_ceiling <= 0:
             raise ValueError(f"need potency_floor < potency_ceiling <= 0 (log10 of probabilities), got "
                              f"{self.potency_floor}, {self.potency_ceiling}")
         if self.potency_transform not in POTENCY_TRANSFORMS or not 0 < self.potency_k <= 10:
@@ -97,6 +125,7 @@ class RewardConfig:
                              f"{POTENCY_TRANSFORMS} and 0 < k <= 10 (REINVENT's default k: 0.5)")
         if not 1 <= self.sa_good < self.sa_bad <= 10:
             raise ValueError(f"need 1 <= sa_good < sa_bad <= 10 (the SA score's range; got {self.sa_good}, {self.sa_bad})")
+        object.__setattr__(self, "weights", check_aggregator(self.aggregator, self.weights, len(COMPONENTS)))
         if not 0 <= self.stock_max_heavy_atoms <= 100 or self.max_hbd < 0 or self.stock_molecules < 1:
             raise ValueError(f"stock_max_heavy_atoms={self.stock_max_heavy_atoms} (0: off, at most 100), "
                              f"max_hbd={self.max_hbd} (>= 0), stock_molecules={self.stock_molecules} (>= 1)")
@@ -194,25 +223,42 @@ def drd2_proba(mols) -> np.ndarray:
 
 
 def potency(p, floor: float = -4.0, ceiling: float = 0.0, transform: str = "log_linear", k: float = 0.5):
-    """Potency term from P(active), on x = log10 P (a log scale, like a docking score's log
-    affinity); NaN stays NaN.
+    """Potency term from P(active); NaN stays NaN.
+
+    On x = log10 P (a log scale, like a docking score's log affinity):
 
     - 'log_linear': clip((x - floor) / (ceiling - floor), 0, 1): 0 at P <= 10**floor, 1 at
       P >= 10**ceiling (ceiling 0: only at P = 1),
     - 'sigmoid': REINVENT's sigmoid transform 1 / (1 + 10**(10 k (mid - x) / (ceiling - floor))),
       mid = (floor + ceiling) / 2: 0.5 at mid, ~0.997 at the ceiling for k = 0.5 (saturating).
+
+    On the log-odds x = log10(P / (1 - P)) ('logit_sigmoid'; floor and ceiling in log10 odds): the
+    same sigmoid. This carries Saturn's docking transform over to the classifier. A docking score is
+    linear in the log of an affinity; the classifier's own score is the SVM decision value, which
+    Platt's calibration maps *linearly* onto the log-odds of P, so the log-odds is the classifier's
+    score on a probability scale, and 0 is its call (P = 0.5). Saturn's reverse sigmoid (low -16,
+    high 0, k 0.15) is a gentle ramp over the whole range of docking scores: 0.5 at -8 kcal/mol,
+    0.15 and 0.85 at the ends, no plateau, so the reward is graded over every molecule and only the
+    best binders come near 1. Here: 0.5 at the classifier's call for a range centred on 0, graded
+    over every prior sample (whose median P is ~0.1%: log-odds -3), so REINVENT has a slope to climb,
+    as the docking term gives it, where a transform of P itself is flat (all but ~0.3% of MOSES
+    molecules have P < 0.1).
     """
     if not floor < ceiling or transform not in POTENCY_TRANSFORMS:
         raise ValueError(f"potency: need floor < ceiling and transform in {POTENCY_TRANSFORMS} "
                          f"(got {floor}, {ceiling}, {transform!r})")
     p = np.asarray(p, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lp = np.log10(np.clip(p, 1e-300, None))
-    if transform == "log_linear":
-        out = np.clip((lp - floor) / (ceiling - floor), 0.0, 1.0)
+    if transform == "logit_sigmoid":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = np.log10(np.clip(p, 1e-300, None)) - np.log10(np.clip(1.0 - p, 1e-300, None))
     else:
-        with np.errstate(over="ignore"):
-            out = 1.0 / (1.0 + 10.0 ** (10.0 * k * ((floor + ceiling) / 2 - lp) / (ceiling - floor)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = np.log10(np.clip(p, 1e-300, None))
+    if transform == "log_linear":
+        out = np.clip((x - floor) / (ceiling - floor), 0.0, 1.0)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = 1.0 / (1.0 + 10.0 ** (10.0 * k * ((floor + ceiling) / 2 - x) / (ceiling - floor)))
     return np.where(np.isnan(p), np.nan, out)
 
 
@@ -356,15 +402,12 @@ def amide_stock(cfg: RewardConfig = RewardConfig(), force: bool = False) -> froz
 # ----------------------------------------------------------------------------------------------
 # aggregation and scoring
 # ----------------------------------------------------------------------------------------------
-def aggregate_reward(components: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Product of the component columns (rows = molecules). Returns ``(reward, is_nan)``: a row
-    with any NaN component gets reward 0 and ``is_nan`` True (so it is counted, never propagated)."""
-    c = np.asarray(components, dtype=np.float64)
-    if c.ndim != 2:
-        raise ValueError(f"components must be 2-D (molecules x components), got shape {c.shape}")
-    bad = np.isnan(c).any(axis=1)
-    r = np.where(bad, 0.0, np.prod(np.nan_to_num(c, nan=0.0), axis=1))
-    return r, bad
+def aggregate_reward(components: np.ndarray, aggregator: str = "product", weights=None) -> tuple[np.ndarray, np.ndarray]:
+    """The reward of each row (molecule) of the component matrix: the plain product (the default,
+    the v1 analogue's) or the weighted geometric mean (``'geomean'``; :func:`mdkl.chem.aggregation.aggregate`).
+    Returns ``(reward, is_nan)``: a row with any NaN component gets reward 0 and ``is_nan`` True
+    (so it is counted, never propagated)."""
+    return aggregate(components, aggregator, weights)
 
 
 _STOCK: frozenset | None = None
@@ -445,7 +488,7 @@ class _Pending:
 
 
 class Scorer:
-    """Scores SMILES with the task's product reward on a process pool (one process per core).
+    """Scores SMILES with the task's reward (``cfg.aggregator`` of the components) on a process pool (one process per core).
 
     Every reward call is counted. Identical SMILES strings are scored once per run: the result is
     memoized (deterministic: the same string always gets the same components) until ``reset()``
@@ -505,7 +548,7 @@ class Scorer:
                 parts = job.get()
                 can = [c for p in parts for c in p[0]]
                 comp = np.concatenate([p[1] for p in parts], axis=0)
-            rew, bad = aggregate_reward(comp)
+            rew, bad = aggregate_reward(comp, self.cfg.aggregator, self.cfg.weights)
             for i, s in enumerate(pending.todo):
                 self.memo[s] = (can[i], float(rew[i]), comp[i], bool(bad[i]))
         smiles = pending.smiles
