@@ -275,3 +275,37 @@ def test_fingerprint_metrics_equal_the_smiles_ones():
     assert metrics.int_div1_of_fps(metrics.morgan_fps(mols, 2, 1024)) == metrics.int_div1_both(smi)
     assert metrics.n_circles_of_fps(metrics.morgan_fps(mols, 2, 2048)) == metrics.n_circles(smi)
     assert metrics.n_circles_of_fps(np.zeros((0, 2048), np.uint8)) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the committed v2 calibration
+# ---------------------------------------------------------------------------------------------
+def test_committed_v2_file_is_its_rules_choice_on_its_committed_runs():
+    from mdkl.runtime import RESULTS_DIR
+
+    cal = chem_frozen.load_calibration(chem_frozen.calibration_path("cpu", "v2"))
+    v1 = chem_frozen.load_calibration(chem_frozen.calibration_path("cpu", "v1"))
+    assert cal.label == "v2" and cal.version != v1.version and cal.prior_recipe == v1.prior_recipe
+    assert all(cal.reward(t).aggregator == "geomean" and cal.reward(t).potency_transform == "logit_sigmoid"
+               for t in ("synth", "amide"))
+    table = pd.read_csv(RESULTS_DIR / "chem_cpu_v2_calibration_runs.csv")
+    assert len(table) == cv2.GRID.n_runs and set(table.seed) == set(cal.seeds)
+    coarse = table[table.stage == "coarse"]
+    choice = cc.choose_lr(coarse, cc.choose(coarse, cv2.GRID), cv2.GRID)
+    own = cc.calibration_from_choice(choice, cv2.GRID, "v2", cal.profile, cal.prior, cal.prior_recipe)
+    assert own.version == cal.version
+    # the conservative planning spread: the upper 90% bound of the chosen point's sd, recorded beside it
+    up, rec = cv2.spread_upper_bound(table, cal)
+    assert cal.planning_sd == pytest.approx(up) and cal.planning["sd_point"] == pytest.approx(rec["sd_point"])
+    assert all(cal.planning_sd[t] > cal.planning["sd_point"][t] for t in ("synth", "amide"))
+    # v2's hits are classifier-active; v1's were not
+    reg = pd.read_csv(RESULTS_DIR / "chem_cpu_v1_v2_regime.csv")
+    v2 = reg[reg.analogue == "v2"].set_index("task")
+    want = cv2.regime_table({"v2": cc.chosen_runs(table, cal)})
+    want = want[want.analogue == "v2"].set_index("task")
+    np.testing.assert_allclose(v2[["rate_0.80", "rate_0.85", "circles_0.85", "median_p_0.85"]].to_numpy(),
+                               want[["rate_0.80", "rate_0.85", "circles_0.85", "median_p_0.85"]].to_numpy())
+    assert (v2["median_p_0.80"] >= 0.5).all() and (reg[reg.analogue == "v1"]["median_p_0.85"] < 0.05).all()
+    screens = pd.read_csv(RESULTS_DIR / "chem_cpu_v2_moses_screens.csv")
+    grid_rows = screens[screens.reward.str.startswith("v2 grid")]
+    assert (grid_rows["active_share_0.80"].dropna() == 1.0).all() and (grid_rows["pass_0.80"] < 0.01).all()
