@@ -19,6 +19,7 @@ import argparse
 import sys
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +44,7 @@ def _csv(name: str) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+@lru_cache(maxsize=None)
 def _claims(notebook: str) -> dict[str, str]:
     return claim_lines(NOTEBOOKS / f"{notebook}.ipynb")
 
@@ -72,8 +74,13 @@ def _word(kind: str, n: int) -> str:
     return kind
 
 
+@lru_cache(maxsize=None)
+def _timings() -> pd.DataFrame:
+    return pd.read_csv(TIMINGS)
+
+
 def _minutes(stage: str, profile: str) -> float | None:
-    t = pd.read_csv(TIMINGS)
+    t = _timings()
     row = t[(t.stage == stage) & (t.profile == profile)]
     return None if row.empty else float(row.minutes.iloc[-1])
 
@@ -242,7 +249,7 @@ def results_table() -> str:
 def total_minutes(profile: str = "cpu") -> float:
     """Sum of the measured stages of ``make all`` under ``profile`` (environment, notebooks, the
     chemistry prior and calibration)."""
-    t = pd.read_csv(TIMINGS)
+    t = _timings()
     t = t[(t.profile == profile) & (t.stage != "make test")]
     return float(t.groupby("stage").minutes.last().sum())
 
