@@ -90,5 +90,6 @@ def test_onetwo_one_seed_swaps_recomputed_from_the_committed_runs():
                                      pd.read_csv(RESULTS_DIR / "onetwo_small_runs_native.csv"))
     committed = pd.read_csv(RESULTS_DIR / "onetwo_headlines_swaps.csv")
     pd.testing.assert_frame_equal(got.reset_index(drop=True), committed, check_dtype=False)
-    assert list(got.columns[2:7]) == [f"swap_{s}" for s in range(5)]
+    assert list(got.columns[3:8]) == [f"swap_{s}" for s in range(5)]
+    assert set(got.level) == {"headline", "per beta"}
     assert (got.n_changed == got[[f"swap_{s}" for s in range(5)]].ne(got.verdict, axis=0).sum(axis=1)).all()

@@ -1,5 +1,6 @@
-"""Notebook 05's headline claims (mdkl.tasks.onetwo_claims) on hand-built per-run tables whose
-verdicts are known: every claim can hold and can fail, collapses are never averaged in or waived."""
+"""Notebook 05's claims (mdkl.tasks.onetwo_claims) on hand-built per-run tables whose verdicts are
+known: every claim can hold and can fail, collapses are never averaged in or waived; the headline
+pools every beta per KL, the per-beta view is the same rules cell by cell."""
 
 import math
 
@@ -29,7 +30,7 @@ def table(vanilla_h, mara_h, kl="reverse", beta=0.03, collapse=(), dips=(), mara
 
 
 def verdicts(runs):
-    c = oc.headline_claims(runs, DESIGN)
+    c = oc.cell_claims(runs, DESIGN)
     return {(r.claim, r.method): r.verdict for r in c.itertuples()}, c
 
 
@@ -68,7 +69,7 @@ def test_still_moving_is_shown_and_only_stops_the_convergence_claim():
     runs.loc[runs.method == "MARA", "H_prev"] = runs.loc[runs.method == "MARA", "H"] - 0.35
     v, c = verdicts(runs)
     assert v["MARA target", "MARA"] == "not tested (still moving toward the target)"
-    assert "still moving: seed 0, 1, 2, 3, 4" in c[c.claim == "MARA target"].measured.iloc[0]
+    assert "still moving (5 of 5): seed 0, 1, 2, 3, 4" in c[c.claim == "MARA target"].measured.iloc[0]
     assert v["one answer", "vanilla"] == "holds"
 
 
@@ -125,3 +126,36 @@ def test_verdict_grid_has_one_cell_per_claim():
     assert oc.verdict_grid(c).loc[("3. MARA -> uniform split", "reverse"), "0.03"] == "not tested"
     assert oc.verdict_grid(c, short=False).loc[("3. MARA -> uniform split", "reverse"), "0.03"] == \
         "not tested (still moving toward the target)"
+
+
+def test_a_minority_of_still_moving_runs_stays_in_the_mean_and_is_named():
+    runs = table([0.01] * 5, [0.69, 0.69, 0.69, 0.40, 0.45])
+    mara = runs.method == "MARA"
+    runs.loc[mara & (runs.seed >= 3), "H_prev"] = runs.loc[mara & (runs.seed >= 3), "H"] - 0.35
+    v, c = verdicts(runs)
+    line = c[c.claim == "MARA target"].measured.iloc[0]
+    assert v["MARA target", "MARA"] != "not tested (still moving toward the target)"
+    assert "still moving (2 of 5): seed 3, 4" in line and "over 5 runs" in line
+
+
+def test_the_headline_pools_every_beta_per_kl_and_pairs_by_beta_and_seed():
+    runs = pd.concat([table([0.01, 0.02, 0.005, 0.01, 0.03], [0.69, 0.68, 0.685, 0.69, 0.692], beta=b, kl=kl,
+                            collapse={("MARA", 2)} if b == 0.03 else ())
+                      for b in (0.001, 0.03) for kl in ("reverse", "forward")])
+    c = oc.headline_claims(runs, DESIGN)
+    assert len(c) == 2 * 5  # five claims per KL direction
+    assert c.beta.isna().all()
+    assert set(c.statement.str.extract(r"(every beta \(2 betas pooled\)|\(every beta\))")[0]) == \
+        {"every beta (2 betas pooled)", "(every beta)"}
+    one = c[(c.claim == "one answer") & (c.kl == "reverse")].iloc[0]
+    assert one.verdict == "holds" and "10 of 10 runs" in one.measured and "per beta 0.001: 5/5, 0.03: 5/5" in one.measured
+    front = c[(c.claim == "front") & (c.kl == "reverse")].iloc[0]
+    assert "9 (beta, seed) pairs" in front.measured and "beta 0.03 seed 2" in front.measured
+    coll = c[c.claim == "no collapse"]
+    assert (coll.method == "any").all() and (coll.verdict == "FAILS").all()
+    assert coll.statement.iloc[0] == "no vanilla or MARA run's reward collapses, reverse KL (every beta)"
+    assert "MARA beta 0.03 seed 2" in coll.measured.iloc[0]
+    g = oc.verdict_grid(c)
+    assert list(g.columns) == ["every beta"] and len(g) == 10
+    # the per-beta view of the same table: four claims per KL and beta, the collapse claim per method
+    assert len(oc.cell_claims(runs, DESIGN)) == 2 * 2 * 4 + 2 * 2

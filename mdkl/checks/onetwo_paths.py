@@ -2,9 +2,9 @@
 
 Trains notebook 05's cpu grid (the paper's four betas x 5 seeds x both KLs x both methods, the
 same configs and cache) on the numeric path in force, writes its per-run table to
-``data/results/onetwo_small_runs_<path>.csv`` (``pinned`` or ``native``), recomputes the headline
-verdicts from it and from the committed table (:func:`mdkl.tasks.onetwo_claims.headline_claims`,
-the same frozen design) and writes them side by side to ``data/results/onetwo_headlines_paths.csv``.
+``data/results/onetwo_small_runs_<path>.csv`` (``pinned`` or ``native``), recomputes the verdicts
+from it and from the committed table (the headline, :func:`mdkl.tasks.onetwo_claims.headline_claims`,
+and the per-beta view, :func:`~mdkl.tasks.onetwo_claims.cell_claims`; the same frozen design) and writes them side by side to ``data/results/onetwo_headlines_paths.csv``.
 ``make onetwo-paths`` runs it on the CPU's native kernels (``MDKL_NATIVE_KERNELS=1``), the second
 numeric path on every machine; ~21 min on 2 cores.
 
@@ -26,7 +26,7 @@ from mdkl import runtime
 from mdkl.lm import smalllm
 from mdkl.tasks import onetwo, onetwo_claims, onetwo_runs
 
-__all__ = ["path_tag", "grid_runs", "compare_paths", "swap_one_seed", "main"]
+__all__ = ["LEVELS", "path_tag", "grid_runs", "compare_paths", "swap_one_seed", "main"]
 
 
 def path_tag() -> str:
@@ -50,29 +50,38 @@ def grid_runs(seeds=range(5), workers: int = 2) -> pd.DataFrame:
                          for c, r in zip(cfgs, res)])
 
 
+#: the two views of the claims: the headline (every beta pooled per KL) and the per-beta breakdown
+LEVELS = {"headline": onetwo_claims.headline_claims, "per beta": onetwo_claims.cell_claims}
+
+
+def _verdicts(runs: pd.DataFrame, design) -> pd.DataFrame:
+    return pd.concat([f(runs, design)[["statement", "verdict"]].assign(level=level) for level, f in LEVELS.items()],
+                     ignore_index=True)[["level", "statement", "verdict"]]
+
+
 def compare_paths(committed: pd.DataFrame, other: pd.DataFrame, tag: str) -> pd.DataFrame:
-    """Headline verdicts of the committed per-run table beside another path's, one row per claim."""
+    """Verdicts of the committed per-run table beside another path's, one row per claim of each
+    level (``headline``: every beta pooled; ``per beta``: the exploratory breakdown)."""
     design = onetwo_claims.load_design(runtime.DATA_DIR / "onetwo_planning.json")
-    a = onetwo_claims.headline_claims(committed, design)[["statement", "verdict"]]
-    b = onetwo_claims.headline_claims(other, design)[["statement", "verdict"]]
-    out = a.merge(b, on="statement", suffixes=("_committed", f"_{tag}"), validate="one_to_one")
+    a, b = _verdicts(committed, design), _verdicts(other, design)
+    out = a.merge(b, on=["level", "statement"], suffixes=("_committed", f"_{tag}"), validate="one_to_one")
     out["same"] = out.verdict_committed == out[f"verdict_{tag}"]
     return out
 
 
 def swap_one_seed(committed: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
-    """One row per headline claim: its committed verdict, the verdict with each seed's runs replaced
+    """One row per claim of each level: its committed verdict, the verdict with each seed's runs replaced
     by that seed's runs from ``other`` (``swap_<seed>``), and ``n_changed``: how many of those single
     swaps change it (0: the verdict does not hang on any one seed's last bits)."""
     design = onetwo_claims.load_design(runtime.DATA_DIR / "onetwo_planning.json")
-    out = onetwo_claims.headline_claims(committed, design)[["statement", "verdict"]]
+    out = _verdicts(committed, design)
     seeds = sorted(set(committed.seed) & set(other.seed))
     if not seeds:
         raise ValueError("the two per-run tables share no seed: nothing to swap")
     for s in seeds:
         alt = pd.concat([committed[committed.seed != s], other[other.seed == s]], ignore_index=True)
-        v = onetwo_claims.headline_claims(alt, design)[["statement", "verdict"]]
-        out = out.merge(v.rename(columns={"verdict": f"swap_{s}"}), on="statement", validate="one_to_one")
+        v = _verdicts(alt, design)
+        out = out.merge(v.rename(columns={"verdict": f"swap_{s}"}), on=["level", "statement"], validate="one_to_one")
     cols = [f"swap_{s}" for s in seeds]
     out["n_changed"] = out[cols].ne(out.verdict, axis=0).sum(axis=1)
     return out
@@ -98,8 +107,10 @@ def main(argv=None) -> pd.DataFrame:
     runtime.write_csv(swaps, "onetwo_headlines_swaps")
     with pd.option_context("display.width", 250, "display.max_colwidth", 100):
         print(cmp.to_string(index=False))
-    print(f"{int((~cmp.same).sum())} of {len(cmp)} headline verdicts differ between the committed path and {tag}; "
-          f"{int((swaps.n_changed == 0).sum())} of {len(swaps)} survive every single-seed swap")
+    for level in LEVELS:
+        c, w = cmp[cmp.level == level], swaps[swaps.level == level]
+        print(f"{level}: {int((~c.same).sum())} of {len(c)} verdicts differ between the committed path and {tag}; "
+              f"{int((w.n_changed == 0).sum())} of {len(w)} survive every single-seed swap")
     return cmp
 
 
