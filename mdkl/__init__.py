@@ -65,6 +65,7 @@ Chemistry (``mdkl.chem``):
   and the headline verdicts from the per-run table
 - ``mdkl.chem.reward`` offline analogues of the chemistry rewards (DRD2, QED, HBD, SA, amide routes)
 - ``mdkl.chem.metrics`` Table 2's metrics of a chemistry run (yield, OB100, IntDiv1, #Circles, scaffolds)
+- ``mdkl.chem.display`` what a chemist looks at: hits with their components, novelty, drift from the prior, a grid
 
 Statistics (``mdkl.stats``):
 

@@ -26,13 +26,25 @@ def printed_verdicts(notebook: str) -> list[str]:
 
 
 def test_chemistry_primary_verdicts_recomputed_from_the_committed_runs():
-    runs = pd.read_csv(RESULTS_DIR / "chem_cpu_runs.csv")
-    cal = chem_calibration.load_calibration(chem_calibration.calibration_path("cpu"))
+    """The v2 analogue's headline: notebook 06 prints exactly the verdicts recomputed from its per-run CSV."""
+    runs = pd.read_csv(RESULTS_DIR / "chem_cpu_v2_runs.csv")
+    cal = chem_calibration.load_calibration(chem_calibration.calibration_path("cpu", "v2"))
     prim = chem_stats.primary_tests(runs, cal.planning_sd).set_index("task")
     want = [f"[{prim.loc[t, 'verdict']}] {chem_stats.primary_statement(label)}"
             for t, label in chem_stats.TASK_LABELS.items()]
     got = [s for s in printed_verdicts("06_chemistry.ipynb") if "raises the unique-hit yield" in s]
     assert got == want
+    committed = pd.read_csv(RESULTS_DIR / "chem_cpu_v2_primary_test.csv").set_index("task")
+    assert committed.verdict.to_dict() == prim.verdict.to_dict()
+    pd.testing.assert_series_equal(committed.p_holm, prim.p_holm, check_dtype=False)
+    pd.testing.assert_series_equal(committed.planned_mde, prim.planned_mde, check_dtype=False)
+
+
+def test_chemistry_v1_verdicts_recomputed_from_its_committed_runs():
+    """The earlier analogue (v1), which notebook 06 shows from its committed CSVs without re-running it."""
+    runs = pd.read_csv(RESULTS_DIR / "chem_cpu_runs.csv")
+    cal = chem_calibration.load_calibration(chem_calibration.calibration_path("cpu"))
+    prim = chem_stats.primary_tests(runs, cal.planning_sd).set_index("task")
     committed = pd.read_csv(RESULTS_DIR / "chem_cpu_primary_test.csv").set_index("task")
     assert committed.verdict.to_dict() == prim.verdict.to_dict()
     pd.testing.assert_series_equal(committed.p_holm, prim.p_holm, check_dtype=False)

@@ -11,6 +11,7 @@ Imports the core and ``mdkl.stats``, never ``mdkl.lm`` or ``mdkl.tasks``.
 - ``mdkl.chem.calibration`` the REINVENT-only calibration of a reward analogue (v1's grid; the stages, the choice)
 - ``mdkl.chem.calibration_v2`` the v2 analogue (geometric mean, a potency that binds) and its calibration
 - ``mdkl.chem.metrics``     Table 2's metrics of a chemistry run (yield, OB100, IntDiv1, #Circles, scaffolds)
+- ``mdkl.chem.display``     what a chemist looks at: hits with their components, novelty, drift from the prior, a grid
 - ``mdkl.chem.stats``       pre-registered paired test, power, minimum detectable effects, non-inferiority
 
 ``python -m mdkl.chem prior --profile P`` (``make chem-prior``) trains or reuses the profile's prior

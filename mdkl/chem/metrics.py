@@ -39,13 +39,31 @@ def tanimoto_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / union, 0.0)
 
 
+def _calls(canon, rewards) -> tuple[list, np.ndarray]:
+    """One run's calls as (canonical SMILES, rewards), checked: one reward per molecule, no NaN."""
+    canon = list(canon)
+    r = np.asarray(rewards, dtype=np.float64).ravel()
+    if len(canon) != len(r):
+        raise ValueError(f"{len(canon)} molecules but {len(r)} rewards: pass one reward per molecule, in the same "
+                         f"order (a run log's 'canonical' and 'reward' columns)")
+    if np.isnan(r).any():
+        raise ValueError(f"{int(np.isnan(r).sum())} reward(s) are NaN: the scorer gives 0 to a molecule with a failed "
+                         f"component (and counts it, Scorer.n_nan); replace NaN by 0 or drop those calls")
+    return canon, r
+
+
 def yield_(canon, rewards, threshold: float) -> int:
-    """Number of unique valid molecules with reward >= threshold."""
+    """Number of unique valid molecules with reward >= threshold (raises on mismatched lengths or NaN)."""
+    canon, rewards = _calls(canon, rewards)
     return len({c for c, r in zip(canon, rewards) if c is not None and r >= threshold})
 
 
 def ob100(canon, rewards, threshold: float, k: int = 100) -> float:
-    """Reward calls (1-based) needed to find ``k`` unique molecules above threshold; NaN if never."""
+    """Reward calls (1-based) needed to find ``k`` unique molecules above threshold; NaN if never
+    (raises on mismatched lengths, NaN rewards or k < 1)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k={k!r}: OB-k counts the calls to the k-th unique hit; use an integer k >= 1 (OB100: 100)")
+    canon, rewards = _calls(canon, rewards)
     seen = set()
     for i, (c, r) in enumerate(zip(canon, rewards)):
         if c is not None and r >= threshold and c not in seen:
@@ -115,7 +133,7 @@ def n_scaffolds(smiles) -> int:
 def summarize_run(log, threshold: float) -> dict:
     """Table-2 metrics of one run's call log at one screening threshold (hits = unique molecules
     with reward >= threshold, in order of discovery)."""
-    canon, r = log["canonical"].tolist(), log["reward"].to_numpy()
+    canon, r = _calls(log["canonical"].tolist(), log["reward"].to_numpy())
     hits = list(dict.fromkeys(c for c, x in zip(canon, r) if c is not None and x >= threshold))
     div, div_distinct = int_div1_both(hits)
     return {"yield": len(hits), "ob100": ob100(canon, r, threshold), "intdiv1": div,

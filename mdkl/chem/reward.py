@@ -27,7 +27,8 @@ product of the components, potency a sigmoid of log10 P between 1e-4 and 1e-2, w
 0.9 at P = 0.24%, so its hits are molecules the classifier calls inactive) and **v2**
 (``data/chem_reward_cpu_v2.json``, :mod:`mdkl.chem.calibration_v2`: the weighted geometric mean as
 in the paper, potency a sigmoid of the classifier's log-odds centred on its call, P = 0.5, so a hit
-must be a molecule the classifier calls active).
+must be a molecule the classifier calls active). Notebook 06 runs v2; v1 is the earlier analogue, shown there
+from its committed runs.
 
 Aggregation: :func:`aggregate_reward` (``RewardConfig.aggregator``; 'product' by default, the v1
 analogue's). A component that returns NaN makes the reward 0 and is counted (``Scorer.n_nan``); an
