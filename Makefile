@@ -78,17 +78,18 @@ $(notdir $(basename $(NOTEBOOKS))): %: executed/$(PROFILE)/%.ipynb
 chem-prior: $(ENV_STAMP) ## train (or reuse) the chemistry prior of PROFILE (run before notebook 06)
 	$(PY) -m mdkl.chem prior --profile $(PROFILE)
 
-executed/$(PROFILE)/06_chemistry.ipynb: | chem-prior chem-calibrate
+executed/$(PROFILE)/06_chemistry.ipynb: | chem-prior chem-calibrate-v2
 
 # Calibration of the reward analogue on REINVENT-only runs (after the prior; 12 runs, each cached:
 # ~8 min once on 2 cores). Writes data/results/chem_<profile>_calibration_runs.csv; writes the frozen
 # reward configuration data/chem_reward_<profile>.json only if it is missing (a committed one is
-# checked against the runs, never overwritten); quick reuses cpu's. `make all` runs it before 06.
+# checked against the runs, never overwritten); quick reuses cpu's. Notebook 06 shows v1 from its committed runs.
 chem-calibrate: chem-prior ## calibrate the chemistry reward analogue on the prior of PROFILE (REINVENT only; run before notebook 06)
 	$(PY) -m mdkl.chem.calibration --profile $(PROFILE)
 
 # Calibration of the second reward analogue (v2: the paper's geometric mean, a potency that binds; 10 REINVENT-only
-# runs, ~7 min once on 2 cores). Freezes data/chem_reward_<profile>_v2.json only if missing (a committed one is checked).
+# runs, ~6 min once on 2 cores). Freezes data/chem_reward_<profile>_v2.json only if missing (a committed one is checked).
+# `make all` runs it before notebook 06.
 chem-calibrate-v2: chem-prior ## calibrate the v2 chemistry reward analogue (REINVENT only; never overwrites a frozen file)
 	$(PY) -m mdkl.chem.calibration_v2 --profile $(PROFILE)
 

@@ -80,16 +80,16 @@ def test_substitutions_page_agrees_with_the_configs_and_results():
     assert (f"beta = {smol.beta.iloc[0]:g}, {words[smol.seed.nunique()]} seed per arm, {smol.steps.iloc[0]} steps"
             in row)
     # chemistry: the frozen reward configuration and the number of paired seeds
-    cfg = json.loads((ROOT / "data" / "chem_reward_cpu.json").read_text())
+    cfg = json.loads((ROOT / "data" / "chem_reward_cpu_v2.json").read_text())
     row = _row(text, "ClpP docking")
     s = cfg["synth"]
     assert f"floor {s['potency_floor']:g}, ceiling {s['potency_ceiling']:g}, k {s['potency_k']:g}" in row
-    assert cfg["amide"]["potency_transform"] == s["potency_transform"] == "sigmoid"
+    assert cfg["amide"]["potency_transform"] == s["potency_transform"] == "logit_sigmoid"
     assert f"(cpu: {s['sa_good']:g} and {s['sa_bad']:g})" in _row(text, "Syntheseus retrosynthesis, SYNTH")
     a = cfg["amide"]
     row = _row(text, "Syntheseus, ALL-AMIDE")
     assert f"{a['stock_molecules']:,} seeded MOSES" in row and f"<= {a['stock_max_heavy_atoms']} heavy atoms" in row
-    chem = pd.read_csv(RESULTS / "chem_cpu_runs.csv")
+    chem = pd.read_csv(RESULTS / "chem_cpu_v2_runs.csv")
     n = chem.groupby(["task", "arm"]).seed.nunique()
     assert n.nunique() == 1 and f"cpu 10,000 x {n.iloc[0]} paired seeds" in _row(text, "10,000 reward calls")
     # creative QA: the cpu profile's steps, batch and seeds

@@ -87,7 +87,7 @@ def _minutes(stage: str, profile: str) -> float | None:
 
 def _runtime(notebook: str) -> str:
     cpu, quick = _minutes(notebook, "cpu"), _minutes(notebook, "quick")
-    extra = {"06_chemistry": ("chem-prior", "chem-calibrate")}.get(notebook, ())
+    extra = {"06_chemistry": ("chem-prior", "chem-calibrate-v2")}.get(notebook, ())
     pre = sum(_minutes(s, "cpu") or 0.0 for s in extra)
     cpu_s = f"{cpu:g}" + (f" (+{pre:g} once)" if pre else "")
     return f"{cpu_s} / {quick:g}" if quick is not None else cpu_s
@@ -160,7 +160,7 @@ def _onetwo(claim: str) -> Callable[[], str]:
 
 def _chem(task: str) -> Callable[[], str]:
     def ours() -> str:
-        p = _csv("chem_cpu_primary_test").set_index("task").loc[task]
+        p = _csv("chem_cpu_v2_primary_test").set_index("task").loc[task]
         return (f"{p.ratio - 1:+.1%} [{p.ratio_low - 1:+.1%}, {p.ratio_high - 1:+.1%}] over {int(p.n)} paired seeds "
                 f"(planned MDE {p.planned_mde:+.0%})")
     return ours
