@@ -4,7 +4,9 @@ optimizer no longer steered).
 
 Every trainer that can fail this way logs, per step, the loss and the gradient norm *before*
 clipping (:func:`mdkl.lm.trainer.train`: the ``loss`` and ``grad_norm`` columns of
-``LMResult.history``); :func:`numeric_failure` reads those two columns.
+``LMResult.history``); :func:`numeric_failure` reads those two columns. The toy trainer
+(:func:`mdkl.toy.train_toy`) logs each seed's loss and gradient norm (``ToyResult.loss``,
+``ToyResult.grad_norm``; it applies no clip).
 
 The bounds (defaults :data:`GRAD_NORM_FACTOR`, :data:`LOSS_BOUND`):
 

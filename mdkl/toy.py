@@ -122,6 +122,11 @@ class ToyResult:
     history: np.ndarray
     final: np.ndarray
     mean_reward: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """[steps, n_seeds]: each seed's loss at every step (what its gradient came from)."""
+    grad_norm: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """[steps, n_seeds]: the L2 norm of each seed's gradient at every step (no clip is applied);
+    :func:`mdkl.numerics.numeric_failure` reads a seed's column beside its loss."""
 
     @property
     def mean_final(self) -> np.ndarray:
@@ -212,7 +217,7 @@ def train_toy(
     opt = torch.optim.AdamW([*policy.parameters(), *([log_z] if log_z is not None else [])], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     group = torch.arange(s, device=device).repeat_interleave(b)
-    steps, hist, mean_r = [0], [policy.snapshot()], []
+    steps, hist, mean_r, losses, gnorms = [0], [policy.snapshot()], [], [], []
     for it in progress_bar(range(1, cfg.steps + 1), show=progress, desc="toy RL", leave=False):
         x = policy.sample(b, gen)
         logp = policy.log_prob(x)
@@ -228,12 +233,25 @@ def train_toy(
         loss = policy_loss(shaping, logp, lref_kl.view(s, b), adv, log_z=log_z)  # one loss per seed
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
+        losses.append(loss.detach().cpu().numpy())
+        gnorms.append(_seed_grad_norms(policy, log_z, s))
         opt.step()
         if it % cfg.log_every == 0 or it == cfg.steps:
             steps.append(it)
             hist.append(policy.snapshot())
     return ToyResult(cfg, np.array(steps), np.stack(hist), hist[-1],
-                     np.stack(mean_r) if mean_r else np.zeros((0, s)))
+                     np.stack(mean_r) if mean_r else np.zeros((0, s)),
+                     np.stack(losses) if losses else np.zeros((0, s)), np.stack(gnorms) if gnorms else np.zeros((0, s)))
+
+
+def _seed_grad_norms(policy: torch.nn.Module, log_z: torch.Tensor | None, n_seeds: int) -> np.ndarray:
+    """L2 norm of each seed's gradient: every parameter of the toy policies (and FlowRL's log Z)
+    holds one row per seed, so a seed's gradient is its rows."""
+    sq = torch.zeros(n_seeds, dtype=torch.float64, device=next(policy.parameters()).device)
+    for p in [*policy.parameters(), *([log_z] if log_z is not None else [])]:
+        if p.grad is not None:
+            sq += p.grad.detach().reshape(n_seeds, -1).pow(2).sum(1)
+    return sq.sqrt().cpu().numpy()
 
 
 def train_categorical(cfg: ToyConfig, rewards, ref, *, progress: bool = False) -> ToyResult:

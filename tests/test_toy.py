@@ -211,3 +211,14 @@ def test_toy_trainer_checks_a_fixed_tau_against_the_rewards():
         train_categorical(ToyConfig(tau=1.5, **base), [0.0, 0.5, 1.0], [1 / 3] * 3)
     with pytest.warns(UserWarning, match="lowest reward"):
         train_categorical(ToyConfig(tau=0.0, **base), [0.0, 0.5, 1.0], [1 / 3] * 3)
+
+
+def test_the_toy_trainer_logs_each_seeds_loss_and_gradient_norm_without_changing_the_run():
+    from mdkl.toy import ToyConfig, train_categorical
+
+    cfg = ToyConfig(beta=0.1, n_seeds=3, steps=20, batch_size=16, seed=1)
+    res = train_categorical(cfg, [0.0, 0.5, 1.0], [0.5, 0.3, 0.2])
+    assert res.loss.shape == res.grad_norm.shape == (20, 3)
+    assert np.isfinite(res.loss).all() and (res.grad_norm >= 0).all() and (res.grad_norm > 0).any()
+    again = train_categorical(cfg, [0.0, 0.5, 1.0], [0.5, 0.3, 0.2])
+    np.testing.assert_array_equal(res.final, again.final)
