@@ -21,6 +21,7 @@ Core (top level; ``runtime`` and ``plotting`` are its infrastructure):
   collapse (Differential Smoothing, inverse-probability scaling, UCPO, FlowRL) and their exact targets
 - ``mdkl.ucpo_exact`` UCPO's exact target at a finite group size (``successors.ucpo_target`` is its large-group limit)
 - ``mdkl.metrics``  entropy, coverage (Def. 3.5), Pareto front and other evaluation metrics
+- ``mdkl.numerics`` numeric failure of a run: loss or pre-clip gradient norm out of a stated bound
 - ``mdkl.exact``    the objectives as differentiable torch functions and exact-gradient ascent
 - ``mdkl.token_tree`` an exact tabular autoregressive policy over enumerable token sequences (MARA checks)
 - ``mdkl.toy``      the toy trainer (categorical / Gaussian policies, REINFORCE) and density fitting

@@ -31,6 +31,25 @@ anchor's mass), so the constant 1 is a poor baseline. ``weight_baseline="loo"`` 
 mean of w/pi over the *other* samples of the same group (independent of the sample, hence the
 expected gradient and the fixed point are unchanged; the loss *value* stays k3). Nothing is
 clipped: a clip on w/pi would move the fixed point.
+
+Bounded alternative (:func:`self_normalized_k3`, ``kl_weight="self_normalized"``): on long
+completions log pi_ref(z) - log pi(y) spreads by ~20 nats between the samples of one prompt, so
+w/pi reaches e^20 ~ 5e8 and one sample decides the clipped step. Normalizing the weights within
+the group, r_i = rho_i / mean_{j in group} rho_j (rho = w/pi), gives the gradient
+beta (1 - r_i) grad log pi(y_i) with r_i in [0, G]: bounded whatever the spread. As G -> inf,
+mean rho -> E_pi[w/pi] = W = sum_y w(y), so the expected gradient is
+beta sum_y (pi(y) - w(y)/W) grad log pi(y): the forward KL to the *normalized* q = w/W with
+coefficient beta, whose fixed point is ``mara_forward_target(ref, R, beta / W, tau)`` =
+G_fwd(w/W, R', beta): still constant on the good set (q and R' are), with KL strength beta
+instead of Algorithm 2's beta W (W = 1 without MARA: then it is vanilla forward KL's target).
+The price of the bound, at finite G: the pull toward an outcome y is at most beta (G - 1) pi(y)
+(every coefficient is >= 1 - G), against beta w(y)/W in the limit, so it vanishes with pi(y): an
+outcome whose reward is more than ~beta (G - 1) below its group's is not held by the KL and loses
+its mass (any bounded per-sample weight has this). Measured with exact enumeration of groups
+(``tests/test_fwd_mara_snis.py``; 4 outcomes, beta = 0.1, bad outcomes' limit mass 0.0266): their
+mass goes to 0 at G = 2, 4, 8 and is 0.0100 at G = 16, 0.0194 at G = 32; the good set stays
+uniform (ratio within 1e-3 at G = 2-8, where the importance form's per-group anchor gives 1.51,
+1.11, 1.01).
 """
 
 from __future__ import annotations
@@ -42,7 +61,10 @@ import torch
 from mdkl.kl import kl_estimate
 from mdkl.mara import check_group_ids
 
-__all__ = ["anchored_kl_loss", "group_loo_mean", "loo_weight_correction"]
+__all__ = ["anchored_kl_loss", "group_loo_mean", "loo_weight_correction", "self_normalized_k3", "KL_WEIGHTS"]
+
+#: importance weights of the sequence-level k3 gradient: w/pi as is (Alg. 2 as stated) or normalized per group
+KL_WEIGHTS = ("importance", "self_normalized")
 
 Level = Literal["sequence", "token"]
 
@@ -72,6 +94,53 @@ def loo_weight_correction(seq_logp: torch.Tensor, seq_logp_ref_kl: torch.Tensor,
     depend on the sample; multiply by beta as the k3 term is."""
     w = torch.exp(seq_logp_ref_kl.to(seq_logp.dtype).detach() - seq_logp.detach())
     return (group_loo_mean(w, group) - 1.0) * (seq_logp - seq_logp.detach())
+
+
+def self_normalized_k3(seq_logp: torch.Tensor, seq_logp_ref_kl: torch.Tensor, group: torch.Tensor, *,
+                       probs: torch.Tensor | None = None) -> torch.Tensor:
+    """Sequence-level k3 of Algorithm 2 (paper §5, Alg. 2: reference log pi_ref(z) on anchored samples)
+    with its importance weight rho = w/pi = exp(seq_logp_ref_kl - seq_logp) self-normalized within
+    each group: per sample [B] a surrogate whose gradient is (1 - r_i) grad log pi(y_i), with
+
+        r_i = rho_i / mean_{j in group(i)} rho_j   in [0, G]   (G = the group's size),
+
+    and whose value is k3 at the normalized ratio, r_i - 1 - log r_i >= 0 (its group mean is
+    -mean log r, 0 iff pi is proportional to w on the group's samples). Multiply by beta.
+
+    Bound: the normalized weight r_i / G lies in [0, 1], so the gradient coefficient 1 - r_i lies in
+    [1 - G, 1] whatever log pi_ref spreads to; in a loss averaged over B = P G samples each sample's
+    coefficient is at most beta (G - 1) / (P G) < beta / P in magnitude, and the KL part of the
+    gradient has norm <= 2 beta (1 - 1/G) max_i ||grad log pi(y_i)||. The importance form
+    (1 - rho_i) has no bound (rho = e^20 at a 20-nat spread).
+
+    Fixed point: as G -> inf the group mean of rho tends to W = sum_y w(y) (W = 1 without MARA;
+    > 1 under Alg. 2), so the expected gradient tends to sum_y (pi - w/W) grad log pi: forward KL
+    to q = w/W with coefficient beta, fixed point :func:`mdkl.mara.mara_forward_target` at beta / W,
+    uniform on the good set. At finite G it is a ratio estimator (biased, consistent): the pull
+    toward y is at most beta (G - 1) pi(y), so outcomes more than ~beta (G - 1) in reward below
+    their group's lose their mass (module docstring: measured bias).
+
+    ``group`` [B]: group ids (>= 1 sample each). ``probs`` [B], optional: the probability each row
+    stands for when rows enumerate outcomes exactly (:mod:`mdkl.token_tree`); the group mean of rho
+    is then the probs-weighted mean, i.e. E_pi[rho] = W exactly (the G -> inf limit).
+    """
+    if seq_logp.ndim != 1 or seq_logp_ref_kl.shape != seq_logp.shape:
+        raise ValueError(f"seq_logp and seq_logp_ref_kl must be [B] sequence log-probs (got "
+                         f"{tuple(seq_logp.shape)}, {tuple(seq_logp_ref_kl.shape)})")
+    g = check_group_ids(group, seq_logp.shape[0], seq_logp.device)
+    log_rho = (seq_logp_ref_kl.to(seq_logp.dtype) - seq_logp).detach()
+    if not torch.isfinite(log_rho).all():
+        raise ValueError("non-finite log importance weights log pi_ref - log pi: check both log-probs")
+    n_groups = int(g.max()) + 1 if g.numel() else 0
+    top = torch.full((n_groups,), -torch.inf, dtype=log_rho.dtype, device=log_rho.device).scatter_reduce(
+        0, g, log_rho, "amax")
+    scaled = torch.exp(log_rho - top[g])  # in (0, 1]: no overflow at any spread
+    p = torch.ones_like(scaled) if probs is None else probs.to(scaled.dtype).detach()
+    num = torch.zeros(n_groups, dtype=scaled.dtype, device=scaled.device).index_add(0, g, p * scaled)
+    den = torch.zeros(n_groups, dtype=scaled.dtype, device=scaled.device).index_add(0, g, p)
+    log_r = log_rho - top[g] - torch.log(num[g] / den[g])  # log r_i = log rho_i - log mean rho
+    r = torch.exp(log_r)
+    return (r - 1.0 - log_r) + (1.0 - r) * (seq_logp - seq_logp.detach())
 
 
 def _check_inputs(token_logp, token_logp_ref, completion_mask, seq_logp_ref_kl, anchored, beta, level):

@@ -38,7 +38,7 @@ import torch
 from mdkl.baselines import best_of_n_mask, unlikeliness_rewards
 from mdkl.kl import kl_gradient_direction, kl_loss, kl_reward_penalty
 from mdkl.mara import ANCHORS, MARA_FOR_KL, batch_percentile_tau, check_mara_has_kl, mara_rewards, mara_substitute
-from mdkl.mara_kl import anchored_kl_loss, loo_weight_correction
+from mdkl.mara_kl import KL_WEIGHTS, anchored_kl_loss, loo_weight_correction, self_normalized_k3
 from mdkl.successors import (SuccessorFields, check_successor, differential_smoothing_rewards, flow_balance_loss,
                              inverse_probability_rewards, ucpo_advantages)
 
@@ -85,6 +85,13 @@ class ShapingConfig(SuccessorFields):
     the leave-one-out mean of w/pi = pi_ref/pi over the sample's group ('loo'). Unbiased, so the
     fixed point is unchanged; it lowers the variance of Algorithm 2, whose weights sum to more
     than 1 (:func:`mdkl.mara_kl.loo_weight_correction`). The loss value is still k3."""
+    kl_weight: Literal["importance", "self_normalized"] = "importance"
+    """Sequence-level k3 only: its gradient weight w/pi as is ('importance': Algorithm 2 as stated,
+    unbounded, e^20 at a 20-nat spread of log pi_ref) or normalized within each group
+    ('self_normalized', :func:`mdkl.mara_kl.self_normalized_k3`): gradient beta (1 - r) grad log pi
+    with r = (w/pi) / group mean of w/pi in [0, G]; fixed point the forward KL to w / sum w with
+    coefficient beta (uniform on MARA's good set) as G -> inf; at finite G the pull toward an outcome
+    is at most beta (G - 1) pi(y), so outcomes ~beta (G - 1) below the group's reward lose their mass."""
     kl_estimator: Literal["k1", "k2", "k3"] | None = None
     """Explicit estimator overriding the one (kl, kl_placement) implies (None: the table's). Its
     only use is k1 as a *loss*, whose gradient is zero in expectation (notebook 02's control row);
@@ -121,7 +128,7 @@ class ShapingConfig(SuccessorFields):
                               ("kl_level", ("sequence", "token")), ("mara", ("none", "alg1", "alg2", "auto")),
                               ("tau_scope", ("group", "batch")), ("anchor", ANCHORS), ("advantage", ADVANTAGES),
                               ("kl_estimator", (None, "k1", "k2", "k3")),
-                              ("kl_weight_baseline", ("none", "loo"))):
+                              ("kl_weight_baseline", ("none", "loo")), ("kl_weight", KL_WEIGHTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}: use one of {allowed}")
         est = self.estimator  # validates (kl, kl_placement, kl_estimator)
@@ -135,6 +142,12 @@ class ShapingConfig(SuccessorFields):
         if self.kl_weight_baseline == "loo" and not (est == "k3" and self.kl_placement == "loss"):
             raise ValueError("kl_weight_baseline='loo' is a baseline for k3's importance weight: use it with "
                              "kl='forward', kl_placement='loss' (or set kl_weight_baseline='none')")
+        if self.kl_weight == "self_normalized" and not (est == "k3" and self.kl_placement == "loss"
+                                                        and self.kl_level == "sequence"
+                                                        and self.kl_weight_baseline == "none"):
+            raise ValueError("kl_weight='self_normalized' normalizes sequence-level k3's weight w/pi within each "
+                             "group: use it with kl='forward', kl_placement='loss', kl_level='sequence' and "
+                             "kl_weight_baseline='none' (its own baseline is the 1 in 1 - r)")
         if self.tau_percentile is not None and not 0 <= self.tau_percentile <= 100:
             raise ValueError(f"tau_percentile must be in [0, 100] (got {self.tau_percentile})")
         if not 0.0 <= self.unlikely <= 1.0:
@@ -347,8 +360,8 @@ def policy_loss(cfg: ShapingConfig, logp: torch.Tensor, logp_ref_kl: torch.Tenso
     [..., B] sequence values, samples on the last axis; leading axes are independent runs (the
     toy's seeds) and the loss has their shape (mean over samples). ``logp_ref_kl`` is the
     sequence reference :func:`shape_rewards` returned (the anchor's under Algorithm 2), so this is
-    Algorithm 2 exactly. With ``cfg.kl_weight_baseline == 'loo'`` (k3, [B] inputs) ``group`` is
-    needed.
+    Algorithm 2 exactly. With ``cfg.kl_weight_baseline == 'loo'`` or ``cfg.kl_weight ==
+    'self_normalized'`` (k3, [B] inputs) ``group`` is needed.
 
     Token level: ``logp`` is [B, C] per-token log-probs of the policy, ``token_logp_ref`` [B, C] the
     reference's and ``completion_mask`` [B, C]; the REINFORCE term uses their sum and the KL
@@ -383,6 +396,10 @@ def policy_loss(cfg: ShapingConfig, logp: torch.Tensor, logp_ref_kl: torch.Tenso
                              "token", estimator=est)
     elif token:
         k = (kl_loss(logp, token_logp_ref.to(logp.dtype), cfg.beta, est) * completion_mask).sum(-1)
+    elif cfg.kl_weight == "self_normalized":
+        if group is None or logp.ndim != 1:
+            raise ValueError("kl_weight='self_normalized' needs sequence log-probs [B] and group [B]")
+        k = cfg.beta * self_normalized_k3(logp, logp_ref_kl, group)  # gradient beta (1 - r), r in [0, G]
     else:
         k = kl_loss(logp, logp_ref_kl.to(logp.dtype), cfg.beta, est)
         if cfg.kl_weight_baseline == "loo":

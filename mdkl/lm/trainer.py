@@ -147,6 +147,15 @@ class LMConfig(SuccessorFields):
     kl_weight_baseline: Literal["none", "loo"] = "none"
     """Sequence-level k3 only: leave-one-out baseline for its importance weight pi_ref/pi within each
     prompt group (unbiased; :attr:`mdkl.shaping.ShapingConfig.kl_weight_baseline`)."""
+    kl_weight: Literal["importance", "self_normalized"] = "importance"
+    """Sequence-level k3 only: 'self_normalized' normalizes its weight pi_ref/pi within each prompt
+    group (:func:`mdkl.mara_kl.self_normalized_k3`): each sample's gradient coefficient is at most
+    beta (G - 1) / (P G) in magnitude at any spread of log pi_ref, where 'importance' (Algorithm 2
+    as stated) carries pi_ref(z)/pi(y), e^20 on 20-token answers. Fixed point: forward KL to the
+    normalized w / sum w at beta (uniform on MARA's good set) as G -> inf; at finite G rare outcomes
+    ~beta (G - 1) below their group's reward are not held by the KL. Forward-KL MARA on
+    long completions: ``kl='forward', kl_placement='loss', kl_level='sequence', mara='auto',
+    kl_weight='self_normalized'``."""
     entropy: float = 0.0
     """Entropy bonus eta: -eta log pi(y) (detached) added to the reward (Table 1's "Entropy" row)."""
     unlikely: float = 0.0
