@@ -52,6 +52,8 @@ LM tasks (``mdkl.tasks``):
   exact targets, a cached training run
 - ``mdkl.tasks.naming_table1`` Table 1 as a powered test on the naming task: every row's config (matched
   beta, batch-percentile tau), the pilot's MDEs, the run grid, the per-run table and its verdicts
+- ``mdkl.tasks.naming_runs`` one cached RL run of that design with its exact metrics, the grid in spawned
+  one-thread workers, the loss / gradient-norm summary and the numeric-failure flag
 
 Chemistry (``mdkl.chem``):
 

@@ -15,7 +15,7 @@ rewards and KL carry no sampling error; the only randomness left is the training
   :func:`mdkl.tasks.creative_design.matched_beta`).
 * :class:`Design` / :data:`DESIGNS`: seeds, steps, betas per profile; :func:`run_specs` lists
   every run (a pilot of disjoint seeds first, then the rows, then the beta frontier of RLOO and
-  MARA (fwd)), :func:`run_grid` trains them in spawned one-thread workers (cached per run).
+  MARA (fwd)), :func:`mdkl.tasks.naming_runs.run_grid` trains them in spawned one-thread workers (cached per run).
 * :func:`runs_frame`: the per-run table (``data/results/naming_table1_runs.csv``): exact ID and
   OOD metrics, loss / gradient-norm summary, the numeric-failure and degenerate flags.
 * :func:`planned_mde`: the minimum detectable effects, from the pilot's seed spread only (fixed
@@ -27,12 +27,8 @@ rewards and KL carry no sampling error; the only randomness left is the training
 
 from __future__ import annotations
 
-import copy
 import math
-import warnings
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
-from multiprocessing import get_context
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -40,10 +36,11 @@ from scipy import stats
 
 from mdkl.baselines import UNLIKELY_BETA_RANK
 from mdkl.lm.trainer import LMConfig
-from mdkl.runtime import cached, progress_bar
+from mdkl.numerics import GRAD_NORM_FACTOR, LOSS_BOUND
+from mdkl.tasks.naming_runs import history_summary, numeric_failure, run_grid
 from mdkl.stats import paired, verdicts
 from mdkl.tasks.creative_design import PAPER_TABLE1, matched_beta
-from mdkl.tasks.naming import NamingTask, answer_probs, split_metrics
+from mdkl.tasks.naming import NamingTask
 from mdkl.tasks.naming_world import NamingConfig
 
 __all__ = ["ROWS", "TABLE_ORDER", "PAPER_ROW", "METRIC_PAPER", "Design", "DESIGNS", "reference_reward_sd",
@@ -73,7 +70,7 @@ PAPER_ROW = {r: r for r in TABLE_ORDER if r in set(PAPER_TABLE1.method)} | {"RLO
 #: our exact metric -> the paper's Table 1 column it stands for
 METRIC_PAPER = {"ood_true": "r_out", "id_distinct": "n_distinct", "id_entropy": "ead"}
 #: a run whose |loss| or pre-clip gradient norm ever exceeds these bounds (or is not finite) failed numerically
-LOSS_BOUND, GRAD_BOUND = 1e3, 1e3
+GRAD_BOUND = GRAD_NORM_FACTOR * 1.0  # the trainer's clip is 1.0 in every row
 #: a run whose valid-answer mass on the train categories ends below this is degenerate (mostly non-answers)
 DEGENERATE_VALID = 0.5
 #: the claims: (name, statement, metric, MARA row, comparison rows or "frontier", direction)
@@ -99,6 +96,9 @@ class Design:
     frontier_betas: tuple[float, ...] = (0.05, 0.2)
     """Extra betas of the frontier rows (beside ``beta``)."""
     frontier_rows: tuple[str, ...] = ("RLOO", "MARA (fwd)")
+    """Rows run at the frontier betas: the first (the frontier claim's control) on every seed, the
+    others (shown in the figure) on the first ``frontier_other_seeds`` seeds."""
+    frontier_other_seeds: int = 3
     rows: tuple[str, ...] = tuple(ROWS)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     pilot_seeds: tuple[int, ...] = (100, 101, 102)
@@ -213,9 +213,10 @@ def run_specs(design: Design, task: NamingTask, group_sd: float) -> list[dict]:
         for r in design.rows:
             specs.append({"phase": "design", "row": r, "seed": s, "beta": design.beta})
     for b in design.frontier_betas:
-        for s in design.seeds:
-            for r in design.frontier_rows:
-                specs.append({"phase": "frontier", "row": r, "seed": s, "beta": b})
+        for i, s in enumerate(design.seeds):
+            for j, r in enumerate(design.frontier_rows):
+                if j == 0 or i < design.frontier_other_seeds:
+                    specs.append({"phase": "frontier", "row": r, "seed": s, "beta": b})
     for sp in specs:
         sp["config"] = row_config(design, task, sp["row"], sp["seed"], sp["beta"], group_sd)
     return specs
@@ -224,72 +225,6 @@ def run_specs(design: Design, task: NamingTask, group_sd: float) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 # one run (worker) and the grid
 # ----------------------------------------------------------------------------------------------
-def numeric_failure(history: pd.DataFrame, loss_bound: float = LOSS_BOUND, grad_bound: float = GRAD_BOUND) -> bool:
-    """Whether a run's loss or pre-clip gradient norm ever left its bound (or was not finite)."""
-    if len(history) == 0:
-        return False
-    loss = history["loss"].to_numpy(np.float64)
-    g = history["grad_norm"].to_numpy(np.float64)
-    return bool(~np.isfinite(loss).all() or ~np.isfinite(g).all() or (np.abs(loss) > loss_bound).any()
-                or (g > grad_bound).any())
-
-
-def _train_one(world: NamingConfig, cfg: LMConfig, k: int, ensemble_alpha: float | None) -> dict:
-    """Train ``cfg`` from the naming LM of ``world``; the exact metrics of the trained model (and of
-    its WiSE-FT ensemble with the base, if ``ensemble_alpha``) and the history's summary."""
-    from mdkl.baselines import interpolate_state_dicts
-    from mdkl.lm.trainer import train
-    from mdkl.tasks.naming_world import load_naming_lm
-
-    model, tok = load_naming_lm(world, progress=False)
-    task = NamingTask(world, k=k)
-    ref = answer_probs(model, tok, task.world)
-    task = replace(task, reference=tuple(tuple(float(x) for x in p) for p in ref))
-    base_state = copy.deepcopy(model.state_dict())
-    res = train(cfg, task, model, tok, progress=False)
-    out = {"metrics": split_metrics(answer_probs(model, tok, task.world), task.world, k, ref),
-           "history": res.history, "seconds": res.seconds}
-    if ensemble_alpha is not None:
-        model.load_state_dict(interpolate_state_dicts(base_state, model.state_dict(), ensemble_alpha))
-        out["ensemble"] = split_metrics(answer_probs(model, tok, task.world), task.world, k, ref)
-    return out
-
-
-def _worker(args) -> dict:
-    world, cfg, k, alpha, force = args
-    import torch
-
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    return cached("naming-t1", {"world": world, "run": cfg, "k": k, "ensemble": alpha},
-                  lambda: _train_one(world, cfg, k, alpha), code=[_train_one], force=force)
-
-
-def run_grid(design: Design, specs: list[dict], *, force: bool = False, progress: bool = True) -> list[dict]:
-    """Train every spec in ``design.workers`` spawned one-thread processes (``workers=1``: here);
-    returns, per spec, :func:`_train_one`'s result (RLOO runs at the design's beta also carry
-    their Ensemble's metrics)."""
-    jobs = [(design.world, sp["config"], design.k,
-             design.ensemble_alpha if sp["row"] == "RLOO" and sp["beta"] == design.beta else None, force)
-            for sp in specs]
-    if design.workers <= 1:
-        return [_worker(j) for j in progress_bar(jobs, desc="runs", show=progress)]
-    with ProcessPoolExecutor(design.workers, mp_context=get_context("spawn")) as ex:
-        return list(progress_bar(ex.map(_worker, jobs), total=len(jobs), desc="runs", show=progress))
-
-
-def _history_summary(h: pd.DataFrame) -> dict:
-    loss, g = h["loss"].to_numpy(np.float64), h["grad_norm"].to_numpy(np.float64)
-    fin = np.isfinite(loss) & np.isfinite(g)
-    return {"loss_max_abs": float(np.abs(loss[fin]).max()) if fin.any() else math.nan,
-            "grad_norm_median": float(np.median(g[fin])) if fin.any() else math.nan,
-            "grad_norm_max": float(g[fin].max()) if fin.any() else math.nan,
-            "clipped_share": float((g > 1.0).mean()), "empty_share": float(h["empty"].mean()),
-            "all_equal_groups": float(h["zero_var_frac"].mean()), "mara_changed_per_step": float(h["mara_changed"].mean()),
-            "mara_idle_steps": int((h["mara_changed"] == 0).sum()), "numeric_failure": numeric_failure(h),
-            "train_seconds": float(h["seconds"].sum())}
-
-
 def runs_frame(design: Design, specs: list[dict], results: list[dict], base_metrics: dict) -> pd.DataFrame:
     """The per-run table: one line per run (Base once per seed, Ensemble beside each RLOO run at the
     design's beta) with phase, row, seed, beta (reward units), the config's beta, the exact ``id_*``
@@ -298,7 +233,7 @@ def runs_frame(design: Design, specs: list[dict], results: list[dict], base_metr
     lines = [{"phase": "design", "row": "Base", "seed": s, "beta": 0.0, "config_beta": 0.0, **base_metrics}
              for s in design.seeds]
     for sp, res in zip(specs, results):
-        summ = _history_summary(res["history"])
+        summ = history_summary(res["history"])
         lines.append({"phase": sp["phase"], "row": sp["row"], "seed": sp["seed"], "beta": sp["beta"],
                       "config_beta": sp["config"].beta, **res["metrics"], **summ})
         if "ensemble" in res and sp["phase"] == "design":
