@@ -141,7 +141,8 @@ class LMConfig(SuccessorFields):
     kl_level: Literal["sequence", "token"] = "token"
     """KL loss (k2 / k3) on sequence log-probs (the paper's bandit view) or summed per token (GRPO /
     TRL); k1 in the reward is the same either way. Sequence-level k3 weights a sample by
-    pi_ref(y)/pi(y), which is heavy tailed: measured, it diverges on the small LM (use 'token').
+    pi_ref(y)/pi(y), which is heavy tailed: measured, it diverges on the small LM (use 'token', or
+    ``kl_weight='self_normalized'``, bounded).
     Under MARA's Algorithm 2 the samples it anchored get the KL on the sequence at either level
     (their reference, pi_ref(z), is a sequence probability: :func:`mdkl.mara_kl.anchored_kl_loss`)."""
     kl_weight_baseline: Literal["none", "loo"] = "none"
