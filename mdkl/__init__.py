@@ -50,6 +50,10 @@ LM tasks (``mdkl.tasks``):
   a biased reward model, a Zipf-skewed corpus and the small LM pretrained on it
 - ``mdkl.tasks.naming``   the naming task on that world: parser, rewards, exact metrics by enumeration,
   exact targets, a cached training run
+- ``mdkl.tasks.naming_table1`` Table 1 as a powered test on the naming task: every row's config (matched
+  beta, batch-percentile tau), the pilot's MDEs, the run grid, the per-run table and its verdicts
+- ``mdkl.tasks.naming_runs`` one cached RL run of that design with its exact metrics, the grid in spawned
+  one-thread workers, the loss / gradient-norm summary and the numeric-failure flag
 
 Chemistry (``mdkl.chem``):
 

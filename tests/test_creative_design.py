@@ -238,7 +238,7 @@ def test_evaluate_policy_needs_two_samples_per_prompt():
         creative.evaluate_policy(None, None, creative.CreativeTask(split="test", n_prompts=2), 1, 8)
 
 
-def _per_prompt(effect=0.1, n=60, seeds=(0,), control_rise=1.0):
+def _per_prompt(effect=0.1, n=60, seeds=(0, 1), control_rise=1.0):
     rng = np.random.default_rng(0)
     rows = []
     for s in seeds:
@@ -271,6 +271,8 @@ def test_claim_comparisons_apply_the_rule_set_with_the_planned_mde():
         "not tested (control did not train)"}
     out = cd.claim_comparisons(_per_prompt(), _planned(), {"MARA (rev)": False, "MARA (fwd)": True})
     assert set(out[out.method == "MARA (rev)"].verdict) == {"not tested (did not act)"}
+    one = cd.claim_comparisons(_per_prompt(seeds=(0,)), _planned(), acted)
+    assert set(one.verdict) == {cd.ONE_SEED}  # one training seed: two checkpoints, not two methods
     assert cd.claim_statement("MARA (rev)", "RLOO", "ead") == "MARA (rev) raises the n-gram EAD over RLOO"
     with pytest.raises(ValueError, match="acted has no entry"):
         cd.claim_comparisons(_per_prompt(), _planned(), {"MARA (rev)": True})

@@ -12,6 +12,9 @@
   quality, a length-biased reward model, a Zipf-skewed corpus, the small LM pretrained on it (cached)
 - ``mdkl.tasks.naming``     the naming task for ``mdkl.lm.train``: exact metrics by enumeration (entropy,
   top-set coverage, distinct answers, both rewards, KL) and exact targets (Rem. 3.1, 3.3, B.3, Alg. 2)
+- ``mdkl.tasks.naming_table1`` Table 1 as a powered test on the naming task: rows, matched beta, pilot MDEs,
+  run grid, per-run table, verdicts from that table alone
+- ``mdkl.tasks.naming_runs`` one cached run of that design (exact metrics), the worker grid, numeric failures
 
 Nothing is re-exported: import the modules (``from mdkl.tasks import onetwo``).
 """

@@ -28,7 +28,7 @@ from mdkl.shaping import ShapingConfig
 from mdkl.stats import paired, verdicts
 
 __all__ = ["TABLE1_ROWS", "MATCHED_CONTROL", "CLAIM_ROWS", "TABLE_ORDER", "CLAIMS", "PREMISE", "PAPER_TABLE1",
-           "PAPER_N_PROMPTS", "paper_difference", "regularizer", "effective_beta",
+           "PAPER_N_PROMPTS", "ONE_SEED", "paper_difference", "regularizer", "effective_beta",
            "matched_beta", "target_tilt", "group_reward_sd", "row_table", "mara_changed_count", "prompt_reward_spreads",
            "expected_mara_activity", "METRIC_NAMES", "claim_statement", "row_differences", "claim_comparisons"]
 
@@ -74,6 +74,8 @@ PAPER_TABLE1 = pd.DataFrame([
     ("MARA (fwd)", 15.33, 1.604, 0.113, 0.568, 0.012, 0.193, 0.009, 4.62, 0.258),
 ], columns=["method", "r_in", "r_out", "r_out_sem", "ead", "ead_sem", "semantic_div", "semantic_div_sem",
             "n_distinct", "n_distinct_sem"])
+#: the verdict of every claim of a design with one training seed
+ONE_SEED = "not tested (one seed)"
 #: test prompts behind the paper's SEMs [reading: NoveltyBench's curated set, 100 prompts]
 PAPER_N_PROMPTS = 100
 
@@ -301,7 +303,8 @@ def claim_comparisons(per_prompt: pd.DataFrame, planned: pd.DataFrame, acted: Ma
     control having trained (control minus Base on the in-dist reward, interval above 0) and the
     design's minimum detectable effect fixed before training (``planned``: columns ``claim``
     ("<MARA row> - <control>"), ``metric``, ``MDE`` and ``paper (our scale)``). Holm-adjusted
-    p-values over the claims in ``p_holm``."""
+    p-values over the claims in ``p_holm``. With a single training seed every verdict is
+    :data:`ONE_SEED` (the interval says how two checkpoints differ, not two methods)."""
     need = {"claim", "metric", "MDE", "paper (our scale)"}
     if missing := need - set(planned.columns):
         raise ValueError(f"planned lacks columns {sorted(missing)}: pass the design's power table")
@@ -321,4 +324,6 @@ def claim_comparisons(per_prompt: pd.DataFrame, planned: pd.DataFrame, acted: Ma
                      "control_trained": bool(trained[ctl])})
     out = pd.DataFrame(rows)
     out["p_holm"] = verdicts.holm(out.p)
+    if per_prompt["seed"].nunique() < 2:  # two single runs are two checkpoints, not two methods
+        out["verdict"] = ONE_SEED
     return out
