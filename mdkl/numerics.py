@@ -6,7 +6,9 @@ Every trainer that can fail this way logs, per step, the loss and the gradient n
 clipping (:func:`mdkl.lm.trainer.train`: the ``loss`` and ``grad_norm`` columns of
 ``LMResult.history``); :func:`numeric_failure` reads those two columns. The toy trainer
 (:func:`mdkl.toy.train_toy`) logs each seed's loss and gradient norm (``ToyResult.loss``,
-``ToyResult.grad_norm``; it applies no clip).
+``ToyResult.grad_norm``; it applies no clip), and so does the chemistry loop
+(:func:`mdkl.chem.reinvent.run_rl`: its ``history``, the DAP loss and the agent's gradient norm per
+optimizer step; REINVENT applies no clip).
 
 The bounds (defaults :data:`GRAD_NORM_FACTOR`, :data:`LOSS_BOUND`):
 

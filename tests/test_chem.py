@@ -271,6 +271,11 @@ def test_run_rl_reward_calls_exact_and_uses_mara(tiny_prior, monkeypatch):
     assert len(log) == 10 and log["call"].tolist() == list(range(1, 11))
     assert log.groupby("step").size().tolist() == [4, 4, 2]
     assert calls == [(1 / 128, 0.3)] * 3
+    # the trainer logs its DAP loss and gradient norm per optimizer step, as every trainer does
+    h = out["history"]
+    assert h.step.tolist() == [0, 1, 2] and np.isfinite(h.loss).all() and (h.loss >= 0).all() and (h.grad_norm >= 0).all()
+    from mdkl.numerics import numeric_failure
+    assert not numeric_failure(h)
     for _, b in log.groupby("step"):  # reward_used is exactly Algorithm 1 on the batch
         want = real(torch.tensor(b.reward.values, dtype=torch.float32),
                     torch.tensor(b.logp_prior.values, dtype=torch.float32), beta=1 / 128, tau=0.3)

@@ -153,7 +153,9 @@ def run_rl(prior: SmilesLSTM, vocab: Vocabulary, scorer, cfg: RLConfig = RLConfi
     while the scorer's pool scores the batch; the backward pass waits for the rewards. Without it,
     scoring finishes first. Both give identical results (no randomness in between); which one is
     faster depends on free cores (``benchmarks/bench_chem.py`` measures both). Returns ``{"log": DataFrame of
-    every call, "timing": seconds per stage, "anchors": MARA statistics, "n_invalid", "n_nan"}``.
+    every call, "history": the DAP loss and the agent's gradient norm per optimizer step (REINVENT
+    applies no clip; :func:`mdkl.numerics.numeric_failure` reads them), "timing": seconds per stage,
+    "anchors": MARA statistics, "n_invalid", "n_nan"}``.
     The log's ``reward`` is the molecule's reward, ``duplicate`` marks in-batch repeats
     (:func:`in_batch_duplicates`), ``reward_used`` is what entered the DAP loss (0 for a duplicate
     under ``duplicates='zero'``, then MARA's shaping).
@@ -188,6 +190,7 @@ def run_rl(prior: SmilesLSTM, vocab: Vocabulary, scorer, cfg: RLConfig = RLConfi
     anchors = {"batches": 0, "batches_with_anchor": 0, "batches_with_2plus": 0, "augmented": 0,
                "augmentation_sum": 0.0, "mean_augmentation": 0.0, "duplicates": 0}
     calls, step = 0, 0
+    steps_log: dict[str, list] = {"loss": [], "grad_norm": []}  # per optimizer step (REINVENT applies no clip)
     shaping = cfg.shaping
     bar = progress_bar(total=cfg.reward_calls, desc="RL", show=progress, mininterval=5)
     while calls < cfg.reward_calls:
@@ -213,6 +216,9 @@ def run_rl(prior: SmilesLSTM, vocab: Vocabulary, scorer, cfg: RLConfig = RLConfi
         loss = dap_loss(lp_agent, lp_prior, r_used, cfg.sigma)
         opt.zero_grad()
         loss.backward()
+        steps_log["loss"].append(float(loss.detach()))
+        steps_log["grad_norm"].append(float(torch.sqrt(sum(p.grad.detach().pow(2).sum() for p in agent.parameters()
+                                                           if p.grad is not None))))
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # asynchronous kernels: charge the update to its stage
@@ -243,7 +249,8 @@ def run_rl(prior: SmilesLSTM, vocab: Vocabulary, scorer, cfg: RLConfig = RLConfi
     if anchors["augmented"]:
         anchors["mean_augmentation"] = anchors["augmentation_sum"] / anchors["augmented"]
     log = pd.DataFrame({"call": np.arange(1, calls + 1), **cols})
-    return {"log": log, "timing": timing, "anchors": anchors, "n_invalid": scorer.n_invalid,
+    history = pd.DataFrame({"step": np.arange(step), **steps_log})
+    return {"log": log, "history": history, "timing": timing, "anchors": anchors, "n_invalid": scorer.n_invalid,
             "n_nan": scorer.n_nan}
 
 
