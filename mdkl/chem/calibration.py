@@ -35,7 +35,7 @@ from mdkl.runtime import resolve_profile
 __all__ = ["TARGET_RATES", "SCREENS", "EVAL_SEEDS", "RewardCalibration", "calibration_path", "save_calibration",
            "load_calibration", "load_for_prior", "CalibrationGrid", "unique_hit_rates", "run_summary", "calibration_run",
            "synth_fail_share", "calibrate", "frozen_choice", "chosen_rewards", "describe_choice", "choose", "choose_lr", "chosen_runs", "seed_spread",
-           "calibration_from_choice", "run_calibration", "point_spread", "freeze_or_check", "main"]
+           "calibration_from_choice", "run_calibration", "point_spread", "freeze_or_check", "calibration_cli", "main"]
 
 
 @dataclass(frozen=True)
@@ -473,18 +473,30 @@ def main(argv=None) -> None:
     if it does not exist (or with ``--recalibrate`` and a new ``--label``); otherwise check the frozen
     choice against the runs (:func:`freeze_or_check`). quick reuses cpu's file. The v2 analogue:
     ``python -m mdkl.chem.calibration_v2``."""
+    parsed = calibration_cli("mdkl.chem.calibration", main.__doc__, "v1", argv)
+    if parsed is not None:
+        args, profile = parsed
+        freeze_or_check(profile, CalibrationGrid(), "v1", args.label, args.recalibrate)
+
+
+def calibration_cli(module: str, doc: str, analogue: str, argv=None, extra=None):
+    """The command line both calibrations share (``python -m <module> [--profile P] [--label L]
+    [--recalibrate]``, plus the options ``extra(parser)`` adds): returns ``(args, profile)``, or
+    None under the quick profile, which reuses the cpu profile's frozen file (said on stdout)."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m mdkl.chem.calibration", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog=f"python -m {module}", description=doc)
     ap.add_argument("--profile", default=None, help="quick | cpu | paper (default: $MDKL_PROFILE or cpu)")
-    ap.add_argument("--label", default="v1")
+    ap.add_argument("--label", default=analogue)
     ap.add_argument("--recalibrate", action="store_true", help="overwrite the frozen file (use a new --label)")
+    if extra is not None:
+        extra(ap)
     args = ap.parse_args(argv)
     profile = resolve_profile(args.profile)
     if profile == "quick":
-        print(f"the quick profile reuses {calibration_path('quick').name} (calibrate the cpu profile)")
-        return
-    freeze_or_check(profile, CalibrationGrid(), "v1", args.label, args.recalibrate)
+        print(f"the quick profile reuses {calibration_path('quick', analogue).name} (calibrate the cpu profile)")
+        return None
+    return args, profile
 
 
 if __name__ == "__main__":

@@ -67,11 +67,10 @@ import math
 
 import numpy as np
 
-from mdkl.chem.calibration import CalibrationGrid, chosen_runs, freeze_or_check, seed_spread
+from mdkl.chem.calibration import CalibrationGrid, calibration_cli, chosen_runs, freeze_or_check, seed_spread
 from mdkl.chem.frozen import RewardCalibration, calibration_path, load_calibration
 from mdkl.chem.regime import PAPER_NARROWING, SCREENS, TARGET_RATES
 from mdkl.chem.reward import TASKS, RewardConfig
-from mdkl.runtime import resolve_profile
 
 __all__ = ["GRID", "MOSES_SCREEN", "moses_raw", "components_from_raw", "moses_screens", "spread_upper_bound",
            "regime_table", "v1_point_runs", "main"]
@@ -216,7 +215,6 @@ def main(argv=None) -> None:
     freezes ``data/chem_reward_<profile>_v2.json`` once, with the upper-bound planning spread; otherwise
     checks it). ``--compare-v1``: also v1's frozen point on v1's seeds with the hit profile, v1 beside v2
     (``data/results/chem_<profile>_v1_v2_regime.csv``; 6 more runs, ~4 min once)."""
-    import argparse
     from dataclasses import replace
 
     import pandas as pd
@@ -224,16 +222,11 @@ def main(argv=None) -> None:
     from mdkl.chem.calibration import run_calibration
     from mdkl.runtime import RESULTS_DIR, write_csv
 
-    ap = argparse.ArgumentParser(prog="python -m mdkl.chem.calibration_v2", description=main.__doc__)
-    ap.add_argument("--profile", default=None, help="quick | cpu | paper (default: $MDKL_PROFILE or cpu)")
-    ap.add_argument("--label", default="v2")
-    ap.add_argument("--recalibrate", action="store_true", help="overwrite the frozen file (use a new --label)")
-    ap.add_argument("--compare-v1", action="store_true", help="also profile v1's frozen point and print v1 beside v2")
-    args = ap.parse_args(argv)
-    profile = resolve_profile(args.profile)
-    if profile == "quick":
-        print(f"the quick profile reuses {calibration_path('quick', 'v2').name} (calibrate the cpu profile)")
+    parsed = calibration_cli("mdkl.chem.calibration_v2", main.__doc__, "v2", argv, extra=lambda ap: ap.add_argument(
+        "--compare-v1", action="store_true", help="also profile v1's frozen point and print v1 beside v2"))
+    if parsed is None:
         return
+    args, profile = parsed
     v1 = load_calibration(calibration_path(profile, "v1")) if calibration_path(profile, "v1").exists() else None
     rewards = {f"v1 {t}": v1.reward(t) for t in TASKS} if v1 else {}
     if v1:
