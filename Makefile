@@ -40,7 +40,7 @@ export ATEN_CPU_CAPABILITY MKL_CBWR ONEDNN_MAX_CPU_ISA
 endif
 endif
 
-.PHONY: all help env test unit nbval nbval-native lab publish readme onetwo-paths bench gpu-check check-machine chem-prior chem-calibrate chem-calibrate-v2 clean-cache clean $(notdir $(basename $(NOTEBOOKS)))
+.PHONY: all help env test unit nbval nbval-native lab publish readme onetwo-paths naming-paths bench gpu-check check-machine chem-prior chem-calibrate chem-calibrate-v2 clean-cache clean $(notdir $(basename $(NOTEBOOKS)))
 
 help: ## show this help
 	@echo "mdkl make targets (PROFILE=quick|cpu|paper, default cpu):"
@@ -128,6 +128,9 @@ readme: $(ENV_STAMP) ## regenerate README.md's results table from the committed 
 
 onetwo-paths: $(ENV_STAMP) ## notebook 05's grid on the native kernels: its headline verdicts beside the committed ones, and one-seed swaps (~21 min)
 	$(NATIVE) $(PY) -m mdkl.checks.onetwo_paths
+
+naming-paths: $(ENV_STAMP) ## notebook 07's naming-task Table 1 on the native kernels: its verdicts beside the committed ones (~11 min)
+	$(NATIVE) $(PY) -m mdkl.checks.naming_paths
 
 bench: $(ENV_STAMP) ## run the benchmark scripts under benchmarks/
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done

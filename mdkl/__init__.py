@@ -81,6 +81,7 @@ Checks (``mdkl.checks``, the application layer above everything):
 
 - ``mdkl.checks.gpu`` ``make gpu-check``: every trainer on the GPU against the CPU, throughput, memory
 - ``mdkl.checks.onetwo_paths`` ``make onetwo-paths``: notebook 05's headline verdicts on another numeric path
+- ``mdkl.checks.naming_paths`` ``make naming-paths``: notebook 07's naming-task Table 1 verdicts on another numeric path
 - ``mdkl.checks.readme`` ``make readme``: the README's results table from the committed notebooks, CSVs, timings
 """
 

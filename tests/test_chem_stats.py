@@ -175,6 +175,14 @@ def test_primary_tests_from_the_per_run_table():
     assert "raises the unique-hit yield" in primary_statement("SYNTH")
     with pytest.raises(ValueError, match="lacks columns"):
         primary_tests(_runs_table().drop(columns="reward_first"), sd)
+    # a numerically failed run drops its seed's pair (never averaged in); the count is reported
+    runs = _runs_table().assign(numeric_failure=False)
+    assert out.failed_seeds.tolist() == [0, 0]
+    bad = (runs.task == "synth") & (runs.seed == runs.seed.min()) & (runs.arm == "MARA")
+    runs.loc[bad, ["numeric_failure", "yield"]] = [True, 10**6]
+    f = primary_tests(runs, sd).set_index("task")
+    assert f.loc["synth", "n"] == 5 and f.loc["synth", "failed_seeds"] == 1 and f.loc["amide", "n"] == 6
+    assert f.loc["synth", "ratio"] == pytest.approx(out.loc["synth", "ratio"], rel=0.2)  # the 10**6 never enters
     with pytest.raises(ValueError, match="no planning sd"):
         primary_tests(_runs_table(), {"synth": 0.1})
 

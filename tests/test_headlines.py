@@ -105,3 +105,15 @@ def test_onetwo_one_seed_swaps_recomputed_from_the_committed_runs():
     assert list(got.columns[3:8]) == [f"swap_{s}" for s in range(5)]
     assert set(got.level) == {"headline", "per beta"}
     assert (got.n_changed == got[[f"swap_{s}" for s in range(5)]].ne(got.verdict, axis=0).sum(axis=1)).all()
+
+
+@pytest.mark.skipif(not (RESULTS_DIR / "naming_table1_paths.csv").exists(), reason="make naming-paths not run")
+def test_naming_table1_verdicts_on_the_second_numeric_path_recomputed_from_its_committed_runs():
+    """`make naming-paths` ran notebook 07's naming-task design on the native kernels; the committed
+    side-by-side table is exactly what the two committed per-run tables give."""
+    from mdkl.checks import naming_paths
+
+    got = naming_paths.compare_paths(pd.read_csv(RESULTS_DIR / "naming_table1_runs.csv"),
+                                     pd.read_csv(RESULTS_DIR / "naming_table1_runs_native.csv"), "native")
+    committed = pd.read_csv(RESULTS_DIR / "naming_table1_paths.csv")
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), committed, check_dtype=False)

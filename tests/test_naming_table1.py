@@ -186,6 +186,39 @@ def test_matched_reward_difference_interpolates_without_extrapolating():
     assert t1.matched_reward_difference(far).empty
 
 
+def test_matched_specs_run_each_control_on_the_side_of_maras_reward():
+    """Every other control reaches MARA (fwd)'s reward along its own frontier: a row below it in ID
+    reward runs at the smaller frontier beta, a row above at the larger, on every seed; then the
+    frontier claim compares at matched reward for every row."""
+    task, d = _fake_task(), t1.DESIGNS["cpu"]
+    runs = _toy_runs(effect=1.0, spread=0.0)
+    design = runs.phase == "design"
+    runs.loc[design & (runs.row == "Unlikely"), "id_proxy"] -= 0.05
+    runs.loc[design & (runs.row == "MARA (rev)"), "id_proxy"] += 0.05
+    specs = t1.matched_specs(d, task, 0.3, runs)
+    got = {(sp["row"], sp["beta"]) for sp in specs}
+    assert ("Unlikely", 0.05) in got and ("Unlikely", 0.2) not in got
+    assert ("MARA (rev)", 0.2) in got and ("MARA (rev)", 0.05) not in got
+    assert {sp["phase"] for sp in specs} == {"matched"} and {r for r, _ in got} == set(d.matched_rows)
+    # one frontier beta per row and seed, on that seed's side of MARA (fwd)'s reward
+    assert sorted((sp["row"], sp["seed"]) for sp in specs) == sorted((r, s) for r in d.matched_rows for s in d.seeds)
+    assert t1.matched_specs(d, task, 0.3, runs[runs.row != "MARA (fwd)"]) == []  # nothing to match
+    # the frontier claim reads each control's interpolated diversity at MARA (fwd)'s reward
+    extra = []
+    for sp in specs:
+        base = runs[design & (runs.row == sp["row"]) & (runs.seed == sp["seed"])].iloc[0].to_dict()
+        step = 1 if sp["beta"] < 0.1 else -1
+        extra.append({**base, "phase": "matched", "beta": sp["beta"], "id_proxy": base["id_proxy"] + 0.1 * step,
+                      "id_distinct": base["id_distinct"] - 0.5 * step})
+    full = pd.concat([runs, pd.DataFrame(extra)], ignore_index=True)
+    d_unl = t1.matched_reward_difference(full, control="Unlikely")
+    assert len(d_unl) == 5 and np.allclose(d_unl, 1.0 + 0.25, atol=1e-2)  # 0.05 of 0.1 along the frontier
+    v = t1.verdicts_from_runs(full)
+    fr = v[v.claim == "frontier"].set_index("comparison")
+    assert len(fr) == 7 and (fr.n_seeds == 5).all()
+    assert t1.verdicts_from_runs(runs).set_index("comparison").loc["MARA (fwd) - Unlikely"].shape  # no matched runs: fewer seeds
+
+
 # ---------------------------------------------------------------- the committed results
 def _committed_verdict_lines() -> list[str]:
     runs = pd.read_csv(RUNS_CSV)

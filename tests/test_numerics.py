@@ -39,3 +39,16 @@ def test_bounds_and_inputs():
         numeric_failure(pd.DataFrame({"loss": [1.0]}))
     with pytest.raises(ValueError, match="max_grad_norm"):
         numeric_failure(ok, max_grad_norm=0)
+
+
+def test_an_unclipped_trainer_is_judged_against_its_own_median_step():
+    """REINVENT applies no clip: max_grad_norm=None compares each step with the run's median norm."""
+    norms = [0.0, 4e3, 5.5e3, 6e3, 7e3, 8e3]  # a first step with no reward signal has no gradient
+    ok = {"loss": [1e3] * 6, "grad_norm": norms}
+    assert not numeric_failure(ok, max_grad_norm=None)  # 1e3 x clip 1 would flag every step
+    assert numeric_failure(ok)
+    runaway = {"loss": [1e3] * 6, "grad_norm": norms[:-1] + [6e3 * 1e3 * 1.01]}
+    v = numeric_failure(runaway, max_grad_norm=None)
+    assert v and v.n_bad == 1 and "the run's median 6e+03" in v.reason
+    assert not numeric_failure({"loss": [0.0, 0.0], "grad_norm": [0.0, 0.0]}, max_grad_norm=None)  # never moved
+    assert numeric_failure({"loss": [1.0, math.nan], "grad_norm": [0.0, 1.0]}, max_grad_norm=None)

@@ -17,13 +17,13 @@ Q_REF = 0.95
 H_REF = float(oc.binary_entropy(Q_REF))
 
 
-def table(vanilla_h, mara_h, kl="reverse", beta=0.03, collapse=(), dips=(), mara_changed=50.0):
+def table(vanilla_h, mara_h, kl="reverse", beta=0.03, collapse=(), dips=(), mara_changed=50.0, failed=()):
     rows = []
     for meth, hs in (("vanilla", vanilla_h), ("MARA", mara_h)):
         for seed, h in enumerate(hs):
             rows.append(dict(kl=kl, method=meth, beta=beta, seed=seed, H=h, H_prev=h, p1_valid=0.99 if h < 0.3 else 0.5,
                              target_p1=Q_REF, hv=h, reward=1.0, reward_start=0.9,
-                             reward_collapse=(meth, seed) in collapse,
+                             reward_collapse=(meth, seed) in collapse, numeric_failure=(meth, seed) in failed,
                              min_batch_reward=0.1 if (meth, seed) in dips else 0.6,
                              mara_changed=mara_changed if meth == "MARA" else 0.0))
     return pd.DataFrame(rows)
@@ -159,3 +159,19 @@ def test_the_headline_pools_every_beta_per_kl_and_pairs_by_beta_and_seed():
     assert list(g.columns) == ["every beta"] and len(g) == 10
     # the per-beta view of the same table: four claims per KL and beta, the collapse claim per method
     assert len(oc.cell_claims(runs, DESIGN)) == 2 * 2 * 4 + 2 * 2
+
+
+def test_numerically_failed_runs_are_named_and_left_out_never_averaged():
+    """A run whose loss or gradient norm left its bound (mdkl.numerics) is left out of claims 1-4 and
+    named; the reward-collapse claim still counts it."""
+    good = [0.69, 0.68, 0.685, 0.69, 0.692]
+    v, c = verdicts(table([0.01] * 5, good[:4] + [0.0], failed=[("MARA", 4)]))
+    assert v["MARA target", "MARA"] == "holds"  # seed 4's H = 0 would have failed it
+    line = c[c.claim == "MARA target"].measured.iloc[0]
+    assert "over 4 runs" in line and "left out (numerically failed): seed 4" in line
+    assert "left out (numerically failed): seed 4" in c[c.claim == "front"].measured.iloc[0]
+    assert v["no collapse", "MARA"] == "holds"
+    v, _ = verdicts(table([0.01] * 5, good[:4] + [0.0]))
+    assert v["MARA target", "MARA"] != "holds"  # the same run, not flagged, is averaged in
+    with pytest.raises(ValueError, match="numeric_failure"):
+        oc.headline_claims(table([0.01] * 5, good).drop(columns="numeric_failure"), DESIGN)

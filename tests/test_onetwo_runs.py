@@ -48,11 +48,12 @@ def test_split_kl():
     assert onetwo_runs.split_kl(0.5, 1.0) == math.inf
 
 
-def _result(seed, p1s, rewards, mara="none"):
+def _result(seed, p1s, rewards, mara="none", grad=0.4):
     cfg = LMConfig(mara=mara, tau=1.0, seed=seed, steps=len(rewards))
     ck = pd.DataFrame({"step": range(len(p1s)), "p1_valid_exact": p1s, "reward": [1.0] * len(p1s),
                        "valid_entropy_exact": [0.1] * len(p1s), "valid_exact": [0.9] * len(p1s)})
-    h = pd.DataFrame({"reward": rewards, "mara_anchored": [10] * len(rewards), "mara_changed": [3] * len(rewards)})
+    h = pd.DataFrame({"reward": rewards, "mara_anchored": [10] * len(rewards), "mara_changed": [3] * len(rewards),
+                      "loss": [0.5] * len(rewards), "grad_norm": [grad] * len(rewards)})
     return LMResult(cfg, h, ck, seconds=1.0)
 
 
@@ -68,6 +69,12 @@ def test_run_summary_and_arm_table():
     assert a["H_prev"] == pytest.approx(0.1) and a["reward_start"] == 1.0
     assert a["hv"] == pytest.approx(1.0 * 0.1)  # checkpoints at (reward 1, H 0.1) dominate 1 x 0.1
     t = onetwo_runs.arm_table(pd.DataFrame([a, b]))
-    assert len(t) == 1 and t.runs[0] == 2 and t.reward_collapses[0] == 1
+    assert len(t) == 1 and t.runs[0] == 2 and t.reward_collapses[0] == 1 and t.numeric_failures[0] == 0
+    # numeric failure: a pre-clip gradient norm above 1e3 x the clip (mdkl.numerics), with its reason
+    assert not a["numeric_failure"] and a["failure_reason"] == "" and a["grad_norm_max"] == 0.4
+    f = onetwo_runs.run_summary(_result(3, [0.9, 0.9], [1.0] * 10, grad=2e3), 0.95, last=1)
+    assert f["numeric_failure"] and "grad norm > 1e+03" in f["failure_reason"] and f["loss_max_abs"] == 0.5
+    tf = onetwo_runs.arm_table(pd.DataFrame([a, {**f, "p1_valid": 0.0}]))
+    assert tf.numeric_failures[0] == 1 and tf.runs[0] == 2 and tf.p1_valid[0] == pytest.approx(a["p1_valid"])  # not averaged in
     # p1 = 0.95 and 0.99: mean 0.97, sd 0.04 / sqrt(2), SE = sd / sqrt(2) = 0.02
     assert t.p1_valid[0] == pytest.approx(0.97) and t.p1_valid_se[0] == pytest.approx(0.02)

@@ -236,7 +236,7 @@ ROWS: tuple[Row, ...] = (
     Row("Table 2b (ALL-AMIDE)", "06_chemistry", "MARA tau 0.85 vs REINVENT, yield at 0.85: +31%", _chem("amide"),
         "ALL-AMIDE analogue"),
     Row("Table 1 (powered, naming task)", "07_creative_qa", "MARA (fwd): best out-dist reward, most diverse",
-        _naming_table1, ("MARA (fwd) has the best", "MARA (fwd) is the most diverse", "MARA (fwd) is more diverse than RLOO",
+        _naming_table1, ("MARA (fwd) has the best", "MARA (fwd) is the most diverse", "MARA (fwd) is more diverse than every",
                          "RLOO loses diversity")),
     Row("Table 1 (SmolLM2 demo)", "07_creative_qa", "MARA (rev) - RLOO: out-dist reward +0.171", _creative("MARA (rev)", "RLOO"),
         "MARA (rev) raises"),

@@ -244,7 +244,11 @@ def primary_tests(runs, planning_sd: dict, prereg: "PreRegistration" = None):
 
     Per task: the paired test on log(yield_MARA / yield_REINVENT) at ``prereg.screen``, the gates
     (MARA acted, REINVENT trained, planned MDE at this number of seeds <= the paper's gain), the
-    verdict of the rule set and Holm-adjusted p-values over the tasks. Returns one row per task."""
+    verdict of the rule set and Holm-adjusted p-values over the tasks. Returns one row per task.
+
+    A seed whose MARA or REINVENT run failed numerically (a ``numeric_failure`` column, from
+    :func:`mdkl.numerics.numeric_failure`; tables written before the loop logged its gradient have
+    none) is dropped from the pair, never averaged in; ``failed_seeds`` counts them."""
     import pandas as pd
 
     prereg = PreRegistration() if prereg is None else prereg
@@ -256,6 +260,9 @@ def primary_tests(runs, planning_sd: dict, prereg: "PreRegistration" = None):
         if t not in planning_sd:
             raise ValueError(f"no planning sd for task {t!r}: the frozen calibration records one per task")
         d = runs[(runs.task == t) & np.isclose(runs.screen, prereg.screen)]
+        failed = (sorted(set(d.seed[d.numeric_failure.astype(str).str.lower().isin(["true", "1"])]))
+                  if "numeric_failure" in d else [])
+        d = d[~d.seed.isin(failed)]
         y = d.pivot(index="seed", columns="arm", values="yield")
         if set(y.columns) != {"MARA", "REINVENT"} or y.isna().any().any():
             raise ValueError(f"{t}: every seed needs one MARA and one REINVENT run at screen {prereg.screen}")
@@ -271,7 +278,7 @@ def primary_tests(runs, planning_sd: dict, prereg: "PreRegistration" = None):
                      "ratio_high": res["ratio_upper"], "p": res["p"], "sd": res["sd"],
                      "planned_mde": planned, "measured_mde": res["mde"], "paper_gain": gain, "acted": acted,
                      "control_rise": trained["rise"], "control_trained": trained["trained"], "pseudo": pseudo,
-                     "verdict": v})
+                     "failed_seeds": len(failed), "verdict": v})
     out = pd.DataFrame(rows)
     out.insert(out.columns.get_loc("p") + 1, "p_holm", verdicts.holm(out.p))
     return out

@@ -15,7 +15,10 @@ rewards and KL carry no sampling error; the only randomness left is the training
   :func:`mdkl.tasks.creative_design.matched_beta`).
 * :class:`Design` / :data:`DESIGNS`: seeds, steps, betas per profile; :func:`run_specs` lists
   every run (a pilot of disjoint seeds first, then the rows, then the beta frontier of RLOO and
-  MARA (fwd)), :func:`mdkl.tasks.naming_runs.run_grid` trains them in spawned one-thread workers (cached per run).
+  MARA (fwd)); :func:`matched_specs` adds, after the rows, each other control at the frontier betas
+  on the side of MARA (fwd)'s in-distribution reward, so every comparison of diversity can be made at
+  matched reward; :func:`mdkl.tasks.naming_runs.run_grid` trains them in spawned one-thread workers
+  (cached per run).
 * :func:`runs_frame`: the per-run table (``data/results/naming_table1_runs.csv``): exact ID and
   OOD metrics, loss / gradient-norm summary, the numeric-failure and degenerate flags.
 * :func:`planned_mde`: the minimum detectable effects, from the pilot's seed spread only (fixed
@@ -45,7 +48,8 @@ from mdkl.tasks.naming_world import NamingConfig
 
 __all__ = ["ROWS", "TABLE_ORDER", "PAPER_ROW", "METRIC_PAPER", "Design", "DESIGNS", "reference_reward_sd",
            "reference_tau", "base_config", "row_config", "run_specs", "run_grid", "numeric_failure", "runs_frame",
-           "planned_mde", "paper_effects", "seed_differences", "verdicts_from_runs", "matched_reward_difference",
+           "matched_specs", "planned_mde", "paper_effects", "seed_differences", "verdicts_from_runs",
+           "matched_reward_difference",
            "claim_summary", "row_summary", "LOSS_BOUND", "GRAD_BOUND", "DEGENERATE_VALID", "CLAIMS"]
 
 #: the trained rows (Base: the reference; Ensemble: WiSE-FT of Base and RLOO), as changes to one LMConfig
@@ -79,8 +83,9 @@ CLAIMS = (
      ("Base", "GRPO", "RLOO", "RLOO + k3", "Entropy", "Unlikely", "BoN training", "Ensemble", "MARA (rev)")),
     ("diverse", "MARA (fwd) is the most diverse trained row (expected distinct answers among k)", "id_distinct",
      "MARA (fwd)", ("GRPO", "RLOO", "RLOO + k3", "Entropy", "Unlikely", "BoN training", "MARA (rev)")),
-    ("frontier", "MARA (fwd) is more diverse than RLOO at matched in-distribution reward (RLOO's beta frontier)",
-     "id_distinct", "MARA (fwd)", ("RLOO",)),
+    ("frontier", "MARA (fwd) is more diverse than every trained row at matched in-distribution reward (each row's "
+     "beta frontier)", "id_distinct", "MARA (fwd)",
+     ("GRPO", "RLOO", "RLOO + k3", "Entropy", "Unlikely", "BoN training", "MARA (rev)")),
     ("premise", "RLOO loses diversity against Base (expected distinct answers among k)", "id_distinct", "Base",
      ("RLOO",)),
 )
@@ -99,6 +104,9 @@ class Design:
     """Rows run at the frontier betas: the first (the frontier claim's control) on every seed, the
     others (shown in the figure) on the first ``frontier_other_seeds`` seeds."""
     frontier_other_seeds: int = 3
+    matched_rows: tuple[str, ...] = ("GRPO", "RLOO + k3", "Entropy", "Unlikely", "BoN training", "MARA (rev)")
+    """The frontier claim's other controls (beside ``frontier_rows[0]``): each runs, seed by seed, at the
+    frontier betas on the side of MARA (fwd)'s in-distribution reward (:func:`matched_specs`)."""
     rows: tuple[str, ...] = tuple(ROWS)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     pilot_seeds: tuple[int, ...] = (100, 101, 102)
@@ -125,7 +133,7 @@ class Design:
             raise ValueError("need >= 2 seeds and >= 2 pilot seeds (one seed has no spread to test against)")
         if set(self.seeds) & set(self.pilot_seeds):
             raise ValueError("pilot seeds must be disjoint from the design's seeds (the pilot fixes the MDEs)")
-        if unknown := set(self.rows) - set(ROWS):
+        if unknown := (set(self.rows) | set(self.matched_rows)) - set(ROWS):
             raise ValueError(f"unknown rows {sorted(unknown)}: use rows of ROWS ({list(ROWS)})")
 
 
@@ -224,6 +232,28 @@ def run_specs(design: Design, task: NamingTask, group_sd: float) -> list[dict]:
     return specs
 
 
+def matched_specs(design: Design, task: NamingTask, group_sd: float, runs: pd.DataFrame) -> list[dict]:
+    """The frontier claim's extra runs (phase ``'matched'``), chosen from the design's runs by a rule
+    fixed before they run: for each of ``design.matched_rows`` and each seed where both its design run
+    and MARA (fwd)'s are usable, the frontier betas *below* the design's beta when the row's
+    in-distribution reward is below MARA (fwd)'s in that seed (a smaller beta optimizes further),
+    *above* it otherwise, so that the row's beta frontier can reach MARA (fwd)'s reward
+    (:func:`matched_reward_difference` never extrapolates)."""
+    ok = _ok(runs[runs.phase == "design"])
+    lead = ok[ok.row == "MARA (fwd)"].set_index("seed").id_proxy
+    specs = []
+    for r in design.matched_rows:
+        x = ok[ok.row == r].set_index("seed").id_proxy
+        for s in design.seeds:
+            if s not in x.index or s not in lead.index:
+                continue
+            below = float(x[s]) < float(lead[s])
+            for b in (v for v in design.frontier_betas if (v < design.beta if below else v > design.beta)):
+                specs.append({"phase": "matched", "row": r, "seed": s, "beta": b,
+                              "config": row_config(design, task, r, s, b, group_sd)})
+    return specs
+
+
 # ----------------------------------------------------------------------------------------------
 # one run (worker) and the grid
 # ----------------------------------------------------------------------------------------------
@@ -291,15 +321,16 @@ def seed_differences(runs: pd.DataFrame, a: str, b: str, metric: str, phase: str
     return (y - x).dropna()
 
 
-def matched_reward_difference(runs: pd.DataFrame, metric: str = "id_distinct", x: str = "id_proxy") -> pd.Series:
-    """Per seed, MARA (fwd)'s ``metric`` minus RLOO's at the same in-distribution reward ``x``:
-    RLOO's value linearly interpolated along its beta frontier (its runs at every beta of that seed,
-    sorted by ``x``). A seed where MARA (fwd)'s ``x`` lies outside RLOO's range is dropped (no
-    extrapolation)."""
-    ok = _ok(runs[runs.phase.isin(["design", "frontier"])])
+def matched_reward_difference(runs: pd.DataFrame, metric: str = "id_distinct", x: str = "id_proxy",
+                              control: str = "RLOO") -> pd.Series:
+    """Per seed, MARA (fwd)'s ``metric`` minus ``control``'s at the same in-distribution reward ``x``:
+    the control's value linearly interpolated along its beta frontier (its usable runs at every beta
+    of that seed: design, frontier and matched phases, sorted by ``x``). A seed where MARA (fwd)'s
+    ``x`` lies outside the control's range is dropped (no extrapolation)."""
+    ok = _ok(runs[runs.phase.isin(["design", "frontier", "matched"])])
     out = {}
     for s, g in ok.groupby("seed"):
-        rl = g[g.row == "RLOO"].sort_values(x)
+        rl = g[g.row == control].sort_values(x)
         m = g[(g.row == "MARA (fwd)") & (g.phase == "design")]
         if len(rl) < 2 or len(m) != 1:
             continue
@@ -336,7 +367,7 @@ def verdicts_from_runs(runs: pd.DataFrame, min_kl: float = 0.05) -> pd.DataFrame
             eff = paper_effects(runs, lead, others, metric)
         for other in others:
             if name == "frontier":
-                d = matched_reward_difference(runs, metric)
+                d = matched_reward_difference(runs, metric, control=other)
             elif name == "premise":
                 d = seed_differences(runs, other, lead, metric)  # Base - RLOO: the paper's loss, positive
             else:

@@ -32,6 +32,10 @@ planned MDEs assume, so the pooled intervals are wider than planned (the gates u
   method): a run whose final batches average below 1/2 (it is then left out of every other claim and
   named) or whose batch reward fell below ``reward_floor`` at any step. Never waived.
 
+A run that failed numerically (``numeric_failure``: :func:`mdkl.numerics.numeric_failure` on its loss
+and pre-clip gradient norm) is left out of claims 1-4 and named in their lines, like a collapsed run;
+claim 5 counts every run.
+
 "Still moving" (a run outside the margin whose last window of checkpoints moved more than its
 remaining distance to the target) can make only a convergence claim ``not tested``, and only when
 more than half of its runs are still moving (otherwise they stay in the mean at their last value);
@@ -175,9 +179,11 @@ def _cell_claims(arm: dict, design: ClaimDesign, kl: str, beta: float, pooled: b
     """Claims 1-4 on one cell of runs: ``arm`` maps 'vanilla' / 'MARA' to their runs (one beta, or
     every beta when ``pooled``; units are then (beta, seed) pairs)."""
     key = ["beta", "seed"]
-    ok = {m: a[~a.reward_collapse] for m, a in arm.items()}
+    ok = {m: a[~a.reward_collapse & ~a.numeric_failure] for m, a in arm.items()}
     gone = {m: a[a.reward_collapse] for m, a in arm.items()}
-    note = {m: f"; left out (reward collapse): {_units(gone[m], pooled)}" if len(gone[m]) else "" for m in arm}
+    failed = {m: a[a.numeric_failure & ~a.reward_collapse] for m, a in arm.items()}
+    note = {m: (f"; left out (reward collapse): {_units(gone[m], pooled)}" if len(gone[m]) else "")
+            + (f"; left out (numerically failed): {_units(failed[m], pooled)}" if len(failed[m]) else "") for m in arm}
     q_ref = float(arm["vanilla"].target_p1.iloc[0]) if len(arm["vanilla"]) else float("nan")
     h_ref = float(binary_entropy(q_ref))
     rows = []
@@ -242,13 +248,14 @@ def _collapse_claim(a: pd.DataFrame, design: ClaimDesign, kl: str, method: str) 
 
 def _claims(runs: pd.DataFrame, design: ClaimDesign, pooled: bool) -> pd.DataFrame:
     need = {"kl", "method", "beta", "seed", "H", "H_prev", "p1_valid", "target_p1", "hv", "reward_collapse",
-            "min_batch_reward", "mara_changed", "reward", "reward_start"}
+            "min_batch_reward", "mara_changed", "reward", "reward_start", "numeric_failure"}
     missing = need - set(runs.columns)
     if missing:
         raise ValueError(f"the per-run table lacks {sorted(missing)}: rerun notebook 05 with this version of "
                          f"onetwo_runs.run_summary")
     runs = runs.copy()
-    runs["reward_collapse"] = runs.reward_collapse.astype(str).str.lower().isin(["true", "1"])
+    for flag in ("reward_collapse", "numeric_failure"):
+        runs[flag] = runs[flag].astype(str).str.lower().isin(["true", "1"])
     rows = []
     for kl in [k for k in ("reverse", "forward") if (runs.kl == k).any()]:
         r = runs[runs.kl == kl]

@@ -10,8 +10,10 @@ grid {reverse, forward} x {vanilla, MARA} x beta x seed, or of a successor metho
 seeded and cached, so the results do not depend on the scheduling). :func:`run_summary` reduces a
 run to its converged metrics: means over its last checkpoints of the exact answer split
 (:meth:`mdkl.tasks.onetwo.OneTwoTask.exact_metrics`), the binary KL of that split to the exact target's
-(:func:`split_kl`), reward, whether the run suffered a reward collapse, and how often MARA acted.
-:func:`arm_table` gives per-arm means with standard errors over seeds.
+(:func:`split_kl`), reward, whether the run suffered a reward collapse, how often MARA acted, and
+whether it failed numerically (:func:`mdkl.numerics.numeric_failure` on its loss and pre-clip gradient
+norm: such a run is listed, never summarized). :func:`arm_table` gives per-arm means with standard
+errors over seeds.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pandas as pd
 from mdkl.lm.trainer import LMConfig, LMResult, train_cached
 from mdkl.lm.smalllm import ONETWO_SMALL, SmallLMConfig
 from mdkl.metrics import hypervolume
+from mdkl.numerics import numeric_failure
 
 __all__ = ["SMALL_P95", "SMALL_RUN", "PAPER_BETAS", "ARMS", "SUCCESSOR_ARMS", "METHODS", "method_of", "arm_config", "run_grid", "split_kl", "run_summary", "arm_table"]
 
@@ -135,7 +138,9 @@ def run_summary(res: LMResult, target_p1: float, last: int = 3, collapse_below: 
     changed / acted on (means over the run). For the claims (:mod:`mdkl.tasks.onetwo_claims`):
     ``H_prev`` the entropy over the ``last`` checkpoints before those (is the run still moving?),
     ``hv`` the hypervolume of the run's checkpoints after step 0 in (reward, entropy)
-    (:func:`mdkl.metrics.hypervolume`), ``reward_start`` the reward at step 0."""
+    (:func:`mdkl.metrics.hypervolume`), ``reward_start`` the reward at step 0. ``grad_norm_max`` /
+    ``loss_max_abs``: the largest pre-clip gradient norm and |loss| of the run; ``numeric_failure``
+    (with ``failure_reason``): :func:`mdkl.numerics.numeric_failure` at the run's clip."""
     ck, h = res.checkpoints, res.history
     tail = ck.iloc[-last:]
     prev = ck.iloc[-2 * last:-last] if len(ck) > last else ck.iloc[:1]
@@ -143,6 +148,7 @@ def run_summary(res: LMResult, target_p1: float, last: int = 3, collapse_below: 
     n_tail = max(1, len(h) // 10)
     p1 = float(tail.p1_valid_exact.mean())
     c = res.config
+    nf = numeric_failure(h, max_grad_norm=c.max_grad_norm)
     return {"kl": c.kl, "method": method_of(c), "beta": c.beta, "seed": c.seed,
             "steps": c.steps, "p1_valid": p1, "H": float(tail.valid_entropy_exact.mean()),
             "H_prev": float(prev.valid_entropy_exact.mean()),
@@ -152,17 +158,26 @@ def run_summary(res: LMResult, target_p1: float, last: int = 3, collapse_below: 
             "kl_to_target": split_kl(p1, target_p1), "target_p1": target_p1,
             "reward_collapse": bool(h.reward.iloc[-n_tail:].mean() < collapse_below),
             "min_batch_reward": float(h.reward.min()), "mara_anchored": float(h.mara_anchored.mean()),
-            "mara_changed": float(h.mara_changed.mean()), "seconds": res.seconds}
+            "mara_changed": float(h.mara_changed.mean()), "grad_norm_max": float(h.grad_norm.max()),
+            "loss_max_abs": float(h.loss.abs().max()), "numeric_failure": nf.failed, "failure_reason": nf.reason,
+            "seconds": res.seconds}
 
 
 def arm_table(summaries: pd.DataFrame, cols=("p1_valid", "H", "reward", "kl_to_target")) -> pd.DataFrame:
     """Per (kl, method, beta): number of runs, mean and standard error over seeds of ``cols``, and
-    the count of reward collapses."""
-    g = summaries.groupby(["kl", "method", "beta"], sort=False)
+    the counts of reward collapses and numeric failures. A run that failed numerically
+    (``numeric_failure``) is counted, never averaged in: the means and standard errors are over the
+    other runs."""
+    keys = ["kl", "method", "beta"]
+    g = summaries.groupby(keys, sort=False)
     out = g.size().rename("runs").to_frame()
+    ok = summaries[~summaries.numeric_failure.astype(bool)] if "numeric_failure" in summaries else summaries
+    gk = ok.groupby(keys, sort=False)
     for col in cols:
-        out[col] = g[col].mean()
-        out[f"{col}_se"] = g[col].std(ddof=1) / np.sqrt(g[col].count())
+        out[col] = gk[col].mean()
+        out[f"{col}_se"] = gk[col].std(ddof=1) / np.sqrt(gk[col].count())
     out["reward_collapses"] = g.reward_collapse.sum().astype(int)
-    out["mara_changed"] = g.mara_changed.mean()
+    if "numeric_failure" in summaries:
+        out["numeric_failures"] = g.numeric_failure.sum().astype(int)
+    out["mara_changed"] = gk.mara_changed.mean()
     return out.reset_index()

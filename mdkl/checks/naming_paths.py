@@ -1,0 +1,76 @@
+"""Do notebook 07's Table 1 verdicts (the naming task) survive another numeric path? (``make naming-paths``)
+
+Trains the naming task's cpu design (:data:`mdkl.tasks.naming_table1.DESIGNS`: the naming LM, the pilot,
+every row x 5 seeds, the frontier and the matched-reward runs, as notebook 07 Part 1 runs them) on the
+numeric path in force, writes its per-run table to ``data/results/naming_table1_runs_<path>.csv``
+(``pinned`` or ``native``), and puts the claims' verdicts recomputed from it
+(:func:`mdkl.tasks.naming_table1.claim_summary`) beside the committed table's in
+``data/results/naming_table1_paths.csv``. ``make naming-paths`` runs it on the CPU's native kernels
+(``MDKL_NATIVE_KERNELS=1``), where the naming LM itself is pretrained again on that path (~11 min on
+2 cores). ``--tables-only`` recomputes the comparison from the committed per-run tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+
+from mdkl import runtime
+from mdkl.checks.onetwo_paths import path_tag
+from mdkl.tasks import naming, naming_table1 as t1, naming_world
+
+__all__ = ["design_runs", "compare_paths", "main"]
+
+
+def design_runs(design: t1.Design = t1.DESIGNS["cpu"]) -> pd.DataFrame:
+    """Every run of ``design`` on this path, in notebook 07's order (pilot, rows, frontier, then the
+    matched-reward runs chosen from the rows by :func:`~mdkl.tasks.naming_table1.matched_specs`): the
+    per-run table of :func:`~mdkl.tasks.naming_table1.runs_frame`."""
+    import torch
+
+    torch.set_num_threads(2)  # as notebook 07 (the naming LM's pretraining fixes its own threads)
+    model, tok = naming_world.load_naming_lm(design.world, progress=False)
+    task = naming.NamingTask(design.world, k=design.k)
+    ref = naming.answer_probs(model, tok, task.world)
+    base = naming.split_metrics(ref, task.world, design.k, ref)
+    sd = t1.reference_reward_sd(task, ref)
+    specs = t1.run_specs(design, task, sd)
+    results = t1.run_grid(design, specs)
+    matched = t1.matched_specs(design, task, sd, t1.runs_frame(design, specs, results, base))
+    return t1.runs_frame(design, specs + matched, results + t1.run_grid(design, matched), base)
+
+
+def compare_paths(committed: pd.DataFrame, other: pd.DataFrame, tag: str) -> pd.DataFrame:
+    """One row per claim of :data:`~mdkl.tasks.naming_table1.CLAIMS`: the statement, the verdict from
+    the committed per-run table and from ``other``'s (``verdict_<tag>``), and ``same``."""
+    a = t1.claim_summary(t1.verdicts_from_runs(committed))[["claim", "statement", "verdict"]]
+    b = t1.claim_summary(t1.verdicts_from_runs(other))[["claim", "verdict"]]
+    out = a.merge(b, on="claim", suffixes=("_committed", f"_{tag}"), validate="one_to_one")
+    out["same"] = out.verdict_committed == out[f"verdict_{tag}"]
+    return out
+
+
+def main(argv=None) -> pd.DataFrame:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tables-only", action="store_true",
+                    help="recompute the comparison from the committed per-run tables; train nothing")
+    args = ap.parse_args(argv)
+    tag = "native" if args.tables_only else path_tag()
+    committed = pd.read_csv(runtime.RESULTS_DIR / "naming_table1_runs.csv")
+    if args.tables_only:
+        runs = pd.read_csv(runtime.RESULTS_DIR / f"naming_table1_runs_{tag}.csv")
+    else:
+        print(f"numeric path: {runtime.numeric_path()}")
+        runs = design_runs()
+        runtime.write_csv(runs, f"naming_table1_runs_{tag}")
+    cmp = compare_paths(committed, runs, tag)
+    runtime.write_csv(cmp, "naming_table1_paths")
+    with pd.option_context("display.width", 250, "display.max_colwidth", 110):
+        print(cmp.to_string(index=False))
+    print(f"{int((~cmp.same).sum())} of {len(cmp)} Table 1 verdicts differ between the committed path and {tag}")
+    return cmp
+
+
+if __name__ == "__main__":
+    main()
