@@ -129,7 +129,7 @@ readme: $(ENV_STAMP) ## regenerate README.md's results table from the committed 
 onetwo-paths: $(ENV_STAMP) ## notebook 05's grid on the native kernels: its headline verdicts beside the committed ones, and one-seed swaps (~21 min)
 	$(NATIVE) $(PY) -m mdkl.checks.onetwo_paths
 
-naming-paths: $(ENV_STAMP) ## notebook 07's naming-task Table 1 on the native kernels: its verdicts beside the committed ones (~11 min)
+naming-paths: $(ENV_STAMP) ## notebook 07's naming-task Table 1 on the native kernels: its verdicts beside the committed ones (~13 min)
 	$(NATIVE) $(PY) -m mdkl.checks.naming_paths
 
 bench: $(ENV_STAMP) ## run the benchmark scripts under benchmarks/

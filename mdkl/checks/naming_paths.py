@@ -6,7 +6,7 @@ numeric path in force, writes its per-run table to ``data/results/naming_table1_
 (``pinned`` or ``native``), and puts the claims' verdicts recomputed from it
 (:func:`mdkl.tasks.naming_table1.claim_summary`) beside the committed table's in
 ``data/results/naming_table1_paths.csv``. ``make naming-paths`` runs it on the CPU's native kernels
-(``MDKL_NATIVE_KERNELS=1``), where the naming LM itself is pretrained again on that path (~11 min on
+(``MDKL_NATIVE_KERNELS=1``), where the naming LM itself is pretrained again on that path (~13 min on
 2 cores). ``--tables-only`` recomputes the comparison from the committed per-run tables.
 """
 
