@@ -76,6 +76,7 @@ Statistics (``mdkl.stats``):
 - ``mdkl.stats.paired`` paired comparisons over prompts: bootstrap intervals, minimum detectable effect
 - ``mdkl.stats.verdicts`` the one verdict rule set of every notebook: gates (acted, control trained, powered by
   the planned MDE) before holds / holds, smaller than the paper's / inconclusive / FAILS; Holm adjustment
+- ``mdkl.stats.tables`` reading the committed per-run tables back: flag columns as booleans
 
 Checks (``mdkl.checks``, the application layer above everything):
 

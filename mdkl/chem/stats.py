@@ -19,6 +19,7 @@ import numpy as np
 
 from mdkl.stats import verdicts
 from mdkl.stats.paired import min_detectable_shift, t_power
+from mdkl.stats.tables import flag_column
 
 __all__ = ["PreRegistration", "log_yield_ratios", "paired_power",
            "seeds_for_power", "plan_seeds", "min_detectable_effect", "welch_min_detectable_effect", "paired_log_ratio_test",
@@ -260,7 +261,7 @@ def primary_tests(runs, planning_sd: dict, prereg: "PreRegistration" = None):
         if t not in planning_sd:
             raise ValueError(f"no planning sd for task {t!r}: the frozen calibration records one per task")
         d = runs[(runs.task == t) & np.isclose(runs.screen, prereg.screen)]
-        failed = (sorted(set(d.seed[d.numeric_failure.astype(str).str.lower().isin(["true", "1"])]))
+        failed = (sorted(set(d.seed[flag_column(d.numeric_failure)]))
                   if "numeric_failure" in d else [])
         d = d[~d.seed.isin(failed)]
         y = d.pivot(index="seed", columns="arm", values="yield")

@@ -56,6 +56,7 @@ from scipy import stats as st
 
 from mdkl.metrics import entropy
 from mdkl.stats import paired
+from mdkl.stats.tables import flag_column
 from mdkl.stats.verdicts import (decide, decide_majority, decide_within, equivalence_mde, holm,
                                  rate_interval)
 
@@ -255,7 +256,7 @@ def _claims(runs: pd.DataFrame, design: ClaimDesign, pooled: bool) -> pd.DataFra
                          f"onetwo_runs.run_summary")
     runs = runs.copy()
     for flag in ("reward_collapse", "numeric_failure"):
-        runs[flag] = runs[flag].astype(str).str.lower().isin(["true", "1"])
+        runs[flag] = flag_column(runs[flag])
     rows = []
     for kl in [k for k in ("reverse", "forward") if (runs.kl == k).any()]:
         r = runs[runs.kl == kl]
