@@ -24,9 +24,8 @@ __all__ = ["design_runs", "compare_paths", "main"]
 
 
 def design_runs(design: t1.Design = t1.DESIGNS["cpu"]) -> pd.DataFrame:
-    """Every run of ``design`` on this path, in notebook 07's order (pilot, rows, frontier, then the
-    matched-reward runs chosen from the rows by :func:`~mdkl.tasks.naming_table1.matched_specs`): the
-    per-run table of :func:`~mdkl.tasks.naming_table1.runs_frame`."""
+    """Every run of ``design`` on this path, as notebook 07 runs them
+    (:func:`~mdkl.tasks.naming_table1.run_design`): the per-run table."""
     import torch
 
     torch.set_num_threads(2)  # as notebook 07 (the naming LM's pretraining fixes its own threads)
@@ -34,11 +33,7 @@ def design_runs(design: t1.Design = t1.DESIGNS["cpu"]) -> pd.DataFrame:
     task = naming.NamingTask(design.world, k=design.k)
     ref = naming.answer_probs(model, tok, task.world)
     base = naming.split_metrics(ref, task.world, design.k, ref)
-    sd = t1.reference_reward_sd(task, ref)
-    specs = t1.run_specs(design, task, sd)
-    results = t1.run_grid(design, specs)
-    matched = t1.matched_specs(design, task, sd, t1.runs_frame(design, specs, results, base))
-    return t1.runs_frame(design, specs + matched, results + t1.run_grid(design, matched), base)
+    return t1.run_design(design, task, t1.reference_reward_sd(task, ref), base)[0]
 
 
 def compare_paths(committed: pd.DataFrame, other: pd.DataFrame, tag: str) -> pd.DataFrame:

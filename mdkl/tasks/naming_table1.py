@@ -47,7 +47,7 @@ from mdkl.tasks.naming import NamingTask
 from mdkl.tasks.naming_world import NamingConfig
 
 __all__ = ["ROWS", "TABLE_ORDER", "PAPER_ROW", "METRIC_PAPER", "Design", "DESIGNS", "reference_reward_sd",
-           "reference_tau", "base_config", "row_config", "run_specs", "run_grid", "numeric_failure", "runs_frame",
+           "reference_tau", "base_config", "row_config", "run_specs", "run_design", "run_grid", "numeric_failure", "runs_frame",
            "matched_specs", "planned_mde", "paper_effects", "seed_differences", "verdicts_from_runs",
            "matched_reward_difference",
            "claim_summary", "row_summary", "LOSS_BOUND", "GRAD_BOUND", "DEGENERATE_VALID", "CLAIMS"]
@@ -257,6 +257,18 @@ def matched_specs(design: Design, task: NamingTask, group_sd: float, runs: pd.Da
 # ----------------------------------------------------------------------------------------------
 # one run (worker) and the grid
 # ----------------------------------------------------------------------------------------------
+def run_design(design: Design, task: NamingTask, group_sd: float, base_metrics: dict, *, force: bool = False,
+               progress: bool = False) -> tuple[pd.DataFrame, list[dict]]:
+    """Every run of ``design``, in order: :func:`run_specs` (pilot, rows, frontier), then the
+    matched-reward runs that :func:`matched_specs` chooses from their results. Returns the per-run
+    table (:func:`runs_frame`) and the matched runs' specs. Cached runs are served at once."""
+    specs = run_specs(design, task, group_sd)
+    results = run_grid(design, specs, force=force, progress=progress)
+    matched = matched_specs(design, task, group_sd, runs_frame(design, specs, results, base_metrics))
+    results = results + run_grid(design, matched, force=force, progress=progress)
+    return runs_frame(design, specs + matched, results, base_metrics), matched
+
+
 def runs_frame(design: Design, specs: list[dict], results: list[dict], base_metrics: dict) -> pd.DataFrame:
     """The per-run table: one line per run (Base once per seed, Ensemble beside each RLOO run at the
     design's beta) with phase, row, seed, beta (reward units), the config's beta, the exact ``id_*``
