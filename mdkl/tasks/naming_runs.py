@@ -30,9 +30,7 @@ __all__ = ["numeric_failure", "run_grid", "history_summary"]
 def numeric_failure(history: pd.DataFrame, max_grad_norm: float = 1.0) -> bool:
     """Whether a run failed numerically (:func:`mdkl.numerics.numeric_failure`: a non-finite loss or
     gradient norm, a pre-clip gradient norm above 1e3 x the clip, or |loss| above 1e6)."""
-    if len(history) == 0:
-        return False
-    return bool(_numeric_failure(history, max_grad_norm=max_grad_norm))
+    return _numeric_failure(history, max_grad_norm=max_grad_norm).failed
 
 
 def _train_one(world: NamingConfig, cfg: LMConfig, k: int, ensemble_alpha: float | None) -> dict:
@@ -80,14 +78,19 @@ def run_grid(design, specs: list[dict], *, force: bool = False, progress: bool =
         return list(progress_bar(ex.map(_worker, jobs), total=len(jobs), desc="runs", show=progress))
 
 
-def history_summary(h: pd.DataFrame) -> dict:
+def history_summary(h: pd.DataFrame, max_grad_norm: float = 1.0) -> dict:
+    """One run's per-step history reduced for the per-run table: the largest |loss| and the median and
+    largest pre-clip gradient norm over finite steps, the share of clipped steps (norm above
+    ``max_grad_norm``, the runs' clip), empty completions, all-equal-reward groups, MARA's changes per
+    step and its idle steps, the numeric-failure flag with its reason (:func:`mdkl.numerics.numeric_failure`
+    at that clip, computed once) and the training loop's seconds."""
     loss, g = h["loss"].to_numpy(np.float64), h["grad_norm"].to_numpy(np.float64)
     fin = np.isfinite(loss) & np.isfinite(g)
+    nf = _numeric_failure(h, max_grad_norm=max_grad_norm)
     return {"loss_max_abs": float(np.abs(loss[fin]).max()) if fin.any() else math.nan,
             "grad_norm_median": float(np.median(g[fin])) if fin.any() else math.nan,
             "grad_norm_max": float(g[fin].max()) if fin.any() else math.nan,
-            "clipped_share": float((g > 1.0).mean()), "empty_share": float(h["empty"].mean()),
+            "clipped_share": float((g > max_grad_norm).mean()), "empty_share": float(h["empty"].mean()),
             "all_equal_groups": float(h["zero_var_frac"].mean()), "mara_changed_per_step": float(h["mara_changed"].mean()),
-            "mara_idle_steps": int((h["mara_changed"] == 0).sum()), "numeric_failure": numeric_failure(h),
-            "failure_reason": _numeric_failure(h).reason,
-            "train_seconds": float(h["seconds"].sum())}
+            "mara_idle_steps": int((h["mara_changed"] == 0).sum()), "numeric_failure": nf.failed,
+            "failure_reason": nf.reason, "train_seconds": float(h["seconds"].sum())}
