@@ -248,7 +248,7 @@ def test_module_dependencies_follow_the_subpackages():
     assert {"mdkl.tasks.onetwo_runs", "mdkl.lm.trainer", "mdkl.lm.smalllm"} <= set(
         runtime.module_dependencies("mdkl.tasks.onetwo_runs"))
     assert runtime.module_dependencies("mdkl.chem.stats") == ["mdkl.chem.stats", "mdkl.stats", "mdkl.stats.paired",
-                                                              "mdkl.stats.verdicts"]
+                                                              "mdkl.stats.tables", "mdkl.stats.verdicts"]
 
     def scores():
         from mdkl.chem import reward
