@@ -97,3 +97,14 @@ def test_substitutions_page_agrees_with_the_configs_and_results():
     row = _row(text, "Qwen3-1.7B")
     assert f"cpu profile {hist.step.max()} RL steps" in row
     assert f"{words[hist.seed.nunique()]} seed" in row
+
+
+def test_make_all_total_counts_only_the_stages_make_all_runs():
+    t = pd.read_csv(readme.TIMINGS)
+    cpu = t[t.profile == "cpu"].groupby("stage").minutes.last()
+    notebooks = [s for s in cpu.index if re.match(r"\d\d_", s)]
+    assert len(notebooks) == 8
+    expected = cpu[notebooks].sum() + sum(cpu.get(s, 0.0) for s in readme.MAKE_ALL_EXTRA_STAGES)
+    assert readme.total_minutes("cpu") == pytest.approx(expected)
+    # the v1 calibration and the timings of other checks or paths are not part of make all
+    assert "chem-calibrate" in cpu.index and readme.total_minutes("cpu") < cpu.sum()
