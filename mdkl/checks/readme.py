@@ -28,6 +28,7 @@ import pandas as pd
 
 from mdkl.reproduce import claim_lines
 from mdkl.runtime import DATA_DIR, RESULTS_DIR, ROOT
+from mdkl.stats.tables import flag_column
 
 __all__ = ["Row", "ROWS", "verdict_summary", "results_table", "render", "main", "BEGIN", "END"]
 
@@ -152,8 +153,9 @@ def _onetwo(claim: str) -> Callable[[], str]:
             p = r.pivot_table(index=["kl", "beta", "seed"], columns="method", values="hv")
             return (f"hypervolume MARA - vanilla per seed: median {float(np.median(p.MARA - p.vanilla)):+.2f} "
                     f"(predicted +0.50)")
-        collapsed = int(r.reward_collapse.sum())
-        dips = int(((r.min_batch_reward < 0.2) & ~r.reward_collapse).sum())
+        gone = flag_column(r.reward_collapse)
+        collapsed = int(gone.sum())
+        dips = int(((r.min_batch_reward < 0.2) & ~gone).sum())
         return f"{collapsed} of {len(r)} runs end collapsed, {dips} more dip below a batch reward of 0.2"
     return ours
 
@@ -188,10 +190,9 @@ def _naming_table1() -> str:
 
 def _successors() -> str:
     d = _csv("onetwo_successors_runs")
-    failed = d.groupby("method").numeric_failure.all()  # a numerically failed run is listed, never summarized
-    g = d[~d.numeric_failure].groupby("method").p1_valid.mean()
+    g = d[~flag_column(d.numeric_failure)].groupby("method").p1_valid.mean()  # failed runs: listed, never summarized
     return ("on the 1-2 task (notebook 05, 2 seeds), P('1' | valid): "
-            + ", ".join(f"{k} {g[k]:.2f}" if k in g.index else f"{k} failed numerically" for k in failed.index))
+            + ", ".join(f"{k} {g[k]:.2f}" if k in g.index else f"{k} failed numerically" for k in sorted(set(d.method))))
 
 
 # ---------------------------------------------------------------------------------------------
