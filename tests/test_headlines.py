@@ -81,39 +81,60 @@ def test_onetwo_headline_verdicts_recomputed_from_the_committed_runs():
     assert runs.groupby(["kl", "method", "beta"]).seed.nunique().min() >= 5
 
 
-def test_onetwo_verdicts_on_the_second_numeric_path_recomputed_from_its_committed_runs():
-    """`make onetwo-paths` ran notebook 05's grid on the native kernels; the committed side-by-side
-    table is exactly what the two committed per-run tables give."""
+def other_paths(stem: str) -> list[str]:
+    from mdkl.checks.onetwo_paths import other_path_tags
+
+    return other_path_tags(stem)
+
+
+def test_other_numeric_paths_are_committed_and_tagged():
+    """The native kernels' grid and design are committed; every per-run table of another path is
+    tagged by kernels (and, on another CPU vendor, by vendor) and recorded in provenance.json."""
+    prov = json.loads((RESULTS_DIR / "provenance.json").read_text())
+    for stem in ("onetwo_small_runs", "naming_table1_runs"):
+        tags = other_paths(stem)
+        assert "native" in tags
+        for t in tags:
+            path = prov[f"{stem}_{t}.csv"]["numeric_path"]
+            assert path.split()[2].startswith(t.split("-")[-1]), (stem, t, path)
+
+
+@pytest.mark.parametrize("tag", other_paths("onetwo_small_runs"))
+def test_onetwo_verdicts_on_another_numeric_path_recomputed_from_its_committed_runs(tag):
+    """`make onetwo-paths` ran notebook 05's grid on the native kernels (and notebook 05 ran on another
+    CPU vendor); each committed side-by-side table is exactly what the two committed per-run tables give."""
     from mdkl.checks import onetwo_paths
 
     got = onetwo_paths.compare_paths(pd.read_csv(RESULTS_DIR / "onetwo_small_runs.csv"),
-                                     pd.read_csv(RESULTS_DIR / "onetwo_small_runs_native.csv"), "native")
-    committed = pd.read_csv(RESULTS_DIR / "onetwo_headlines_paths.csv")
+                                     pd.read_csv(RESULTS_DIR / f"onetwo_small_runs_{tag}.csv"), tag)
+    committed = pd.read_csv(RESULTS_DIR / f"onetwo_headlines_paths_{tag}.csv")
     pd.testing.assert_frame_equal(got.reset_index(drop=True), committed, check_dtype=False)
 
 
-def test_onetwo_one_seed_swaps_recomputed_from_the_committed_runs():
-    """Does a headline hang on one seed? Each seed's runs swapped for the same seed's native-path
-    runs (an independent replicate of the same configuration): the committed table is exactly what
+@pytest.mark.parametrize("tag", other_paths("onetwo_small_runs"))
+def test_onetwo_one_seed_swaps_recomputed_from_the_committed_runs(tag):
+    """Does a headline hang on one seed? Each seed's runs swapped for the same seed's runs on another
+    path (an independent replicate of the same configuration): the committed table is exactly what
     the two committed per-run tables give, and it says how many verdicts survive every swap."""
     from mdkl.checks import onetwo_paths
 
     got = onetwo_paths.swap_one_seed(pd.read_csv(RESULTS_DIR / "onetwo_small_runs.csv"),
-                                     pd.read_csv(RESULTS_DIR / "onetwo_small_runs_native.csv"))
-    committed = pd.read_csv(RESULTS_DIR / "onetwo_headlines_swaps.csv")
+                                     pd.read_csv(RESULTS_DIR / f"onetwo_small_runs_{tag}.csv"))
+    committed = pd.read_csv(RESULTS_DIR / f"onetwo_headlines_swaps_{tag}.csv")
     pd.testing.assert_frame_equal(got.reset_index(drop=True), committed, check_dtype=False)
     assert list(got.columns[3:8]) == [f"swap_{s}" for s in range(5)]
     assert set(got.level) == {"headline", "per beta"}
     assert (got.n_changed == got[[f"swap_{s}" for s in range(5)]].ne(got.verdict, axis=0).sum(axis=1)).all()
 
 
-@pytest.mark.skipif(not (RESULTS_DIR / "naming_table1_paths.csv").exists(), reason="make naming-paths not run")
-def test_naming_table1_verdicts_on_the_second_numeric_path_recomputed_from_its_committed_runs():
-    """`make naming-paths` ran notebook 07's naming-task design on the native kernels; the committed
-    side-by-side table is exactly what the two committed per-run tables give."""
+@pytest.mark.parametrize("tag", other_paths("naming_table1_runs"))
+def test_naming_table1_verdicts_on_another_numeric_path_recomputed_from_its_committed_runs(tag):
+    """`make naming-paths` ran notebook 07's naming-task design on the native kernels (and notebook 07
+    ran on another CPU vendor); each committed side-by-side table is exactly what the two committed
+    per-run tables give."""
     from mdkl.checks import naming_paths
 
     got = naming_paths.compare_paths(pd.read_csv(RESULTS_DIR / "naming_table1_runs.csv"),
-                                     pd.read_csv(RESULTS_DIR / "naming_table1_runs_native.csv"), "native")
-    committed = pd.read_csv(RESULTS_DIR / "naming_table1_paths.csv")
+                                     pd.read_csv(RESULTS_DIR / f"naming_table1_runs_{tag}.csv"), tag)
+    committed = pd.read_csv(RESULTS_DIR / f"naming_table1_paths_{tag}.csv")
     pd.testing.assert_frame_equal(got.reset_index(drop=True), committed, check_dtype=False)

@@ -2,17 +2,21 @@
 
 Trains notebook 05's cpu grid (the paper's four betas x 5 seeds x both KLs x both methods, the
 same configs and cache) on the numeric path in force, writes its per-run table to
-``data/results/onetwo_small_runs_<path>.csv`` (``pinned`` or ``native``), recomputes the verdicts
+``data/results/onetwo_small_runs_<tag>.csv`` (:func:`path_tag`: ``native`` on the committed results' CPU
+vendor with its native kernels; on another vendor e.g. ``amd-pinned``), recomputes the verdicts
 from it and from the committed table (the headline, :func:`mdkl.tasks.onetwo_claims.headline_claims`,
-and the per-beta view, :func:`~mdkl.tasks.onetwo_claims.cell_claims`; the same frozen design) and writes them side by side to ``data/results/onetwo_headlines_paths.csv``.
+and the per-beta view, :func:`~mdkl.tasks.onetwo_claims.cell_claims`; the same frozen design) and writes
+them side by side to ``data/results/onetwo_headlines_paths_<tag>.csv``.
 ``make onetwo-paths`` runs it on the CPU's native kernels (``MDKL_NATIVE_KERNELS=1``), the second
-numeric path on every machine; ~21 min on 2 cores.
+numeric path on every machine; ~21 min on 2 cores. On a CPU of another vendor, notebook 05's own cpu
+run is that vendor's pinned path: its per-run table, saved as ``onetwo_small_runs_<vendor>-pinned.csv``,
+is compared the same way (``--tables-only --tag <vendor>-pinned``).
 
 It also asks whether a headline survives one seed swapped for another (:func:`swap_one_seed`): for
 each seed, that seed's runs (both methods, every cell) are replaced by the same seed's runs on the
 other path, an independent replicate of the same configuration, and every verdict is recomputed;
-``data/results/onetwo_headlines_swaps.csv``. ``--tables-only`` recomputes both tables from the
-committed per-run tables without training.
+``data/results/onetwo_headlines_swaps_<tag>.csv``. ``--tables-only`` recomputes both tables from the
+committed per-run tables without training (every other path's, or ``--tag``'s).
 """
 
 from __future__ import annotations
@@ -26,12 +30,41 @@ from mdkl import runtime
 from mdkl.lm import smalllm
 from mdkl.tasks import onetwo, onetwo_claims, onetwo_runs
 
-__all__ = ["LEVELS", "path_tag", "grid_runs", "compare_paths", "swap_one_seed", "main"]
+__all__ = ["LEVELS", "committed_vendor", "path_tag", "other_path_tags", "grid_runs", "compare_paths", "swap_one_seed",
+           "main"]
+
+#: short names of CPU vendors in path tags
+VENDOR_TAGS = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}
 
 
-def path_tag() -> str:
-    """'native' under ``MDKL_NATIVE_KERNELS=1``, else 'pinned'."""
-    return "native" if os.environ.get("MDKL_NATIVE_KERNELS") == "1" else "pinned"
+def committed_vendor(result: str = "onetwo_small_runs.csv") -> str:
+    """The CPU vendor a committed result file was computed on (its numeric path in
+    ``data/results/provenance.json``, e.g. 'GenuineIntel')."""
+    import json
+
+    record = json.loads(runtime.PROVENANCE.read_text()).get(result) if runtime.PROVENANCE.exists() else None
+    if record is None:
+        raise ValueError(f"{result} has no entry in {runtime.PROVENANCE.name}: write it with mdkl.runtime.write_csv")
+    return record["numeric_path"].split()[1]
+
+
+def path_tag(result: str = "onetwo_small_runs.csv") -> str:
+    """This machine's numeric path relative to the committed ``result``'s: 'pinned' or 'native'
+    (``MDKL_NATIVE_KERNELS=1``) on the committed results' CPU vendor, else prefixed by this CPU's
+    vendor, e.g. 'amd-pinned': pinned kernels do not repeat bits across vendors."""
+    from mdkl.machine import cpu_model
+
+    kernels = "native" if os.environ.get("MDKL_NATIVE_KERNELS") == "1" else "pinned"
+    vendor = cpu_model()["vendor"]
+    if vendor == committed_vendor(result):
+        return kernels
+    return f"{VENDOR_TAGS.get(vendor, vendor.lower())}-{kernels}"
+
+
+def other_path_tags(stem: str) -> list[str]:
+    """Tags of the committed per-run tables ``data/results/<stem>_<tag>.csv`` of other numeric paths."""
+    return sorted(p.stem[len(stem) + 1:] for p in runtime.RESULTS_DIR.glob(f"{stem}_*.csv")
+                  if p.stem[len(stem) + 1:] in ("native", "pinned") or "-" in p.stem[len(stem) + 1:])
 
 
 def grid_runs(seeds=range(5), workers: int = 2) -> pd.DataFrame:
@@ -92,25 +125,31 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--workers", type=int, default=2, help="parallel training processes (default 2)")
     ap.add_argument("--tables-only", action="store_true",
                     help="recompute the comparison tables from the committed per-run tables; train nothing")
+    ap.add_argument("--tag", help="with --tables-only: only this path's table (default: every committed one)")
     args = ap.parse_args(argv)
-    tag = "native" if args.tables_only else path_tag()
     committed = pd.read_csv(runtime.RESULTS_DIR / "onetwo_small_runs.csv")
     if args.tables_only:
-        runs = pd.read_csv(runtime.RESULTS_DIR / f"onetwo_small_runs_{tag}.csv")
+        tags = [args.tag] if args.tag else other_path_tags("onetwo_small_runs")
+        others = {t: pd.read_csv(runtime.RESULTS_DIR / f"onetwo_small_runs_{t}.csv") for t in tags}
     else:
+        tag = path_tag()
+        if tag == "pinned":
+            raise SystemExit("this is the committed results' own path (pinned kernels, same CPU vendor): its grid is "
+                             "notebook 05's. Run `make onetwo-paths` (native kernels) or on another CPU vendor.")
         print(f"numeric path: {runtime.numeric_path()}")
-        runs = grid_runs(workers=args.workers)
-        runtime.write_csv(runs, f"onetwo_small_runs_{tag}")
-    cmp = compare_paths(committed, runs, tag)
-    runtime.write_csv(cmp, "onetwo_headlines_paths")
-    swaps = swap_one_seed(committed, runs)
-    runtime.write_csv(swaps, "onetwo_headlines_swaps")
-    with pd.option_context("display.width", 250, "display.max_colwidth", 100):
-        print(cmp.to_string(index=False))
-    for level in LEVELS:
-        c, w = cmp[cmp.level == level], swaps[swaps.level == level]
-        print(f"{level}: {int((~c.same).sum())} of {len(c)} verdicts differ between the committed path and {tag}; "
-              f"{int((w.n_changed == 0).sum())} of {len(w)} survive every single-seed swap")
+        others = {tag: grid_runs(workers=args.workers)}
+        runtime.write_csv(others[tag], f"onetwo_small_runs_{tag}")
+    for tag, runs in others.items():
+        cmp = compare_paths(committed, runs, tag)
+        runtime.write_csv(cmp, f"onetwo_headlines_paths_{tag}")
+        swaps = swap_one_seed(committed, runs)
+        runtime.write_csv(swaps, f"onetwo_headlines_swaps_{tag}")
+        with pd.option_context("display.width", 250, "display.max_colwidth", 100):
+            print(cmp.to_string(index=False))
+        for level in LEVELS:
+            c, w = cmp[cmp.level == level], swaps[swaps.level == level]
+            print(f"{level}: {int((~c.same).sum())} of {len(c)} verdicts differ between the committed path and {tag}; "
+                  f"{int((w.n_changed == 0).sum())} of {len(w)} survive every single-seed swap")
     return cmp
 
 
