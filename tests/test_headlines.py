@@ -138,3 +138,26 @@ def test_naming_table1_verdicts_on_another_numeric_path_recomputed_from_its_comm
                                      pd.read_csv(RESULTS_DIR / f"naming_table1_runs_{tag}.csv"), tag)
     committed = pd.read_csv(RESULTS_DIR / f"naming_table1_paths_{tag}.csv")
     pd.testing.assert_frame_equal(got.reset_index(drop=True), committed, check_dtype=False)
+
+
+def test_path_tag_names_the_cpu_vendor_when_it_is_not_the_committed_one(monkeypatch):
+    """Pinned kernels repeat bits only within a CPU vendor: on the committed results' vendor a path is
+    'pinned' or 'native', on another it carries the vendor ('amd-pinned'), so its tables never
+    overwrite the committed vendor's."""
+    import mdkl.machine as machine
+    from mdkl.checks import onetwo_paths
+
+    vendor = onetwo_paths.committed_vendor()
+    for cpu, kernels, tag in [(vendor, None, "pinned"), (vendor, "1", "native"),
+                              ("AuthenticAMD", None, "amd-pinned"), ("AuthenticAMD", "1", "amd-native"),
+                              ("HygonGenuine", "1", "hygongenuine-native")]:
+        if cpu == "AuthenticAMD" and vendor == "AuthenticAMD":
+            continue
+        monkeypatch.setattr(machine, "cpu_model", lambda c=cpu: {"vendor": c, "model": "m", "machine": "x86_64"})
+        if kernels is None:
+            monkeypatch.delenv("MDKL_NATIVE_KERNELS", raising=False)
+        else:
+            monkeypatch.setenv("MDKL_NATIVE_KERNELS", kernels)
+        assert onetwo_paths.path_tag() == tag
+    with pytest.raises(ValueError, match="write_csv"):
+        onetwo_paths.committed_vendor("no_such_result.csv")
