@@ -8,6 +8,7 @@ import json
 import pandas as pd
 import pytest
 
+from mdkl.checks.onetwo_paths import other_path_tags
 from mdkl.chem import calibration as chem_calibration, stats as chem_stats
 from mdkl.runtime import DATA_DIR, RESULTS_DIR, ROOT
 from mdkl.tasks import creative_design as cd, onetwo_claims
@@ -81,25 +82,19 @@ def test_onetwo_headline_verdicts_recomputed_from_the_committed_runs():
     assert runs.groupby(["kl", "method", "beta"]).seed.nunique().min() >= 5
 
 
-def other_paths(stem: str) -> list[str]:
-    from mdkl.checks.onetwo_paths import other_path_tags
-
-    return other_path_tags(stem)
-
-
 def test_other_numeric_paths_are_committed_and_tagged():
     """The native kernels' grid and design are committed; every per-run table of another path is
     tagged by kernels (and, on another CPU vendor, by vendor) and recorded in provenance.json."""
     prov = json.loads((RESULTS_DIR / "provenance.json").read_text())
     for stem in ("onetwo_small_runs", "naming_table1_runs"):
-        tags = other_paths(stem)
+        tags = other_path_tags(stem)
         assert "native" in tags
         for t in tags:
             path = prov[f"{stem}_{t}.csv"]["numeric_path"]
             assert path.split()[2].startswith(t.split("-")[-1]), (stem, t, path)
 
 
-@pytest.mark.parametrize("tag", other_paths("onetwo_small_runs"))
+@pytest.mark.parametrize("tag", other_path_tags("onetwo_small_runs"))
 def test_onetwo_verdicts_on_another_numeric_path_recomputed_from_its_committed_runs(tag):
     """`make onetwo-paths` ran notebook 05's grid on the native kernels (and notebook 05 ran on another
     CPU vendor); each committed side-by-side table is exactly what the two committed per-run tables give."""
@@ -111,7 +106,7 @@ def test_onetwo_verdicts_on_another_numeric_path_recomputed_from_its_committed_r
     pd.testing.assert_frame_equal(got.reset_index(drop=True), committed, check_dtype=False)
 
 
-@pytest.mark.parametrize("tag", other_paths("onetwo_small_runs"))
+@pytest.mark.parametrize("tag", other_path_tags("onetwo_small_runs"))
 def test_onetwo_one_seed_swaps_recomputed_from_the_committed_runs(tag):
     """Does a headline hang on one seed? Each seed's runs swapped for the same seed's runs on another
     path (an independent replicate of the same configuration): the committed table is exactly what
@@ -127,7 +122,7 @@ def test_onetwo_one_seed_swaps_recomputed_from_the_committed_runs(tag):
     assert (got.n_changed == got[[f"swap_{s}" for s in range(5)]].ne(got.verdict, axis=0).sum(axis=1)).all()
 
 
-@pytest.mark.parametrize("tag", other_paths("naming_table1_runs"))
+@pytest.mark.parametrize("tag", other_path_tags("naming_table1_runs"))
 def test_naming_table1_verdicts_on_another_numeric_path_recomputed_from_its_committed_runs(tag):
     """`make naming-paths` ran notebook 07's naming-task design on the native kernels (and notebook 07
     ran on another CPU vendor); each committed side-by-side table is exactly what the two committed

@@ -3,9 +3,9 @@
 Trains the naming task's cpu design (:data:`mdkl.tasks.naming_table1.DESIGNS`: the naming LM, the pilot,
 every row x 5 seeds, the frontier and the matched-reward runs, as notebook 07 Part 1 runs them) on the
 numeric path in force, writes its per-run table to ``data/results/naming_table1_runs_<tag>.csv``
-(:func:`mdkl.checks.onetwo_paths.path_tag`: ``native``, or e.g. ``amd-pinned`` on another CPU vendor), and
-puts the claims' verdicts recomputed from it (:func:`mdkl.tasks.naming_table1.claim_summary`) beside the
-committed table's in ``data/results/naming_table1_paths_<tag>.csv``. ``make naming-paths`` runs it on
+(:func:`mdkl.checks.onetwo_paths.other_path_runs`: ``native``, or e.g. ``amd-pinned`` on another CPU
+vendor), and puts the claims' verdicts recomputed from it (:func:`mdkl.tasks.naming_table1.claim_summary`)
+beside the committed table's in ``data/results/naming_table1_paths_<tag>.csv``. ``make naming-paths`` runs it on
 the CPU's native kernels (``MDKL_NATIVE_KERNELS=1``), where the naming LM itself is pretrained again on
 that path (~13 min on 2 cores). On another CPU vendor notebook 07's own cpu run is that vendor's pinned
 path (its per-run table saved under that tag). ``--tables-only`` recomputes the comparisons from the
@@ -19,7 +19,7 @@ import argparse
 import pandas as pd
 
 from mdkl import runtime
-from mdkl.checks.onetwo_paths import other_path_tags, path_tag
+from mdkl.checks.onetwo_paths import other_path_runs
 from mdkl.tasks import naming, naming_table1 as t1, naming_world
 
 __all__ = ["design_runs", "compare_paths", "main"]
@@ -55,17 +55,8 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--tag", help="with --tables-only: only this path's table (default: every committed one)")
     args = ap.parse_args(argv)
     committed = pd.read_csv(runtime.RESULTS_DIR / "naming_table1_runs.csv")
-    if args.tables_only:
-        tags = [args.tag] if args.tag else other_path_tags("naming_table1_runs")
-        others = {t: pd.read_csv(runtime.RESULTS_DIR / f"naming_table1_runs_{t}.csv") for t in tags}
-    else:
-        tag = path_tag("naming_table1_runs.csv")
-        if tag == "pinned":
-            raise SystemExit("this is the committed results' own path (pinned kernels, same CPU vendor): its design is "
-                             "notebook 07's. Run `make naming-paths` (native kernels) or on another CPU vendor.")
-        print(f"numeric path: {runtime.numeric_path()}")
-        others = {tag: design_runs()}
-        runtime.write_csv(others[tag], f"naming_table1_runs_{tag}")
+    others = other_path_runs("naming_table1_runs", design_runs, tables_only=args.tables_only, tag=args.tag,
+                             make_target="make naming-paths")
     for tag, runs in others.items():
         cmp = compare_paths(committed, runs, tag)
         runtime.write_csv(cmp, f"naming_table1_paths_{tag}")

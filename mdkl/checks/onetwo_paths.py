@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Callable
 
 import pandas as pd
 
@@ -30,8 +31,8 @@ from mdkl import runtime
 from mdkl.lm import smalllm
 from mdkl.tasks import onetwo, onetwo_claims, onetwo_runs
 
-__all__ = ["LEVELS", "committed_vendor", "path_tag", "other_path_tags", "grid_runs", "compare_paths", "swap_one_seed",
-           "main"]
+__all__ = ["LEVELS", "committed_vendor", "path_tag", "other_path_tags", "other_path_runs", "grid_runs", "compare_paths",
+           "swap_one_seed", "main"]
 
 #: short names of CPU vendors in path tags
 VENDOR_TAGS = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}
@@ -62,9 +63,29 @@ def path_tag(result: str = "onetwo_small_runs.csv") -> str:
 
 
 def other_path_tags(stem: str) -> list[str]:
-    """Tags of the committed per-run tables ``data/results/<stem>_<tag>.csv`` of other numeric paths."""
-    return sorted(p.stem[len(stem) + 1:] for p in runtime.RESULTS_DIR.glob(f"{stem}_*.csv")
-                  if p.stem[len(stem) + 1:] in ("native", "pinned") or "-" in p.stem[len(stem) + 1:])
+    """Tags of the committed per-run tables ``data/results/<stem>_<tag>.csv`` of other numeric paths
+    ('native', 'pinned' or '<vendor>-<kernels>'; a profile's table such as ``<stem>_quick.csv`` is not one)."""
+    tags = (p.stem[len(stem) + 1:] for p in runtime.RESULTS_DIR.glob(f"{stem}_*.csv"))
+    return sorted(t for t in tags if t in ("native", "pinned") or "-" in t)
+
+
+def other_path_runs(stem: str, train: Callable[[], pd.DataFrame], *, tables_only: bool, tag: str | None,
+                    make_target: str) -> dict[str, pd.DataFrame]:
+    """The per-run tables of other numeric paths, by tag: with ``tables_only`` the committed
+    ``<stem>_<tag>.csv`` (``tag``'s, or every one), else this machine's path, trained by ``train`` and
+    written as ``<stem>_<path_tag>.csv``. The committed results' own path (pinned kernels on their CPU
+    vendor) is refused: its table is ``<stem>.csv`` itself."""
+    if tables_only:
+        tags = [tag] if tag else other_path_tags(stem)
+        return {t: pd.read_csv(runtime.RESULTS_DIR / f"{stem}_{t}.csv") for t in tags}
+    here = path_tag(f"{stem}.csv")
+    if here == "pinned":
+        raise SystemExit(f"this is the committed results' own path (pinned kernels, same CPU vendor): {stem}.csv is "
+                         f"its table. Run `{make_target}` (native kernels) or on another CPU vendor.")
+    print(f"numeric path: {runtime.numeric_path()}")
+    runs = train()
+    runtime.write_csv(runs, f"{stem}_{here}")
+    return {here: runs}
 
 
 def grid_runs(seeds=range(5), workers: int = 2) -> pd.DataFrame:
@@ -128,17 +149,8 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--tag", help="with --tables-only: only this path's table (default: every committed one)")
     args = ap.parse_args(argv)
     committed = pd.read_csv(runtime.RESULTS_DIR / "onetwo_small_runs.csv")
-    if args.tables_only:
-        tags = [args.tag] if args.tag else other_path_tags("onetwo_small_runs")
-        others = {t: pd.read_csv(runtime.RESULTS_DIR / f"onetwo_small_runs_{t}.csv") for t in tags}
-    else:
-        tag = path_tag()
-        if tag == "pinned":
-            raise SystemExit("this is the committed results' own path (pinned kernels, same CPU vendor): its grid is "
-                             "notebook 05's. Run `make onetwo-paths` (native kernels) or on another CPU vendor.")
-        print(f"numeric path: {runtime.numeric_path()}")
-        others = {tag: grid_runs(workers=args.workers)}
-        runtime.write_csv(others[tag], f"onetwo_small_runs_{tag}")
+    others = other_path_runs("onetwo_small_runs", lambda: grid_runs(workers=args.workers),
+                             tables_only=args.tables_only, tag=args.tag, make_target="make onetwo-paths")
     for tag, runs in others.items():
         cmp = compare_paths(committed, runs, tag)
         runtime.write_csv(cmp, f"onetwo_headlines_paths_{tag}")
