@@ -122,6 +122,61 @@ def test_onetwo_one_seed_swaps_recomputed_from_the_committed_runs(tag):
     assert (got.n_changed == got[[f"swap_{s}" for s in range(5)]].ne(got.verdict, axis=0).sum(axis=1)).all()
 
 
+def test_onetwo_margins_recomputed_and_no_headline_contradicts_another_path():
+    """Why notebook 05's headline verdicts differ between numeric paths: the committed margins table is
+    exactly what the committed per-run tables give; no headline reads holds on one path and FAILS on
+    another (nor in any one-seed swap); and every verdict that differs belongs to a claim whose pooled
+    estimate sits nearer its boundary than one grid's units can resolve."""
+    from mdkl.checks import onetwo_paths
+
+    tables = onetwo_paths.replicate_tables()
+    assert list(tables)[0] == "intel-pinned" and len(tables) >= 3
+    got = onetwo_paths.margins(tables)
+    committed = pd.read_csv(RESULTS_DIR / "onetwo_headlines_margins.csv")
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), committed, check_dtype=False)
+    assert not got.contradicts.any()
+    differs = got[got.differs]
+    assert len(differs) and (differs.units_needed > differs.units_per_grid).all()
+    for tag in other_path_tags("onetwo_small_runs"):
+        swaps = pd.read_csv(RESULTS_DIR / f"onetwo_headlines_swaps_{tag}.csv")
+        head = swaps[swaps.level == "headline"].filter(regex="^(verdict|swap_)")
+        kinds = head.apply(lambda r: {v.split(",")[0].split(" (")[0] for v in r}, axis=1)
+        assert not kinds.map(lambda k: {"holds", "FAILS"} <= k).any(), tag
+
+
+def test_pooled_replicates_measure_each_run_against_its_own_reference():
+    """Pooling grids of several paths: each vanilla run's Remark 4.3 target is its own path's reference
+    split; a replicate whose reference and final entropies shift together leaves the estimate unchanged."""
+    from mdkl.checks import onetwo_paths
+
+    design = onetwo_claims.load_design(DATA_DIR / "onetwo_planning.json")
+    a = pd.read_csv(RESULTS_DIR / "onetwo_small_runs.csv")
+    b = a.copy()
+    van = b.method == "vanilla"
+    q = a.loc[van, "target_p1"].iloc[0]
+    b.loc[van, "target_p1"] = 0.9
+    b.loc[van, "H"] += float(onetwo_claims.binary_entropy(0.9) - onetwo_claims.binary_entropy(q))
+    one = onetwo_claims.headline_claims(a, design).set_index(["claim", "kl"])
+    both = onetwo_claims.headline_claims(onetwo_paths.pool_replicates({"a": a, "b": b}), design).set_index(["claim", "kl"])
+    for kl in ("reverse", "forward"):
+        assert both.loc[("vanilla target", kl), "estimate"] == pytest.approx(one.loc[("vanilla target", kl), "estimate"])
+        assert both.loc[("vanilla target", kl), "n_units"] == 2 * one.loc[("vanilla target", kl), "n_units"]
+    with pytest.raises(ValueError, match="another design"):
+        onetwo_paths.pool_replicates({"a": a, "b": b[b.seed != 0]})
+
+
+def test_units_needed_inverts_the_equivalence_mde():
+    from mdkl.checks.onetwo_paths import units_needed
+    from mdkl.stats.verdicts import equivalence_mde
+
+    for sd, d in [(0.07, 0.03), (0.49, 0.10), (0.12, 0.5)]:
+        n = int(units_needed(sd, d))
+        assert equivalence_mde(sd, n) <= d and (n == 2 or equivalence_mde(sd, n - 1) > d)
+    assert units_needed(0.1, 0.0) == float("inf") and units_needed(1.0, 1e-6) == float("inf")
+    with pytest.raises(ValueError, match="finite"):
+        units_needed(float("nan"), 0.1)
+
+
 @pytest.mark.parametrize("tag", other_path_tags("naming_table1_runs"))
 def test_naming_table1_verdicts_on_another_numeric_path_recomputed_from_its_committed_runs(tag):
     """`make naming-paths` ran notebook 07's naming-task design on the native kernels (and notebook 07

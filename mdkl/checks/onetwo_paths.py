@@ -15,13 +15,25 @@ is compared the same way (``--tables-only --tag <vendor>-pinned``).
 It also asks whether a headline survives one seed swapped for another (:func:`swap_one_seed`): for
 each seed, that seed's runs (both methods, every cell) are replaced by the same seed's runs on the
 other path, an independent replicate of the same configuration, and every verdict is recomputed;
-``data/results/onetwo_headlines_swaps_<tag>.csv``. ``--tables-only`` recomputes both tables from the
+``data/results/onetwo_headlines_swaps_<tag>.csv``. ``--tables-only`` recomputes these tables from the
 committed per-run tables without training (every other path's, or ``--tag``'s).
+
+Where a headline verdict differs between paths, :func:`margins` says why: it pools every committed
+path's grid (:func:`pool_replicates`, independent replicates of one design: a seed's final entropies
+on two paths are uncorrelated within a cell), takes each claim's pooled estimate and per-unit spread,
+its distance to the nearest boundary of its rule (:mod:`mdkl.stats.verdicts`: 1/2 for a rate, the
++-margin of a convergence claim, 0 and the predicted effect for the front comparison), and the number
+of units (runs, or paired seeds) per arm at which one replicate grid's interval would clear that boundary
+with probability 0.8 if the pooled estimate were the truth (the :func:`~mdkl.stats.verdicts.equivalence_mde`
+formula solved for n); ``data/results/onetwo_headlines_margins.csv``. A verdict that differs between
+paths while the design has fewer units than that is a claim sitting near its boundary, not a defect of
+one path; a pair ``holds`` / ``FAILS`` (a contradiction) would be one.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from typing import Callable
 
@@ -31,7 +43,7 @@ from mdkl import runtime
 from mdkl.lm import smalllm
 from mdkl.tasks import onetwo, onetwo_claims, onetwo_runs
 
-__all__ = ["LEVELS", "committed_vendor", "path_tag", "other_path_tags", "other_path_runs", "grid_runs", "compare_paths",
+__all__ = ["LEVELS", "committed_vendor", "committed_tag", "replicate_tables", "pool_replicates", "units_needed", "margins", "path_tag", "other_path_tags", "other_path_runs", "grid_runs", "compare_paths",
            "swap_one_seed", "main"]
 
 #: short names of CPU vendors in path tags
@@ -60,6 +72,21 @@ def path_tag(result: str = "onetwo_small_runs.csv") -> str:
     if vendor == committed_vendor(result):
         return kernels
     return f"{VENDOR_TAGS.get(vendor, vendor.lower())}-{kernels}"
+
+
+def committed_tag(result: str = "onetwo_small_runs.csv") -> str:
+    """The committed ``result``'s own path as a tag that names its vendor, e.g. 'intel-pinned' (its
+    table is ``<stem>.csv`` itself; :func:`path_tag` calls that path 'pinned')."""
+    vendor = committed_vendor(result)
+    return f"{VENDOR_TAGS.get(vendor, vendor.lower())}-pinned"
+
+
+def replicate_tables(stem: str = "onetwo_small_runs") -> dict[str, pd.DataFrame]:
+    """Every committed per-run table of ``stem``'s grid by tag: the committed path's
+    (:func:`committed_tag`) first, then each other path's (:func:`other_path_tags`)."""
+    out = {committed_tag(f"{stem}.csv"): pd.read_csv(runtime.RESULTS_DIR / f"{stem}.csv")}
+    out.update({t: pd.read_csv(runtime.RESULTS_DIR / f"{stem}_{t}.csv") for t in other_path_tags(stem)})
+    return out
 
 
 def other_path_tags(stem: str) -> list[str]:
@@ -141,6 +168,67 @@ def swap_one_seed(committed: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def pool_replicates(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The per-run tables of several numeric paths as one table with a ``replicate`` column (the tag),
+    refused unless every table holds the same design: the same (kl, method, beta, seed, steps) runs."""
+    if len(tables) < 1:
+        raise ValueError("no per-run table to pool")
+    design = {t: set(zip(d.kl, d.method, d.beta, d.seed, d.steps)) for t, d in tables.items()}
+    first = next(iter(design.values()))
+    odd = [t for t, d in design.items() if d != first]
+    if odd:
+        raise ValueError(f"the per-run tables of {odd} hold another design than {next(iter(design))}'s: only "
+                         f"replicates of one grid (same arms, betas, seeds, steps) can be pooled")
+    return pd.concat([d.assign(replicate=t) for t, d in tables.items()], ignore_index=True)
+
+
+def units_needed(sd: float, distance: float, n_max: int = 10_000) -> float:
+    """Smallest number of units whose :func:`~mdkl.stats.verdicts.equivalence_mde` (90% interval,
+    power 0.8) at per-unit spread ``sd`` is at most ``distance``: about how many runs one grid needs
+    for its interval to clear a boundary ``distance`` away from the estimate (inf beyond ``n_max``)."""
+    from mdkl.stats.verdicts import equivalence_mde
+
+    if not (math.isfinite(sd) and math.isfinite(distance)) or sd < 0 or distance < 0:
+        raise ValueError(f"sd = {sd}, distance = {distance}: both must be finite and >= 0")
+    if distance == 0:
+        return math.inf
+    lo, hi = 2, n_max
+    if equivalence_mde(sd, hi) > distance:
+        return math.inf
+    while lo < hi:  # the MDE falls with n
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if equivalence_mde(sd, mid) <= distance else (mid + 1, hi)
+    return float(lo)
+
+
+def margins(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per headline claim: its verdict on each path's grid (``verdict_<tag>``), on every grid
+    pooled, the pooled estimate and per-unit spread, the nearest boundary of its rule and the distance
+    to it, the units per arm of one grid (``units_per_grid``: the fewest over paths) and
+    :func:`units_needed`; ``differs`` (the paths' verdicts are not all equal) and ``contradicts`` (one
+    path reads holds where another reads FAILS). The reward-collapse claim is a count of events with no
+    boundary to measure (``units_needed`` empty)."""
+    design = onetwo_claims.load_design(runtime.DATA_DIR / "onetwo_planning.json")
+    per = {t: onetwo_claims.headline_claims(d, design) for t, d in tables.items()}
+    pooled = onetwo_claims.headline_claims(pool_replicates(tables), design)
+    out = pooled[["claim", "kl", "statement"]].copy()  # the pooled table's rows: the same claims in the same order
+    for t, c in per.items():
+        out[f"verdict_{t}"] = c.verdict.to_numpy()
+    out["verdict_pooled"] = pooled.verdict
+    out["estimate"], out["sd"] = pooled.estimate, pooled.sd
+    near = [min(b, key=lambda x: abs(e - x)) if isinstance(b, tuple) and math.isfinite(e) else math.nan
+            for e, b in zip(pooled.estimate, pooled.bounds)]
+    out["boundary"] = near
+    out["distance"] = (out.estimate - out.boundary).abs()
+    out["units_per_grid"] = [min(c.n_units.iloc[i] for c in per.values()) for i in range(len(out))]
+    out["units_needed"] = [units_needed(s, d) if math.isfinite(d) else math.nan for s, d in zip(out.sd, out.distance)]
+    cols = [f"verdict_{t}" for t in tables]
+    kinds = out[cols].apply(lambda r: {v.split(",")[0].split(" (")[0] for v in r}, axis=1)
+    out["differs"] = out[cols].nunique(axis=1) > 1
+    out["contradicts"] = kinds.map(lambda k: {"holds", "FAILS"} <= k)
+    return out
+
+
 def main(argv=None) -> pd.DataFrame:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2, help="parallel training processes (default 2)")
@@ -162,6 +250,12 @@ def main(argv=None) -> pd.DataFrame:
             c, w = cmp[cmp.level == level], swaps[swaps.level == level]
             print(f"{level}: {int((~c.same).sum())} of {len(c)} verdicts differ between the committed path and {tag}; "
                   f"{int((w.n_changed == 0).sum())} of {len(w)} survive every single-seed swap")
+    tables = replicate_tables()
+    m = margins(tables)
+    runtime.write_csv(m, "onetwo_headlines_margins")
+    print(f"headline, over {len(tables)} paths ({', '.join(tables)}): {int(m.differs.sum())} of {len(m)} verdicts differ, "
+          f"{int(m.contradicts.sum())} contradict (holds against FAILS); every one that differs needs more units "
+          f"than one grid has: {bool((m.units_needed[m.differs] > m.units_per_grid[m.differs]).all())}")
     return cmp
 
 

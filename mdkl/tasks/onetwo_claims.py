@@ -148,19 +148,37 @@ def t_interval(x, level: float = 0.90) -> tuple[float, float, float]:
 def _units(d: pd.DataFrame, pooled: bool) -> str:
     if not len(d):
         return "none"
+    if "replicate" in d.columns:  # replicate grids pooled (mdkl.checks.onetwo_paths.pool_replicates)
+        return ", ".join(f"{r} beta {b:g} seed {int(s)}" for r, b, s in zip(d.replicate, d.beta, d.seed))
     if pooled:
         return ", ".join(f"beta {b:g} seed {int(s)}" for b, s in zip(d.beta, d.seed))
     return "seed " + ", ".join(str(int(s)) for s in d.seed)
 
 
-def _convergence(d: pd.DataFrame, target_h: float, design: ClaimDesign, kl: str, meth: str,
-                 n_planned: int, acted: bool, pooled: bool) -> tuple[str, str]:
+def _target_entropy(d: pd.DataFrame) -> np.ndarray:
+    """Per run, the entropy h(q_ref) of its own reference's split (Remark 4.3's target; one value
+    per numeric path, whose small model is pretrained there)."""
+    return binary_entropy(d.target_p1.to_numpy())
+
+
+def _one_value(x: np.ndarray) -> float:
+    """The value every run shares (one numeric path), else their mean (pooled replicate grids)."""
+    u = np.unique(x)
+    return float(u[0]) if u.size == 1 else float(np.mean(x))
+
+
+def _convergence(d: pd.DataFrame, target_h, design: ClaimDesign, kl: str, meth: str,
+                 n_planned: int, acted: bool, pooled: bool) -> tuple[str, str, dict]:
+    """Claim 2 or 3 on runs ``d``; ``target_h`` the target entropy, one value or one per run."""
+    target_h = np.broadcast_to(np.asarray(target_h, dtype=np.float64), (len(d),))
     dist = d.H.to_numpy() - target_h
     if len(d) < 2:
-        return "not tested (fewer than 2 runs left)", f"measured: {len(d)} run(s) without a reward collapse"
+        return ("not tested (fewer than 2 runs left)", f"measured: {len(d)} run(s) without a reward collapse",
+                dict(n_units=len(d)))
     m, lo, hi = t_interval(dist)
     mde = equivalence_mde(design.sd(kl, meth), n_planned)
-    moving = d[(np.abs(dist) > design.margin) & ((d.H - d.H_prev).abs() > np.abs(dist))]
+    moving_mask = (np.abs(dist) > design.margin) & ((d.H - d.H_prev).abs().to_numpy() > np.abs(dist))
+    moving = d[moving_mask]
     # still-moving runs stay in the mean at their last value; the claim is not tested only when
     # they are more than half of the runs (the mean would then describe where runs are, not end)
     verdict = decide_within(m, lo, hi, design.margin, mde, acted=acted, settled=2 * len(moving) <= len(d))
@@ -168,25 +186,25 @@ def _convergence(d: pd.DataFrame, target_h: float, design: ClaimDesign, kl: str,
            "final H per beta " + "; ".join(f"{b:g}: {np.round(g.H.to_numpy(), 3).tolist()}"
                                            for b, g in d.groupby("beta", sort=True)))
     line = (f"measured: H - target = {m:+.3f} [{lo:+.3f}, {hi:+.3f}] nats (90% interval over {len(d)} runs; target "
-            f"{target_h:.3f}, margin +-{design.margin:g}, planned MDE {mde:.3f}); {per}")
+            f"{_one_value(target_h):.3f}, margin +-{design.margin:g}, planned MDE {mde:.3f}); {per}")
     if not moving.empty:
         line += (f"; still moving ({len(moving)} of {len(d)}): {_units(moving, pooled)} (last-window change "
                  f"{np.round((moving.H - moving.H_prev).abs().to_numpy(), 3).tolist()} > distance left "
-                 f"{np.round((moving.H - target_h).abs().to_numpy(), 3).tolist()})")
-    return verdict, line
+                 f"{np.round(np.abs(moving.H.to_numpy() - target_h[moving_mask]), 3).tolist()})")
+    return verdict, line, dict(estimate=m, ci_low=lo, ci_high=hi, sd=float(dist.std(ddof=1)), n_units=len(d),
+                               bounds=(-design.margin, design.margin))
 
 
 def _cell_claims(arm: dict, design: ClaimDesign, kl: str, beta: float, pooled: bool) -> list[dict]:
     """Claims 1-4 on one cell of runs: ``arm`` maps 'vanilla' / 'MARA' to their runs (one beta, or
     every beta when ``pooled``; units are then (beta, seed) pairs)."""
-    key = ["beta", "seed"]
+    key = (["replicate"] if "replicate" in arm["vanilla"].columns else []) + ["beta", "seed"]
     ok = {m: a[~a.reward_collapse & ~a.numeric_failure] for m, a in arm.items()}
     gone = {m: a[a.reward_collapse] for m, a in arm.items()}
     failed = {m: a[a.numeric_failure & ~a.reward_collapse] for m, a in arm.items()}
     note = {m: (f"; left out (reward collapse): {_units(gone[m], pooled)}" if len(gone[m]) else "")
             + (f"; left out (numerically failed): {_units(failed[m], pooled)}" if len(failed[m]) else "") for m in arm}
-    q_ref = float(arm["vanilla"].target_p1.iloc[0]) if len(arm["vanilla"]) else float("nan")
-    h_ref = float(binary_entropy(q_ref))
+    h_ref = _one_value(_target_entropy(arm["vanilla"])) if len(arm["vanilla"]) else float("nan")
     rows = []
     # 1. the paper's words: vanilla ends on one answer
     v = ok["vanilla"]
@@ -200,16 +218,18 @@ def _cell_claims(arm: dict, design: ClaimDesign, kl: str, beta: float, pooled: b
                               f"({on1} on '1', {k - on1} on '2'); rate 90% interval [{lo:.2f}, {hi:.2f}]"
                               + (("; per beta " + ", ".join(f"{b:g}: {int((g.H < design.collapse_entropy).sum())}/{len(g)}"
                                                             for b, g in v.groupby("beta", sort=True))) if pooled else "")
-                              + note["vanilla"]))
+                              + note["vanilla"],
+                     estimate=k / n if n else float("nan"), ci_low=lo, ci_high=hi,
+                     sd=math.sqrt(k / n * (1 - k / n)) if n else float("nan"), n_units=n, bounds=(0.5,)))
     # 2-3. convergence to each method's target (Remark 4.3; Remark B.3)
-    verdict, line = _convergence(v, h_ref, design, kl, "vanilla", len(arm["vanilla"]), True, pooled)
+    verdict, line, num = _convergence(v, _target_entropy(v), design, kl, "vanilla", len(arm["vanilla"]), True, pooled)
     rows.append(dict(claim="vanilla target", kl=kl, beta=beta, method="vanilla", verdict=verdict,
-                     measured=line + note["vanilla"]))
+                     measured=line + note["vanilla"], **num))
     acted = bool(len(arm["MARA"]) and (arm["MARA"].mara_changed > 0).all())
-    verdict, line = _convergence(ok["MARA"], LN2, design, kl, "MARA", len(arm["MARA"]), acted, pooled)
+    verdict, line, num = _convergence(ok["MARA"], LN2, design, kl, "MARA", len(arm["MARA"]), acted, pooled)
     rows.append(dict(claim="MARA target", kl=kl, beta=beta, method="MARA", verdict=verdict,
                      measured=line + f"; MARA changed {arm['MARA'].mara_changed.mean():.1f} samples per step"
-                              + note["MARA"]))
+                              + note["MARA"], **num))
     # 4. the front, per unit: hypervolume of MARA's checkpoints minus vanilla's
     pair = ok["MARA"].merge(ok["vanilla"], on=key, suffixes=("_m", "_v"))
     effect = LN2 - h_ref
@@ -217,18 +237,24 @@ def _cell_claims(arm: dict, design: ClaimDesign, kl: str, beta: float, pooled: b
     mde = paired.minimum_detectable_effect(sd_plan, len(arm["MARA"]))
     # the control trained: its runs (collapsed ones left out, as everywhere in claims 1-4) raised the reward
     trained = bool(len(ok["vanilla"]) and (ok["vanilla"].reward - ok["vanilla"].reward_start).mean() > 0)
+    num = dict(n_units=len(pair))
     if len(pair) >= 2:
         diff = (pair.hv_m - pair.hv_v).to_numpy()
         m, lo, hi = t_interval(diff)
         p = float(st.t.sf(m / (diff.std(ddof=1) / math.sqrt(diff.size)), diff.size - 1)) if diff.std() > 0 else float(m <= 0)
         verdict = decide(effect, m, lo, hi, mde, acted=acted, control_trained=trained)
+        # the boundaries a decisive verdict must clear: 0 (an effect at all) and, below the prediction,
+        # the predicted effect (an interval wholly below it reads "smaller than the paper's")
+        num = dict(estimate=m, ci_low=lo, ci_high=hi, sd=float(diff.std(ddof=1)), n_units=len(pair),
+                   bounds=(0.0, effect) if m < effect else (0.0,))
         line = (f"measured: {m:+.3f} [{lo:+.3f}, {hi:+.3f}] (90% interval, {len(pair)} "
-                f"{'(beta, seed) pairs' if pooled else 'seeds'}); planned MDE {mde:.3f}; predicted {effect:+.3f}; "
+                f"{'(' + ', '.join(key) + ') pairs' if pooled else 'seeds'}); planned MDE {mde:.3f}; predicted {effect:+.3f}; "
                 f"hypervolume MARA {pair.hv_m.mean():.3f}, vanilla {pair.hv_v.mean():.3f}")
     else:
         verdict, line, p = "not tested (fewer than 2 paired seeds)", f"measured: {len(pair)} paired seeds", float("nan")
     rows.append(dict(claim="front", kl=kl, beta=beta, method="MARA", verdict=verdict,
-                     measured=line + note["MARA"] + note["vanilla"].replace("; left out", "; vanilla left out"), p=p))
+                     measured=line + note["MARA"] + note["vanilla"].replace("; left out", "; vanilla left out"), p=p,
+                     **num))
     return rows
 
 
@@ -238,8 +264,9 @@ def _collapse_claim(a: pd.DataFrame, design: ClaimDesign, kl: str, method: str) 
     final = a[a.reward_collapse]
     dips = a[~a.reward_collapse & (a.min_batch_reward < design.reward_floor)]
     both = a.method.nunique() > 1
-    where = lambda d: ", ".join((f"{m} " if both else "") + f"beta {b:g} seed {int(s)}"
-                                for m, b, s in zip(d.method, d.beta, d.seed)) or "none"
+    d_rep = (lambda d: d.replicate.astype(str) + " ") if "replicate" in a.columns else (lambda d: [""] * len(d))
+    where = lambda d: ", ".join((f"{m} " if both else "") + f"{r}beta {b:g} seed {int(s)}"
+                                for m, r, b, s in zip(d.method, d_rep(d), d.beta, d.seed)) or "none"
     return dict(claim="no collapse", kl=kl, beta=float("nan"), method=method,
                 verdict="holds" if final.empty and dips.empty else "FAILS",
                 measured=f"measured: {len(final)} of {len(a)} runs end collapsed ({where(final)}); "
@@ -290,9 +317,13 @@ def headline_claims(runs: pd.DataFrame, design: ClaimDesign) -> pd.DataFrame:
     """The headline verdicts of notebook 05 from its per-run table (module docstring): per KL
     direction, every beta and seed of the grid pooled (the paper states each claim for every beta).
     One row per claim with ``claim`` (key of :data:`CLAIMS`), ``kl``, ``beta`` (NaN: every beta),
-    ``method``, ``statement``, ``verdict``, ``measured`` (the line printed under it), and for the
-    front comparison ``p`` and ``p_holm``. Needs the columns of
-    :func:`mdkl.tasks.onetwo_runs.run_summary`."""
+    ``method``, ``statement``, ``verdict``, ``measured`` (the line printed under it), for claims 1-4
+    the numbers the verdict was decided on (``estimate``, its 90% interval ``ci_low`` / ``ci_high``, the
+    per-unit spread ``sd``, ``n_units``, and ``bounds``: the boundaries of its rule a decisive verdict
+    must clear), and for the front comparison ``p`` and ``p_holm``. Needs the columns of
+    :func:`mdkl.tasks.onetwo_runs.run_summary`; a ``replicate`` column (several numeric paths' grids,
+    :func:`mdkl.checks.onetwo_paths.pool_replicates`) makes it part of each unit, and each run is
+    measured against its own reference's split (``target_p1``)."""
     return _claims(runs, design, pooled=True)
 
 
