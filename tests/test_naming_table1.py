@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -222,7 +223,7 @@ def test_matched_specs_run_each_control_on_the_side_of_maras_reward():
 # ---------------------------------------------------------------- the committed results
 def _committed_verdict_lines() -> list[str]:
     runs = pd.read_csv(RUNS_CSV)
-    s = t1.claim_summary(t1.verdicts_from_runs(runs))
+    s = t1.claim_summary(t1.verdicts_from_runs(runs, spread=t1.frozen_plan(t1.DESIGNS["cpu"]).spread_series()))
     return [f"[{r.verdict}] {r.statement}" for r in s.itertuples()]
 
 
@@ -238,3 +239,42 @@ def test_committed_notebook_prints_the_verdicts_of_the_committed_csv():
     assert printed, "the notebook has no executed verdict cell"
     got = [ln for ln in printed if ln.startswith("[")]
     assert got == expected
+
+
+def test_planned_mde_at_a_given_spread_equals_the_pilots_own():
+    runs = _toy_runs(effect=2.0)
+    sd = t1.pilot_spread(runs)
+    assert list(sd.index) == list(t1.METRIC_PAPER) and (sd >= 0).all()
+    pd.testing.assert_series_equal(t1.planned_mde(runs), t1.planned_mde(runs, spread=sd))
+    assert (t1.planned_mde(runs, spread=2 * sd) >= t1.planned_mde(runs)).all()
+    assert t1.planned_mde(runs, spread=2 * sd)["id_distinct"] > t1.planned_mde(runs)["id_distinct"]
+    with pytest.raises(ValueError, match="no sd for"):
+        t1.planned_mde(runs, spread=sd.drop("ood_true"))
+
+
+def test_a_frozen_plan_belongs_to_one_design(tmp_path):
+    runs = _toy_runs(effect=2.0)
+    design = t1.DESIGNS["cpu"]
+    path = tmp_path / "plan.json"
+    plan = t1.freeze_plan(design, runs, "toy pilot", path)
+    assert t1.frozen_plan(design, path) == plan
+    assert t1.frozen_plan(replace(design, workers=1), path) == plan  # workers do not change a run
+    assert t1.frozen_plan(replace(design, steps=50), path) is None  # another design plans from its own pilot
+    assert t1.frozen_plan(t1.DESIGNS["quick"], path) is None
+    here = t1.pilot_spread(runs)
+    assert t1.plan_report(plan, here, 5).endswith("this machine's pilot: the same")
+    other = t1.plan_report(plan, 3 * here, 5)
+    assert other.endswith("the frozen plan decides") and all(len(ln) <= 200 for ln in other.splitlines())
+    assert t1.plan_report(None, here, 5).startswith("no plan is frozen for this design")
+    with pytest.raises(FileNotFoundError, match="restore it from git"):
+        t1.frozen_plan(design, tmp_path / "missing.json")
+
+
+@pytest.mark.skipif(not RUNS_CSV.exists(), reason="no committed naming_table1_runs.csv")
+def test_the_frozen_plan_is_the_committed_runs_pilot():
+    """The cpu design's frozen spread is its committed run's pilot (seeds disjoint from the design's),
+    so on the committed path the notebook's gates are the ones that pilot planned."""
+    plan = t1.frozen_plan(t1.DESIGNS["cpu"])
+    assert plan is not None
+    committed = t1.pilot_spread(pd.read_csv(RUNS_CSV))
+    pd.testing.assert_series_equal(plan.spread_series(), committed)

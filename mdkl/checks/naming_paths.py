@@ -40,9 +40,11 @@ def design_runs(design: t1.Design = t1.DESIGNS["cpu"]) -> pd.DataFrame:
 
 def compare_paths(committed: pd.DataFrame, other: pd.DataFrame, tag: str) -> pd.DataFrame:
     """One row per claim of :data:`~mdkl.tasks.naming_table1.CLAIMS`: the statement, the verdict from
-    the committed per-run table and from ``other``'s (``verdict_<tag>``), and ``same``."""
-    a = t1.claim_summary(t1.verdicts_from_runs(committed))[["claim", "statement", "verdict"]]
-    b = t1.claim_summary(t1.verdicts_from_runs(other))[["claim", "verdict"]]
+    the committed per-run table and from ``other``'s (``verdict_<tag>``), and ``same``; both gated by
+    the cpu design's frozen plan (:func:`~mdkl.tasks.naming_table1.frozen_plan`), as notebook 07 gates them."""
+    spread = t1.frozen_plan(t1.DESIGNS["cpu"]).spread_series()
+    a = t1.claim_summary(t1.verdicts_from_runs(committed, spread=spread))[["claim", "statement", "verdict"]]
+    b = t1.claim_summary(t1.verdicts_from_runs(other, spread=spread))[["claim", "verdict"]]
     out = a.merge(b, on="claim", suffixes=("_committed", f"_{tag}"), validate="one_to_one")
     out["same"] = out.verdict_committed == out[f"verdict_{tag}"]
     return out

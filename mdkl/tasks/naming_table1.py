@@ -21,8 +21,11 @@ rewards and KL carry no sampling error; the only randomness left is the training
   (cached per run).
 * :func:`runs_frame`: the per-run table (``data/results/naming_table1_runs.csv``): exact ID and
   OOD metrics, loss / gradient-norm summary, the numeric-failure and degenerate flags.
-* :func:`planned_mde`: the minimum detectable effects, from the pilot's seed spread only (fixed
-  before the design's runs); :func:`paper_effects`: the paper's differences carried to our scale
+* :func:`pilot_spread`: the pilot's seed spread; :func:`planned_mde`: the minimum detectable effects
+  from it (fixed before the design's runs). The spread is frozen (:class:`FrozenPlan`,
+  ``data/naming_planning.json``: the committed cpu run's pilot), so every machine gates the same
+  design with the same MDEs (a 3-seed pilot's spread moves with the numeric path); :func:`plan_report`
+  prints this machine's pilot beside it. :func:`paper_effects`: the paper's differences carried to our scale
   (relative to Base); :func:`verdicts_from_runs`: every verdict, from the per-run table alone;
   :func:`claim_summary`: one verdict per claim of the paper (intersection-union over the pairwise
   comparisons, Holm over the claims).
@@ -30,8 +33,10 @@ rewards and KL carry no sampling error; the only randomness left is the training
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -40,6 +45,7 @@ from scipy import stats
 from mdkl.baselines import UNLIKELY_BETA_RANK
 from mdkl.lm.trainer import LMConfig
 from mdkl.numerics import GRAD_NORM_FACTOR, LOSS_BOUND
+from mdkl.runtime import DATA_DIR, atomic_write_bytes
 from mdkl.tasks.naming_runs import history_summary, numeric_failure, run_grid
 from mdkl.stats import paired, verdicts
 from mdkl.tasks.creative_design import PAPER_TABLE1, matched_beta
@@ -48,7 +54,8 @@ from mdkl.tasks.naming_world import NamingConfig
 
 __all__ = ["ROWS", "TABLE_ORDER", "PAPER_ROW", "METRIC_PAPER", "Design", "DESIGNS", "reference_reward_sd",
            "reference_tau", "base_config", "row_config", "run_specs", "run_design", "run_grid", "numeric_failure", "runs_frame",
-           "matched_specs", "planned_mde", "paper_effects", "seed_differences", "verdicts_from_runs",
+           "matched_specs", "pilot_spread", "planned_mde", "PLANNING", "design_key", "FrozenPlan", "freeze_plan",
+           "frozen_plan", "plan_report", "paper_effects", "seed_differences", "verdicts_from_runs",
            "matched_reward_difference",
            "claim_summary", "row_summary", "LOSS_BOUND", "GRAD_BOUND", "DEGENERATE_VALID", "CLAIMS"]
 
@@ -296,21 +303,90 @@ def _ok(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[~runs.numeric_failure & ~runs.degenerate]
 
 
-def planned_mde(runs: pd.DataFrame, n_seeds: int | None = None, metrics=tuple(METRIC_PAPER)) -> pd.Series:
-    """Minimum detectable effect per metric of a paired one-sided t-test over ``n_seeds`` seeds
-    (default: the design's seeds in ``runs``), from the pilot rows only: the sd over pilot seeds of
-    MARA (fwd) - RLOO (:func:`mdkl.stats.paired.minimum_detectable_effect`). One sd for every
-    comparison of a metric (against Base, which has no seed spread, it is conservative)."""
+def pilot_spread(runs: pd.DataFrame, metrics=tuple(METRIC_PAPER)) -> pd.Series:
+    """Per metric, the sd over the pilot's seeds (the ``pilot`` rows of ``runs``) of MARA (fwd) - RLOO."""
     pil = _ok(runs[runs.phase == "pilot"]).pivot_table(index="seed", columns="row", values=list(metrics))
-    if n_seeds is None:
-        n_seeds = runs[(runs.phase == "design")].seed.nunique()
     out = {}
     for m in metrics:
         d = (pil[(m, "MARA (fwd)")] - pil[(m, "RLOO")]).dropna()
         if len(d) < 2:
             raise ValueError(f"the pilot has {len(d)} usable seed pairs for {m}: need >= 2 to fix an MDE")
-        out[m] = paired.minimum_detectable_effect(float(d.std(ddof=1)), int(n_seeds))
-    return pd.Series(out, name="mde")
+        out[m] = float(d.std(ddof=1))
+    return pd.Series(out, name="sd")
+
+
+def planned_mde(runs: pd.DataFrame, n_seeds: int | None = None, metrics=tuple(METRIC_PAPER),
+                spread: pd.Series | None = None) -> pd.Series:
+    """Minimum detectable effect per metric of a paired one-sided t-test over ``n_seeds`` seeds
+    (default: the design's seeds in ``runs``) at the seed spread ``spread`` (default: the pilot rows'
+    of ``runs``, :func:`pilot_spread`; notebook 07 passes the frozen plan's,
+    :meth:`FrozenPlan.spread_series`) (:func:`mdkl.stats.paired.minimum_detectable_effect`). One sd
+    for every comparison of a metric (against Base, which has no seed spread, it is conservative)."""
+    sd = pilot_spread(runs, metrics) if spread is None else spread
+    if missing := set(metrics) - set(sd.index):
+        raise ValueError(f"the spread has no sd for {sorted(missing)}: freeze a plan with every metric of {list(metrics)}")
+    if n_seeds is None:
+        n_seeds = runs[(runs.phase == "design")].seed.nunique()
+    return pd.Series({m: paired.minimum_detectable_effect(float(sd[m]), int(n_seeds)) for m in metrics}, name="mde")
+
+
+#: the frozen plan of the cpu design (``make``-free: written once by :func:`freeze_plan`, restored from git)
+PLANNING = DATA_DIR / "naming_planning.json"
+
+
+def design_key(design: Design) -> dict:
+    """What a frozen plan belongs to: every field of ``design`` that changes its runs (all but
+    ``workers``), as JSON values."""
+    d = asdict(design)
+    d.pop("workers")
+    return json.loads(json.dumps(d))
+
+
+@dataclass(frozen=True)
+class FrozenPlan:
+    """The pilot's seed spread, frozen before the design runs: the MDEs of every machine's verdicts."""
+
+    design: dict
+    """:func:`design_key` of the design the pilot belongs to."""
+    planning_sd: dict
+    """Metric -> sd over pilot seeds of MARA (fwd) - RLOO (:func:`pilot_spread`; the same field as
+    :class:`mdkl.tasks.onetwo_claims.ClaimDesign`'s)."""
+    source: str
+    """Where the spread was measured."""
+
+    def spread_series(self) -> pd.Series:
+        return pd.Series(self.planning_sd, name="sd", dtype=np.float64)
+
+
+def freeze_plan(design: Design, runs: pd.DataFrame, source: str, path: Path = PLANNING) -> FrozenPlan:
+    """Freeze :func:`pilot_spread` of ``runs``' pilot for ``design`` in ``path`` (atomically)."""
+    plan = FrozenPlan(design_key(design), pilot_spread(runs).to_dict(), source)
+    atomic_write_bytes(Path(path), (json.dumps(asdict(plan), indent=1) + "\n").encode())
+    return plan
+
+
+def frozen_plan(design: Design, path: Path = PLANNING) -> FrozenPlan | None:
+    """The plan frozen for ``design`` (None when ``path`` holds another design's, e.g. another profile
+    or a changed parameter: that design plans from its own pilot)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p} is missing: the naming design's plan is frozen there (restore it from git)")
+    plan = FrozenPlan(**json.loads(p.read_text()))
+    return plan if plan.design == design_key(design) else None
+
+
+def plan_report(plan: FrozenPlan | None, here: pd.Series, n_seeds: int) -> str:
+    """Which spread decides (the frozen plan's, or this pilot's when none is frozen for the design)
+    and this machine's pilot beside it, with the MDEs each gives over ``n_seeds`` seeds."""
+    def fmt(sd: pd.Series) -> str:
+        return ", ".join(f"{m} sd {sd[m]:.4f} (MDE {paired.minimum_detectable_effect(float(sd[m]), n_seeds):.4f})"
+                         for m in here.index)
+    if plan is None:
+        return f"no plan is frozen for this design: this machine's pilot decides:\n    {fmt(here)}"
+    frozen = plan.spread_series()
+    same = bool(np.allclose(frozen[here.index].to_numpy(), here.to_numpy(), rtol=1e-12, atol=0))
+    return (f"frozen plan (data/{PLANNING.name}: {plan.source}):\n    {fmt(frozen)}\nthis machine's pilot:"
+            + (" the same" if same else f"\n    {fmt(here)}\n  the frozen plan decides"))
 
 
 def paper_effects(runs: pd.DataFrame, mara: str, rows, metric: str) -> dict[str, float]:
@@ -363,14 +439,14 @@ def _t_interval(d: pd.Series, level: float = 0.90) -> tuple[float, float, float,
     return m, m - t * se, m + t * se, float(stats.t.sf(m / se, n - 1))
 
 
-def verdicts_from_runs(runs: pd.DataFrame, min_kl: float = 0.05) -> pd.DataFrame:
+def verdicts_from_runs(runs: pd.DataFrame, min_kl: float = 0.05, spread: pd.Series | None = None) -> pd.DataFrame:
     """Every pairwise comparison of :data:`CLAIMS`, decided by :func:`mdkl.stats.verdicts.decide`
     from the per-run table alone: paired by seed, 90% t-interval over seeds, the MDE of
-    :func:`planned_mde` (the pilot's), the paper's effect of :func:`paper_effects`. Gates: MARA
+    :func:`planned_mde` at ``spread`` (the frozen plan's; default: the table's own pilot), the paper's effect of :func:`paper_effects`. Gates: MARA
     acted (changed rewards in the runs), the control trained (median ID KL to the reference >=
     ``min_kl`` nats; Base needs none)."""
     n_seeds = runs[runs.phase == "design"].seed.nunique()
-    mde = planned_mde(runs, n_seeds)
+    mde = planned_mde(runs, n_seeds, spread=spread)
     lines = []
     for name, statement, metric, lead, others in CLAIMS:
         if name == "premise":
