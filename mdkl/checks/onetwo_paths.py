@@ -37,13 +37,14 @@ import math
 import os
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from mdkl import runtime
 from mdkl.lm import smalllm
 from mdkl.tasks import onetwo, onetwo_claims, onetwo_runs
 
-__all__ = ["LEVELS", "committed_vendor", "committed_tag", "replicate_tables", "pool_replicates", "units_needed", "margins", "path_tag", "other_path_tags", "other_path_runs", "grid_runs", "compare_paths",
+__all__ = ["LEVELS", "committed_vendor", "committed_tag", "replicate_tables", "pool_replicates", "within_cell_correlation", "units_needed", "margins", "path_tag", "other_path_tags", "other_path_runs", "grid_runs", "compare_paths",
            "swap_one_seed", "main"]
 
 #: short names of CPU vendors in path tags
@@ -180,6 +181,20 @@ def pool_replicates(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         raise ValueError(f"the per-run tables of {odd} hold another design than {next(iter(design))}'s: only "
                          f"replicates of one grid (same arms, betas, seeds, steps) can be pooled")
     return pd.concat([d.assign(replicate=t) for t, d in tables.items()], ignore_index=True)
+
+
+def within_cell_correlation(a: pd.DataFrame, b: pd.DataFrame, column: str = "H") -> float:
+    """Correlation over runs of ``column`` between two paths' grids, paired by (kl, method, beta, seed),
+    after each cell's (kl, method, beta) mean is taken out of each path: near 0 when the same seed on
+    two numeric paths gives independent replicates (the premise of :func:`pool_replicates`)."""
+    key = ["kl", "method", "beta", "seed"]
+    m = a[key + [column]].merge(b[key + [column]], on=key, suffixes=("_a", "_b"), validate="one_to_one")
+    if len(m) < 3:
+        raise ValueError(f"{len(m)} paired runs: need >= 3 for a correlation")
+    g = m.groupby(["kl", "method", "beta"])
+    da = m[f"{column}_a"] - g[f"{column}_a"].transform("mean")
+    db = m[f"{column}_b"] - g[f"{column}_b"].transform("mean")
+    return float(np.corrcoef(da, db)[0, 1])
 
 
 def units_needed(sd: float, distance: float, n_max: int = 10_000) -> float:
