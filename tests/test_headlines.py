@@ -223,3 +223,24 @@ def test_path_tag_names_the_cpu_vendor_when_it_is_not_the_committed_one(monkeypa
         assert onetwo_paths.path_tag() == tag
     with pytest.raises(ValueError, match="write_csv"):
         onetwo_paths.committed_vendor("no_such_result.csv")
+
+
+def test_derived_tables_keep_their_provenance(tmp_path, monkeypatch):
+    """A table computed from committed per-run tables alone keeps the provenance record it was
+    committed with when re-derived on another machine; a new one takes its source's."""
+    from mdkl import runtime
+    from mdkl.checks import onetwo_paths
+
+    prov = tmp_path / "provenance.json"
+    prov.write_text(json.dumps({"runs.csv": {"numeric_path": "x86_64 GenuineIntel pinned-AVX2", "cpu_model": "A"},
+                                "old.csv": {"numeric_path": "x86_64 AuthenticAMD pinned-AVX2", "cpu_model": "B"}}))
+    monkeypatch.setattr(runtime, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(runtime, "PROVENANCE", prov)
+    df = pd.DataFrame({"a": [1]})
+    onetwo_paths.write_derived(df, "old", "runs.csv")
+    onetwo_paths.write_derived(df, "new", "runs.csv")
+    record = json.loads(prov.read_text())
+    assert record["old.csv"]["cpu_model"] == "B" and record["new.csv"]["cpu_model"] == "A"
+    assert (tmp_path / "new.csv").read_text() == "a\n1\n"
+    with pytest.raises(ValueError, match="no entry"):
+        onetwo_paths.write_derived(df, "x", "missing.csv")

@@ -19,7 +19,7 @@ import argparse
 import pandas as pd
 
 from mdkl import runtime
-from mdkl.checks.onetwo_paths import other_path_runs
+from mdkl.checks.onetwo_paths import other_path_runs, write_derived
 from mdkl.tasks import naming, naming_table1 as t1, naming_world
 
 __all__ = ["design_runs", "compare_paths", "main"]
@@ -61,7 +61,7 @@ def main(argv=None) -> pd.DataFrame:
                              make_target="make naming-paths")
     for tag, runs in others.items():
         cmp = compare_paths(committed, runs, tag)
-        runtime.write_csv(cmp, f"naming_table1_paths_{tag}")
+        write_derived(cmp, f"naming_table1_paths_{tag}", f"naming_table1_runs_{tag}.csv")
         with pd.option_context("display.width", 250, "display.max_colwidth", 110):
             print(cmp.to_string(index=False))
         print(f"{int((~cmp.same).sum())} of {len(cmp)} Table 1 verdicts differ between the committed path and {tag}")

@@ -44,7 +44,7 @@ from mdkl import runtime
 from mdkl.lm import smalllm
 from mdkl.tasks import onetwo, onetwo_claims, onetwo_runs
 
-__all__ = ["LEVELS", "committed_vendor", "committed_tag", "replicate_tables", "pool_replicates", "within_cell_correlation", "units_needed", "margins", "path_tag", "other_path_tags", "other_path_runs", "grid_runs", "compare_paths",
+__all__ = ["LEVELS", "committed_vendor", "committed_tag", "write_derived", "replicate_tables", "pool_replicates", "within_cell_correlation", "units_needed", "margins", "path_tag", "other_path_tags", "other_path_runs", "grid_runs", "compare_paths",
            "swap_one_seed", "main"]
 
 #: short names of CPU vendors in path tags
@@ -95,6 +95,22 @@ def other_path_tags(stem: str) -> list[str]:
     ('native', 'pinned' or '<vendor>-<kernels>'; a profile's table such as ``<stem>_quick.csv`` is not one)."""
     tags = (p.stem[len(stem) + 1:] for p in runtime.RESULTS_DIR.glob(f"{stem}_*.csv"))
     return sorted(t for t in tags if t in ("native", "pinned") or "-" in t)
+
+
+def write_derived(df: pd.DataFrame, name: str, source: str) -> None:
+    """Write a table computed from committed per-run tables alone (no training) to
+    ``data/results/<name>.csv``. Any machine derives the same numbers from the same files, so its
+    provenance record is not this machine's: it keeps the one it was committed with, and a new table
+    takes the record of ``source`` (the per-run table it comes from)."""
+    import json
+
+    before = json.loads(runtime.PROVENANCE.read_text()) if runtime.PROVENANCE.exists() else {}
+    if source not in before:
+        raise ValueError(f"{source} has no entry in {runtime.PROVENANCE.name}: write it with mdkl.runtime.write_csv")
+    runtime.write_csv(df, name)
+    record = json.loads(runtime.PROVENANCE.read_text())
+    record[f"{name}.csv"] = before.get(f"{name}.csv", before[source])
+    runtime.atomic_write_bytes(runtime.PROVENANCE, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
 
 
 def other_path_runs(stem: str, train: Callable[[], pd.DataFrame], *, tables_only: bool, tag: str | None,
@@ -256,9 +272,9 @@ def main(argv=None) -> pd.DataFrame:
                              tables_only=args.tables_only, tag=args.tag, make_target="make onetwo-paths")
     for tag, runs in others.items():
         cmp = compare_paths(committed, runs, tag)
-        runtime.write_csv(cmp, f"onetwo_headlines_paths_{tag}")
+        write_derived(cmp, f"onetwo_headlines_paths_{tag}", f"onetwo_small_runs_{tag}.csv")
         swaps = swap_one_seed(committed, runs)
-        runtime.write_csv(swaps, f"onetwo_headlines_swaps_{tag}")
+        write_derived(swaps, f"onetwo_headlines_swaps_{tag}", f"onetwo_small_runs_{tag}.csv")
         with pd.option_context("display.width", 250, "display.max_colwidth", 100):
             print(cmp.to_string(index=False))
         for level in LEVELS:
@@ -267,7 +283,7 @@ def main(argv=None) -> pd.DataFrame:
                   f"{int((w.n_changed == 0).sum())} of {len(w)} survive every single-seed swap")
     tables = replicate_tables()
     m = margins(tables)
-    runtime.write_csv(m, "onetwo_headlines_margins")
+    write_derived(m, "onetwo_headlines_margins", "onetwo_small_runs.csv")
     print(f"headline, over {len(tables)} paths ({', '.join(tables)}): {int(m.differs.sum())} of {len(m)} verdicts differ, "
           f"{int(m.contradicts.sum())} contradict (holds against FAILS); every one that differs needs more units "
           f"than one grid has: {bool((m.units_needed[m.differs] > m.units_per_grid[m.differs]).all())}")
