@@ -42,9 +42,10 @@ import pandas as pd
 
 from mdkl import runtime
 from mdkl.lm import smalllm
+from mdkl.stats import verdicts
 from mdkl.tasks import onetwo, onetwo_claims, onetwo_runs
 
-__all__ = ["LEVELS", "committed_vendor", "committed_tag", "write_derived", "replicate_tables", "pool_replicates", "within_cell_correlation", "units_needed", "margins", "path_tag", "other_path_tags", "other_path_runs", "grid_runs", "compare_paths",
+__all__ = ["LEVELS", "committed_vendor", "vendor_tag", "committed_tag", "write_derived", "replicate_tables", "pool_replicates", "within_cell_correlation", "units_needed", "contradicts", "margins", "path_tag", "other_path_tags", "other_path_runs", "grid_runs", "compare_paths",
            "swap_one_seed", "main"]
 
 #: short names of CPU vendors in path tags
@@ -62,6 +63,11 @@ def committed_vendor(result: str = "onetwo_small_runs.csv") -> str:
     return record["numeric_path"].split()[1]
 
 
+def vendor_tag(vendor: str) -> str:
+    """A CPU vendor's short name in path tags ('GenuineIntel' -> 'intel')."""
+    return VENDOR_TAGS.get(vendor, vendor.lower())
+
+
 def path_tag(result: str = "onetwo_small_runs.csv") -> str:
     """This machine's numeric path relative to the committed ``result``'s: 'pinned' or 'native'
     (``MDKL_NATIVE_KERNELS=1``) on the committed results' CPU vendor, else prefixed by this CPU's
@@ -72,14 +78,13 @@ def path_tag(result: str = "onetwo_small_runs.csv") -> str:
     vendor = cpu_model()["vendor"]
     if vendor == committed_vendor(result):
         return kernels
-    return f"{VENDOR_TAGS.get(vendor, vendor.lower())}-{kernels}"
+    return f"{vendor_tag(vendor)}-{kernels}"
 
 
 def committed_tag(result: str = "onetwo_small_runs.csv") -> str:
     """The committed ``result``'s own path as a tag that names its vendor, e.g. 'intel-pinned' (its
     table is ``<stem>.csv`` itself; :func:`path_tag` calls that path 'pinned')."""
-    vendor = committed_vendor(result)
-    return f"{VENDOR_TAGS.get(vendor, vendor.lower())}-pinned"
+    return f"{vendor_tag(committed_vendor(result))}-pinned"
 
 
 def replicate_tables(stem: str = "onetwo_small_runs") -> dict[str, pd.DataFrame]:
@@ -217,19 +222,23 @@ def units_needed(sd: float, distance: float, n_max: int = 10_000) -> float:
     """Smallest number of units whose :func:`~mdkl.stats.verdicts.equivalence_mde` (90% interval,
     power 0.8) at per-unit spread ``sd`` is at most ``distance``: about how many runs one grid needs
     for its interval to clear a boundary ``distance`` away from the estimate (inf beyond ``n_max``)."""
-    from mdkl.stats.verdicts import equivalence_mde
-
     if not (math.isfinite(sd) and math.isfinite(distance)) or sd < 0 or distance < 0:
         raise ValueError(f"sd = {sd}, distance = {distance}: both must be finite and >= 0")
     if distance == 0:
         return math.inf
     lo, hi = 2, n_max
-    if equivalence_mde(sd, hi) > distance:
+    if verdicts.equivalence_mde(sd, hi) > distance:
         return math.inf
     while lo < hi:  # the MDE falls with n
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if equivalence_mde(sd, mid) <= distance else (mid + 1, hi)
+        lo, hi = (lo, mid) if verdicts.equivalence_mde(sd, mid) <= distance else (mid + 1, hi)
     return float(lo)
+
+
+def contradicts(verdict_list) -> bool:
+    """Whether some verdict reads holds (or holds, smaller than the paper's) where another reads FAILS."""
+    v = set(verdict_list)
+    return verdicts.FAILS in v and bool(v & {verdicts.HOLDS, verdicts.HOLDS_SMALLER})
 
 
 def margins(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -254,9 +263,8 @@ def margins(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     out["units_per_grid"] = [min(c.n_units.iloc[i] for c in per.values()) for i in range(len(out))]
     out["units_needed"] = [units_needed(s, d) if math.isfinite(d) else math.nan for s, d in zip(out.sd, out.distance)]
     cols = [f"verdict_{t}" for t in tables]
-    kinds = out[cols].apply(lambda r: {v.split(",")[0].split(" (")[0] for v in r}, axis=1)
     out["differs"] = out[cols].nunique(axis=1) > 1
-    out["contradicts"] = kinds.map(lambda k: {"holds", "FAILS"} <= k)
+    out["contradicts"] = out[cols].apply(contradicts, axis=1)
     return out
 
 
